@@ -1,0 +1,10 @@
+"""Exercise checks, one module per stage.  Each check prints PASS, NOT IMPLEMENTED or FAIL.
+
+Usage in a notebook::
+
+    from bitnet_edu import checks
+    checks.absmean_ternary(my_absmean_ternary)
+"""
+
+from ._core import FAIL, NOT_IMPLEMENTED, PASS, CheckResult, check  # noqa: F401
+from .stage1 import *  # noqa: F401,F403
