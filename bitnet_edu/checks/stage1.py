@@ -1,0 +1,1 @@
+"""Checks for stage 1 (absmean quantization)."""

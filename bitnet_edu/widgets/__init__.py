@@ -1,0 +1,5 @@
+"""Interactive widgets, one class per module: each has ``.controls`` (dict of ipywidgets),
+``.figure`` (a plotly figure) and ``.widget`` (the assembled box to display).
+
+They are tested headless: set a control's ``.value`` and assert the figure data changed.
+"""
