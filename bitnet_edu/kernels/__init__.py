@@ -1,0 +1,48 @@
+"""Stage 3: ternary matmul kernels in Numba, one module per idea, one interface for all.
+
+    >>> from bitnet_edu import kernels
+    >>> kernels.available()                 # ['naive', 'mad', ...]
+    >>> k = kernels.get("mad")
+    >>> p = k.pack(w)                        # w int8 [out, in] of -1/0/+1 -> Packed (p.nbytes)
+    >>> y = k.matmul(p, x)                   # x int8 [in] -> int32 [out]; [T, in] -> [T, out]
+    >>> y == kernels.reference_matmul(w, x)  # exactly x.astype(int32) @ w.T
+    >>> k.linear(p, x, x_scale, w_scale)     # fused: float32 (x @ w.T) * x_scale[t] * w_scale
+
+``linear`` is the entry point for the model engine: the int32 accumulate and the float rescale
+happen in the same Numba call (``x_scale`` as returned by ``quant.absmax_int8``: ``x ≈ xq*x_scale``).
+:data:`DEFAULT` names the fastest kernel measured on the project's machine
+(``python -m bitnet_edu.bench kernels``).  Every kernel module also has ``numpy_matmul``, a plain
+NumPy version of its own arithmetic on its own layout, for teaching and tests.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ._base import Kernel, Packed  # noqa: F401
+from .reference import reference_matmul  # noqa: F401
+
+# name -> module; order = the order of the lesson
+_MODULES = {
+    "naive": "naive",
+    "mad": "mad",
+}
+
+#: fastest kernel on the project's 2-core AVX-512 machine (see the benchmark)
+DEFAULT = "mad"
+
+_CACHE: dict[str, Kernel] = {}
+
+
+def available() -> list[str]:
+    """Names of all kernels, in the order of the lesson."""
+    return list(_MODULES)
+
+
+def get(name: str) -> Kernel:
+    """The kernel object called ``name`` (``.name``, ``.pack``, ``.matmul``, ``.linear``)."""
+    if name not in _MODULES:
+        raise ValueError(f"unknown kernel {name!r}; available: {', '.join(available())}")
+    if name not in _CACHE:
+        _CACHE[name] = importlib.import_module(f".{_MODULES[name]}", __name__).KERNEL
+    return _CACHE[name]

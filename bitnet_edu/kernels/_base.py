@@ -1,0 +1,127 @@
+"""What every kernel shares: a self-describing :class:`Packed` weight and the :class:`Kernel` API.
+
+A kernel module only has to say how to lay the ternary weights out (``_pack``) and how to run
+its Numba loop (``_run``); input checks, GEMV/GEMM shapes and the fused float rescale live here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..packing import check_ternary
+
+
+@dataclass(frozen=True)
+class Packed:
+    """Ternary weights ``[out, k]`` stored in one kernel's layout.
+
+    ``arrays`` holds the layout's numpy arrays (codes, indices, sign bits...); ``out`` and ``k``
+    are the shape of the original matrix, so the object can be kept in memory and measured.
+    """
+
+    kernel: str
+    out: int
+    k: int
+    arrays: tuple
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.out, self.k)
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in self.arrays))
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.nbytes / (self.out * self.k)
+
+
+class Kernel:
+    """Base class: ``pack(w)`` then ``matmul(packed, x)`` == ``x.astype(int32) @ w.T``.
+
+    Subclasses set ``name``/``summary`` and implement ``_pack(w) -> tuple of arrays`` and
+    ``_run(arrays, x, y, scale)``: ``x`` int8 ``[T, k]`` (C-contiguous), ``y`` the output
+    ``[T, out]`` to fill, ``scale`` None (store the int32 sums) or float32 ``[T]`` (store
+    ``sum * scale[t]`` into a float32 ``y``).
+    """
+
+    name = "?"
+    summary = ""
+
+    def __repr__(self) -> str:
+        return f"<kernel {self.name!r}: {self.summary}>"
+
+    # -- public API ---------------------------------------------------------------------------
+    def pack(self, w) -> Packed:
+        """Pack a ternary matrix ``w`` (int8 ``[out, in]`` of -1/0/+1) into this layout."""
+        w = check_ternary(w, "w")
+        if w.ndim != 2:
+            raise ValueError(f"w must be a matrix [out, in], got shape {w.shape}")
+        arrays = tuple(np.ascontiguousarray(a) for a in self._pack(w))
+        return Packed(self.name, int(w.shape[0]), int(w.shape[1]), arrays)
+
+    def matmul(self, packed: Packed, x) -> np.ndarray:
+        """Exact integer product: x int8 ``[in]`` -> int32 ``[out]``; ``[T, in]`` -> ``[T, out]``."""
+        x2, squeeze = self._check(packed, x)
+        y = np.empty((x2.shape[0], packed.out), np.int32)
+        self._run(packed.arrays, x2, y, None)
+        return y[0] if squeeze else y
+
+    def linear(self, packed: Packed, x, x_scale, w_scale: float) -> np.ndarray:
+        """Fused BitLinear: ``(x @ w.T) * x_scale[t] * w_scale`` as float32, one Numba call.
+
+        ``x_scale`` is the per-token dequantization scale of :func:`bitnet_edu.quant.absmax_int8`
+        (``x ≈ xq * x_scale``), shape ``[T]``, ``[T, 1]`` or a single value; ``w_scale`` the
+        absmean weight scale.  Same shapes as :meth:`matmul`, float32 result.
+        """
+        x2, squeeze = self._check(packed, x)
+        t = x2.shape[0]
+        s = np.asarray(x_scale, np.float32).reshape(-1)
+        if s.size not in (1, t):
+            raise ValueError(f"x_scale must have 1 or T={t} values, got shape {np.shape(x_scale)}")
+        s = np.ascontiguousarray(np.broadcast_to(s * np.float32(w_scale), (t,)), np.float32)
+        y = np.empty((t, packed.out), np.float32)
+        self._run(packed.arrays, x2, y, s)
+        return y[0] if squeeze else y
+
+    # -- checks ---------------------------------------------------------------------------------
+    def _check(self, packed, x):
+        if not isinstance(packed, Packed):
+            raise ValueError(f"packed must come from kernels.get({self.name!r}).pack(w), "
+                             f"got {type(packed).__name__}")
+        if packed.kernel != self.name:
+            raise ValueError(f"weights were packed by kernel {packed.kernel!r}, "
+                             f"not {self.name!r}: use the same kernel for pack and matmul")
+        x = np.asarray(x)
+        if x.dtype != np.int8:
+            raise ValueError(f"x must be int8 (quantize with absmax_int8), got dtype {x.dtype}")
+        if x.ndim not in (1, 2):
+            raise ValueError(f"x must be [in] or [T, in], got shape {x.shape}")
+        if x.shape[-1] != packed.k:
+            raise ValueError(f"x has {x.shape[-1]} features but the weights expect in={packed.k} "
+                             f"(w shape {packed.shape}, x shape {x.shape})")
+        squeeze = x.ndim == 1
+        x2 = np.ascontiguousarray(x.reshape(1, -1) if squeeze else x)
+        if x2.shape[0] == 0:
+            raise ValueError("x has no tokens (T = 0)")
+        return x2, squeeze
+
+    # -- to implement ---------------------------------------------------------------------------
+    def _pack(self, w: np.ndarray) -> tuple:
+        raise NotImplementedError
+
+    def _run(self, arrays: tuple, x: np.ndarray, y: np.ndarray, scale) -> None:
+        raise NotImplementedError
+
+
+def pad_cols(a: np.ndarray, multiple: int) -> np.ndarray:
+    """Zero-pad the last axis of ``a`` up to a multiple of ``multiple`` (zero weights/activations
+    add nothing to a dot product, so padding keeps results exact)."""
+    pad = (-a.shape[-1]) % multiple
+    if pad == 0:
+        return a
+    widths = [(0, 0)] * (a.ndim - 1) + [(0, pad)]
+    return np.pad(a, widths)
