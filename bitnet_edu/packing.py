@@ -41,7 +41,7 @@ def check_ternary(q, name: str = "q") -> np.ndarray:
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(
-            f"{name} must hold only -1, 0, +1; found {q[first]!r} at index {first} "
+            f"{name} must hold only -1, 0, +1; found {q[first].item()!r} at index {first} "
             f"({int(bad.sum())} bad values). Quantize first with absmean_ternary."
         )
     return q.astype(np.int8)

@@ -1,0 +1,87 @@
+"""Exercises come from one source: solutions/ generates exercises/, and the two never drift."""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from bitnet_edu import make_exercises as mk
+from bitnet_edu import nbval_plugin
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
+
+
+def test_strip_solutions_keeps_indent_and_surroundings():
+    src = "def f(x):\n    '''doc'''\n    ### BEGIN SOLUTION\n    y = x + 1\n    return y\n    ### END SOLUTION\n\nf"
+    out = mk.strip_solutions(src)
+    assert out == "def f(x):\n    '''doc'''\n    # YOUR CODE HERE\n    raise NotImplementedError()\n\nf"
+
+
+@pytest.mark.parametrize(
+    "src, msg",
+    [
+        ("### BEGIN SOLUTION\nx = 1\n### END SOLUTION", "inside a function"),
+        ("def f():\n    ### BEGIN SOLUTION\n    pass", "without"),
+        ("def f():\n    pass\n    ### END SOLUTION", "without a matching"),
+    ],
+)
+def test_strip_solutions_rejects_bad_markup(src, msg):
+    with pytest.raises(ValueError, match=msg):
+        mk.strip_solutions(src)
+
+
+def test_exercises_match_generator():
+    """Fails when someone edits exercises/ by hand or forgets to regenerate."""
+    want = mk.expected_exercises(ROOT)
+    assert want, "no solution notebooks found"
+    for path, text in want.items():
+        assert path.exists(), f"missing {path.name}: run python -m bitnet_edu.make_exercises"
+        assert path.read_text() == text, f"{path.name} drifted: run python -m bitnet_edu.make_exercises"
+    extra = {p.name for p in (ROOT / "exercises").glob("*.ipynb")} - {p.name for p in want}
+    assert not extra, f"exercise notebooks without a solution source: {extra}"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_solution_notebooks_are_graded(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    n_checks = sum(s.count("checks.check_") for s in code)
+    n_blocks = sum(s.count(mk.BEGIN) for s in code)
+    assert n_checks >= 3, f"{path.name}: at least 3 check calls expected, found {n_checks}"
+    assert n_blocks >= 3, f"{path.name}: at least 3 solution blocks expected, found {n_blocks}"
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "store with outputs cleared"
+
+
+def test_every_lesson_has_an_exercise_pair():
+    lessons = {p.name[:2] for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
+    sols = {p.name[:2] for p in SOLUTIONS}
+    assert lessons <= sols, f"lessons without exercises: {sorted(lessons - sols)}"
+
+
+def test_plugin_reads_check_lines():
+    outs = [{"output_type": "stream", "name": "stdout",
+             "text": "✅ [check] absmean: PASS\n⏳ [check] absmax: NOT IMPLEMENTED — fill in\n"}]
+    found = nbval_plugin._CHECK.findall(nbval_plugin._text_of(outs))
+    assert found == [("absmean", "PASS"), ("absmax", "NOT IMPLEMENTED")]
+    assert nbval_plugin._expected_status("/x/solutions/01_a.ipynb") == "PASS"
+    assert nbval_plugin._expected_status("/x/exercises/01_a.ipynb") == "NOT IMPLEMENTED"
+    assert nbval_plugin._expected_status("/x/notebooks/01_a.ipynb") is None
+
+
+def test_checks_never_raise():
+    from bitnet_edu.checks import FAIL, NOT_IMPLEMENTED, PASS, check
+
+    @check
+    def check_positive(fn):
+        assert fn(2) > 0, "expected a positive number"
+
+    def stub(x):
+        raise NotImplementedError()
+
+    assert check_positive(lambda x: x).status == PASS
+    assert check_positive(stub).status == NOT_IMPLEMENTED
+    bad = check_positive(lambda x: -x)
+    assert bad.status == FAIL and "positive" in bad.message
+    crash = check_positive(lambda x: x / 0)
+    assert crash.status == FAIL and "ZeroDivisionError" in crash.message
