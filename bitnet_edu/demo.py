@@ -1,0 +1,121 @@
+"""The main demo (``make demo``): one pass through every stage, measured on this machine.
+
+    python -m bitnet_edu.demo [--prompt TEXT] [--max-new-tokens N] [--no-2b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+
+import numpy as np
+
+
+def _rule(title: str):
+    print(f"\n== {title} " + "=" * max(0, 70 - len(title)))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def stage1(rng):
+    from .quant import error_report
+
+    _rule("Stage 1: absmean ternary quantization of one 2560x2560 layer")
+    w = (rng.standard_normal((2560, 2560)) * 0.02).astype(np.float32)
+    r = error_report(w)
+    print(f"scale = mean|W| = {r['scale']:.5f}")
+    print(f"levels: -1 {r['minus_one_fraction']:.1%}   0 {r['zero_fraction']:.1%}   +1 {r['plus_one_fraction']:.1%}")
+    print(f"error: SQNR {r['sqnr_db']:.2f} dB, relative {r['relative_error']:.1%}")
+    n = w.size
+    for name, b in [("float32", 4), ("bf16", 2), ("int8", 1), ("ternary 2-bit", 0.25), ("base-3 (5/byte)", 0.2)]:
+        print(f"  {name:16s} {n * b / 2**20:7.2f} MiB")
+    return w
+
+
+def stage2(w, rng):
+    from .bitlinear import BitLinearInference
+
+    _rule("Stage 2: BitLinear inference form (int8 x ternary -> int32 -> one rescale)")
+    layer = BitLinearInference.from_float(w)
+    x = rng.standard_normal((4, w.shape[1])).astype(np.float32)
+    y, steps = layer.forward(x, trace=True)
+    ref = x @ w.T
+    rel = np.linalg.norm(y - ref) / np.linalg.norm(ref)
+    print(f"{layer}")
+    print(f"x -> int8 (scale {steps['x_scale'][0, 0]:.4f}) -> int32 sums, e.g. {steps['acc_int32'][0, :4]}")
+    print(f"relative error vs the float layer: {rel:.1%} (a trained BitNet learns around it)")
+
+
+def stage3():
+    try:
+        from . import kernels
+        from .bench.kernels import quick_race
+    except ImportError:
+        return
+    _rule("Stage 3: ternary kernels vs numpy float32 (one 2B4T shape, GEMV)")
+    for row in quick_race(out=6912, k=2560):
+        print(f"  {row['kernel']:10s} {row['ms']:8.3f} ms   {row['speedup']:5.2f}x vs float32")
+    print(f"  engine default: {kernels.DEFAULT}")
+
+
+def stage4(prompt: str, max_new_tokens: int):
+    import bitnet_edu
+
+    _rule("Stage 4-5: text from the embedded BitNet (trained with this package)")
+    if not (bitnet_edu.DEFAULT_MODEL / "config.json").exists():
+        print("the embedded model is not installed; see README (python -m bitnet_edu.train --config tiny)")
+        return
+    t0 = time.perf_counter()
+    model = bitnet_edu.load_model()
+    print(f"loaded in {time.perf_counter() - t0:.2f} s")
+    print(f"prompt: {prompt!r}\n")
+    t0, n = time.perf_counter(), 0
+    for piece in model.stream(prompt, max_new_tokens=max_new_tokens, temperature=0.8, top_p=0.95, seed=0):
+        print(piece, end="", flush=True)
+        n += 1
+    dt = time.perf_counter() - t0
+    print(f"\n\n{n} tokens in {dt:.2f} s = {n / dt:.1f} tok/s, peak memory {peak_rss_mb():.0f} MB")
+
+
+def stage4_2b(tokens: int = 16):
+    import bitnet_edu
+
+    _rule("The full 2B4T shape (random ternary weights: speed does not depend on values)")
+    t0 = time.perf_counter()
+    model = bitnet_edu.random_model("2b4t", seed=0)
+    print(f"built in {time.perf_counter() - t0:.1f} s")
+    ids = list(range(1, 9))
+    model.generate(ids, max_new_tokens=2, temperature=0.0)  # compile / warm up
+    t0 = time.perf_counter()
+    out = model.generate(ids, max_new_tokens=tokens, temperature=0.0)
+    dt = time.perf_counter() - t0
+    print(f"decode: {len(out)} tokens in {dt:.2f} s = {len(out) / dt:.1f} tok/s "
+          f"(bitnet.cpp: ~20 tok/s on 2 cores); peak memory {peak_rss_mb():.0f} MB")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="bitnet_edu demo: every stage, measured here")
+    ap.add_argument("--prompt", default="In the beginning")
+    ap.add_argument("--max-new-tokens", type=int, default=60)
+    ap.add_argument("--no-2b", action="store_true", help="skip the 2B-shape speed demo")
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(0)
+    w = stage1(rng)
+    stage2(w, rng)
+    stage3()
+    stage4(args.prompt, args.max_new_tokens)
+    if not args.no_2b:
+        try:
+            stage4_2b()
+        except (ImportError, AttributeError, NotImplementedError) as e:
+            print(f"(2B-shape demo unavailable: {e})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
