@@ -1,0 +1,128 @@
+"""deploy.py against a fake model that follows the public API (``stream``, ``tokenizer``, ``config``)."""
+
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from bitnet_edu import deploy
+from bitnet_edu.deploy import Limits, ResponseCache, Service, check_request, generate_batch, stream_reply
+
+
+class FakeModel:
+    """Streams the prompt's words reversed, one per token; records concurrency and call counts."""
+
+    def __init__(self, delay=0.0, ctx=64):
+        self.delay, self.calls, self.active, self.peak = delay, 0, 0, 0
+        self.closed = 0
+        self.config = SimpleNamespace(max_position_embeddings=ctx)
+        self.tokenizer = SimpleNamespace(encode=lambda s: SimpleNamespace(ids=s.split()))
+        self._lock = threading.Lock()
+
+    def stream(self, prompt, max_new_tokens=8, **settings):
+        with self._lock:
+            self.calls += 1
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            words = prompt.split()[::-1] * max_new_tokens
+            for w in words[:max_new_tokens]:
+                time.sleep(self.delay)
+                yield w + " "
+        finally:
+            with self._lock:
+                self.active -= 1
+                self.closed += 1
+
+
+def test_stream_reply_collects_and_counts():
+    m, seen = FakeModel(), []
+    r = stream_reply(m, "a b c", max_new_tokens=5, on_piece=seen.append)
+    assert r.text == "c b a c b " and r.tokens == 5 and not r.timed_out
+    assert seen == ["c ", "b ", "a ", "c ", "b "]
+    assert r.tokens_per_s > 0
+
+
+def test_timeout_stops_between_tokens_and_closes_the_stream():
+    m = FakeModel(delay=0.02)
+    r = stream_reply(m, "x y", max_new_tokens=1000, timeout=0.1)
+    assert r.timed_out
+    assert 1 <= r.tokens < 1000
+    assert m.closed == 1  # the generator's finally ran: the model released its state
+
+
+def test_limits_name_the_problem():
+    m = FakeModel(ctx=10)
+    assert check_request(m, "one two three", 4) == 3
+    with pytest.raises(ValueError, match="empty"):
+        check_request(m, "   ", 4)
+    with pytest.raises(ValueError, match="characters"):
+        check_request(m, "x" * 50, 4, Limits(max_prompt_chars=10))
+    with pytest.raises(ValueError, match="tokens, the limit is 2"):
+        check_request(m, "a b c", 4, Limits(max_prompt_tokens=2))
+    with pytest.raises(ValueError, match="exceeds the limit 256"):
+        check_request(m, "a", 1000)
+    with pytest.raises(ValueError, match="context window of 10"):
+        check_request(m, "a b c d e f g", 4)
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+        check_request(m, "a", 0)
+    # token ids count as tokens without a tokenizer
+    assert check_request(SimpleNamespace(), [1, 2, 3], 4) == 3
+
+
+def test_lru_cache_evicts_least_recently_used():
+    c = ResponseCache(maxsize=2)
+    k = [ResponseCache.key(p, {"temperature": 0}) for p in "abc"]
+    c.put(k[0], 0)
+    c.put(k[1], 1)
+    assert c.get(k[0]) == 0  # a is now the most recent
+    c.put(k[2], 2)  # evicts b, not a
+    assert k[1] not in c and k[0] in c and k[2] in c
+    assert c.get(k[1]) is None
+    assert (c.hits, c.misses, len(c)) == (1, 1, 2)
+    # settings are part of the key
+    assert ResponseCache.key("a", {"temperature": 0}) != ResponseCache.key("a", {"temperature": 0.5})
+    assert ResponseCache.key("a", {"x": 1, "y": 2}) == ResponseCache.key("a", {"y": 2, "x": 1})
+    with pytest.raises(ValueError):
+        ResponseCache(0)
+
+
+def test_service_caches_only_reproducible_requests():
+    m = FakeModel()
+    svc = Service(m, cache=ResponseCache(8), timeout=None)
+    r1 = svc.ask("hello world", max_new_tokens=3, temperature=0)
+    r2 = svc.ask("hello world", max_new_tokens=3, temperature=0)
+    assert r2.cached and not r1.cached and r2.text == r1.text and m.calls == 1
+    svc.ask("hello world", max_new_tokens=4, temperature=0)  # other settings: a miss
+    assert m.calls == 2
+    svc.ask("hello world", max_new_tokens=3, temperature=0.8)  # unseeded sampling: never cached
+    svc.ask("hello world", max_new_tokens=3, temperature=0.8)
+    assert m.calls == 4
+    svc.ask("hello world", max_new_tokens=3, temperature=0.8, seed=1)
+    svc.ask("hello world", max_new_tokens=3, temperature=0.8, seed=1)
+    assert m.calls == 5
+    with pytest.raises(ValueError, match="limit"):
+        svc.ask("x " * 10, max_new_tokens=999)
+    assert m.calls == 5  # rejected before any compute
+
+
+def test_batch_keeps_order_and_respects_the_concurrency_limit():
+    m = FakeModel(delay=0.01)
+    prompts = [f"p{i} q{i}" for i in range(7)]
+    out = generate_batch(m, prompts, max_concurrency=3, max_new_tokens=2)
+    assert [r.text for r in out] == [f"q{i} p{i} " for i in range(7)]
+    assert 1 < m.peak <= 3
+    m1 = FakeModel(delay=0.001)
+    generate_batch(m1, prompts, max_concurrency=1, max_new_tokens=2)
+    assert m1.peak == 1
+    with pytest.raises(ValueError, match="max_concurrency"):
+        generate_batch(m, prompts, max_concurrency=0)
+
+
+def test_service_ask_many_shares_the_cache():
+    m = FakeModel()
+    svc = Service(m, cache=ResponseCache(8))
+    out = svc.ask_many(["a b", "c d", "a b"], max_concurrency=1, max_new_tokens=2, temperature=0)
+    assert [r.cached for r in out] == [False, False, True]
+    assert deploy.Reply("x", 1, 0.5).tokens_per_s == 2.0
