@@ -3,3 +3,5 @@
 
 They are tested headless: set a control's ``.value`` and assert the figure data changed.
 """
+from .energy import EnergyCalculator  # noqa
+from .chat import ChatWidget  # noqa
