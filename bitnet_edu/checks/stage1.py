@@ -1,1 +1,145 @@
-"""Checks for stage 1 (absmean quantization)."""
+"""Checks for stage 1 (absmean quantization, int8 activations, packing, error).
+
+Each check runs the student's function on several inputs — random, all zeros, one outlier,
+negative-only, other shapes — and compares with the package's own implementation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import packing, quant
+from ._core import check, expect_close, expect_dtype, expect_equal
+
+__all__ = ["check_absmean_ternary", "check_absmax_int8", "check_pack_hf", "check_sqnr"]
+
+
+def _cases(seed: int = 0) -> dict:
+    """Named float32 test inputs shared by the stage-1 checks (all 2-D, out a multiple of 4)."""
+    rng = np.random.default_rng(seed)
+    gauss = rng.normal(0, 0.02, (8, 16)).astype(np.float32)
+    outlier = gauss.copy()
+    outlier[3, 5] = 1.0
+    return {
+        "random gaussian [8, 16]": gauss,
+        "all zeros [4, 8]": np.zeros((4, 8), np.float32),
+        "one outlier [8, 16]": outlier,
+        "negative only [4, 6]": -np.abs(rng.normal(0, 1, (4, 6))).astype(np.float32),
+        "wide range [4, 32]": (rng.normal(0, 1, (4, 32)) * np.logspace(-3, 2, 32)).astype(np.float32),
+    }
+
+
+def _pair(result, what: str):
+    if result is None:
+        raise AssertionError(f"{what}: your function returned None — did you forget `return q, scale`?")
+    if not isinstance(result, tuple) or len(result) != 2:
+        raise AssertionError(f"{what}: return a tuple (q, scale), got {type(result).__name__}")
+    return result
+
+
+@check
+def check_absmean_ternary(absmean_ternary):
+    """``absmean_ternary(w, eps=1e-5) -> (q int8 in {-1,0,1}, scale float = max(mean|w|, eps))``."""
+    for name, w in _cases().items():
+        q, s = _pair(absmean_ternary(w.copy()), name)
+        want_q, want_s = quant.absmean_ternary(w)
+        if not np.isscalar(s) and np.asarray(s).size != 1:
+            raise AssertionError(f"{name}: scale must be ONE number for the whole tensor, got shape "
+                                 f"{np.shape(s)} — take the mean over all entries, not per row")
+        s = float(np.asarray(s).reshape(-1)[0])
+        if w.any() and np.isclose(s, float(np.max(np.abs(w)))) and not np.isclose(s, want_s):
+            raise AssertionError(f"{name}: scale {s:.4g} is max|w|; BitNet uses the MEAN of |w| ({want_s:.4g})")
+        if not np.isfinite(s) or not np.isclose(s, want_s, rtol=1e-5, atol=0):
+            hint = " (an all-zero tensor needs the eps floor: max(mean|w|, eps))" if not w.any() else ""
+            raise AssertionError(f"{name}: scale should be mean(|w|) = {want_s:.6g}, got {s:.6g}{hint}")
+        expect_dtype(q, np.int8, f"{name}: q")
+        if np.asarray(q).shape != w.shape:
+            raise AssertionError(f"{name}: q must keep the shape of w {w.shape}, got {np.asarray(q).shape}")
+        if np.any(np.abs(np.asarray(q, np.int64)) > 1):
+            raise AssertionError(f"{name}: q has values outside {{-1, 0, 1}} — clip after rounding")
+        if not np.array_equal(q, want_q):
+            trunc = np.clip(np.trunc(w / want_s), -1, 1).astype(np.int8)
+            hint = " — looks truncated/floored; use np.rint (round to nearest)" if np.array_equal(q, trunc) else ""
+            expect_equal(q, want_q, f"{name}: q{hint}")
+
+
+@check
+def check_absmax_int8(absmax_int8):
+    """``absmax_int8(x, eps=1e-5) -> (q int8, scale float32 x.shape[:-1] + (1,))``, per row."""
+    cases = _cases(1)
+    cases["one token [16]"] = cases["random gaussian [8, 16]"][0]
+    cases["batch of sequences [2, 3, 8]"] = np.random.default_rng(2).normal(0, 3, (2, 3, 8)).astype(np.float32)
+    zero_row = np.random.default_rng(3).normal(0, 1, (3, 8)).astype(np.float32)
+    zero_row[1] = 0
+    cases["one all-zero row [3, 8]"] = zero_row
+    for name, x in cases.items():
+        q, s = _pair(absmax_int8(x.copy()), name)
+        want_q, want_s = quant.absmax_int8(x)
+        expect_dtype(q, np.int8, f"{name}: q")
+        s = np.asarray(s)
+        if s.shape != want_s.shape:
+            raise AssertionError(f"{name}: scale must have shape x.shape[:-1] + (1,) = {want_s.shape} "
+                                 f"(one scale per token, keepdims=True over the LAST axis), got {s.shape}")
+        if np.allclose(s * 127, want_s) and not np.allclose(s, want_s):
+            raise AssertionError(f"{name}: scale is 127 times too small; scale = max|x| / 127")
+        if np.allclose(s, 127.0 / np.maximum(want_s * 127, 1e-5), rtol=1e-4):
+            raise AssertionError(f"{name}: you returned 127 / max|x|; return the dequantization scale "
+                                 f"max|x| / 127 so that x ≈ q * scale")
+        expect_close(s, want_s, f"{name}: scale (max|x| / 127 per row)", rtol=1e-5, atol=1e-12)
+        expect_equal(q, want_q, f"{name}: q = clip(round(x / scale), -128, 127)")
+
+
+@check
+def check_pack_hf(pack_hf):
+    """``pack_hf(q int8 [out, in]) -> uint8 [out/4, in]``, four contiguous quarters along the rows."""
+    rng = np.random.default_rng(4)
+    cases = {
+        "random [8, 5]": rng.integers(-1, 2, (8, 5)),
+        "all zeros [4, 3]": np.zeros((4, 3)),
+        "all -1 [4, 2]": -np.ones((4, 2)),
+        "all +1 [12, 1]": np.ones((12, 1)),
+        "random [16, 16]": rng.integers(-1, 2, (16, 16)),
+    }
+    for name, q in cases.items():
+        q = q.astype(np.int8)
+        got = pack_hf(q.copy())
+        want = packing.pack_hf(q)
+        if got is None:
+            raise AssertionError(f"{name}: your function returned None — did you forget `return`?")
+        got = np.asarray(got)
+        if got.shape != want.shape:
+            raise AssertionError(f"{name}: packed shape must be [out/4, in] = {want.shape}, got {got.shape}")
+        expect_dtype(got, np.uint8, f"{name}: packed bytes")
+        if not np.array_equal(got, want):
+            interleaved = packing.pack_hf(q.reshape(-1, 4, q.shape[1]).transpose(1, 0, 2).reshape(q.shape))
+            if np.array_equal(got, interleaved):
+                raise AssertionError(f"{name}: you packed 4 CONSECUTIVE rows per byte; the HF layout packs "
+                                     f"rows r, R+r, 2R+r, 3R+r (R = out/4) — four contiguous quarters")
+            rev = packing.pack_hf(q.reshape(4, -1, q.shape[1])[::-1].reshape(q.shape))  # quarters swapped
+            hint = " (bit order? quarter i goes to bits 2i..2i+1, lowest bits first)" if np.array_equal(got, rev) else ""
+            expect_equal(got, want, f"{name}: packed bytes (code = w + 1, quarter i << 2*i){hint}")
+
+
+@check
+def check_sqnr(sqnr_db):
+    """``sqnr_db(x, x_hat) -> float`` = ``10 log10(sum x² / sum (x - x_hat)²)``, ``inf`` if equal."""
+    for name, w in _cases(5).items():
+        if not w.any():
+            continue
+        w_hat = quant.fake_quant_ternary(w)
+        got = sqnr_db(w.copy(), w_hat.copy())
+        want = quant.sqnr_db(w, w_hat)
+        if got is None:
+            raise AssertionError(f"{name}: your function returned None — did you forget `return`?")
+        if np.isclose(float(got), want * 2, rtol=1e-4):
+            raise AssertionError(f"{name}: got twice the expected dB — a ratio of powers (sums of squares) "
+                                 f"takes 10·log10, not 20·log10")
+        if np.isclose(float(got), want / 2, rtol=1e-4):
+            raise AssertionError(f"{name}: got half the expected dB — use sums of SQUARES (power), not norms")
+        if np.isclose(float(got), -want, rtol=1e-4):
+            raise AssertionError(f"{name}: sign flipped — signal power goes in the numerator")
+        expect_close(float(got), want, f"{name}: SQNR in dB", rtol=1e-4, atol=1e-6)
+    w = _cases(5)["random gaussian [8, 16]"]
+    same = sqnr_db(w.copy(), w.copy())
+    if not (np.isinf(float(same)) and float(same) > 0):
+        raise AssertionError(f"an exact copy has no noise: return float('inf'), got {same!r}")

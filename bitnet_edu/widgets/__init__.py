@@ -3,5 +3,7 @@
 
 They are tested headless: set a control's ``.value`` and assert the figure data changed.
 """
+from .quant_explorer import QuantizationExplorer  # noqa
+from .bitlinear_stepper import BitLinearStepper  # noqa
 from .energy import EnergyCalculator  # noqa
 from .chat import ChatWidget  # noqa

@@ -1,0 +1,224 @@
+"""How many bytes a BitNet model needs, counted from its config instead of quoted.
+
+Count every tensor of the model by kind (embedding, the seven linears of each layer, the
+norms), then price each kind in a storage format.  Only the linears are ternary in BitNet
+b1.58: the embedding (tied with the output head) and the norms stay in bf16, which is why
+a "2-billion-parameter model in 0.4 GB" needs about 1.18 GB on disk.
+
+    >>> rows = memory_table()                      # the real 2B4T config
+    >>> print(format_table(rows))
+    >>> memory_figure(rows).show()
+
+Sizes are in bytes; GB means 10**9 bytes (as file sizes are usually quoted).
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = [
+    "BITNET_2B4T",
+    "LINEAR_KINDS",
+    "BYTES_PER_WEIGHT",
+    "param_counts",
+    "count_summary",
+    "memory_table",
+    "predicted_safetensors_bytes",
+    "format_table",
+    "memory_figure",
+    "GB",
+]
+
+GB = 10**9
+
+#: The shape of microsoft/bitnet-b1.58-2B-4T (its config.json, see shared/FORMATS.md).
+BITNET_2B4T = {
+    "vocab_size": 128256,
+    "hidden_size": 2560,
+    "intermediate_size": 6912,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 20,
+    "num_key_value_heads": 5,
+    "head_dim": 128,
+    "tie_word_embeddings": True,
+}
+
+#: The per-layer linears: the only tensors BitNet stores as ternary.
+LINEAR_KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+#: Storage cost of one weight (bytes).  "log2(3)" is the information content, a lower bound.
+BYTES_PER_WEIGHT = {
+    "fp32": 4.0,
+    "bf16": 2.0,
+    "int8": 1.0,
+    "ternary 2-bit": 0.25,  # HF packed and bitnet.cpp I2_S: 4 weights per byte
+    "ternary base-3": 0.2,  # 5 weights per byte (3**5 = 243 <= 256)
+    "ternary log2(3)": math.log2(3) / 8,  # 1.585 bits: no real packing reaches it exactly
+}
+
+_TERNARY = {"ternary 2-bit", "ternary base-3", "ternary log2(3)"}
+
+
+def _get(cfg, key, default=None):
+    """Read a config field from a dict or an object with attributes (e.g. a BitNetConfig)."""
+    if isinstance(cfg, dict):
+        value = cfg.get(key, default)
+    else:
+        value = getattr(cfg, key, default)
+    if value is None:
+        raise ValueError(f"config has no {key!r}")
+    return value
+
+
+def param_counts(config=None) -> dict:
+    """Number of parameters of each tensor kind, summed over all layers.
+
+    Args:
+        config: dict or config object with ``vocab_size, hidden_size, intermediate_size,
+            num_hidden_layers, num_attention_heads, num_key_value_heads`` (``head_dim`` and
+            ``tie_word_embeddings`` optional).  Default: :data:`BITNET_2B4T`.
+
+    Returns:
+        dict kind -> int: ``embedding``, the seven :data:`LINEAR_KINDS`, ``norms`` (the four
+        RMSNorm weights per layer plus the final norm) and ``lm_head`` (0 when tied).
+    """
+    cfg = BITNET_2B4T if config is None else config
+    h, i = int(_get(cfg, "hidden_size")), int(_get(cfg, "intermediate_size"))
+    n_layers, vocab = int(_get(cfg, "num_hidden_layers")), int(_get(cfg, "vocab_size"))
+    n_heads, n_kv = int(_get(cfg, "num_attention_heads")), int(_get(cfg, "num_key_value_heads"))
+    head_dim = int(_get(cfg, "head_dim", h // n_heads))
+    tied = bool(_get(cfg, "tie_word_embeddings", True))
+    q, kv = n_heads * head_dim, n_kv * head_dim  # grouped-query attention: k, v are narrower
+    per_layer = {
+        "q_proj": q * h, "k_proj": kv * h, "v_proj": kv * h, "o_proj": h * q,
+        "gate_proj": i * h, "up_proj": i * h, "down_proj": h * i,
+    }
+    # input_layernorm, post_attention_layernorm [h]; attn_sub_norm [q]; ffn_sub_norm [i]
+    norms = n_layers * (2 * h + q + i) + h  # + the final model.norm
+    counts = {"embedding": vocab * h}
+    counts.update({k: n_layers * v for k, v in per_layer.items()})
+    counts["norms"] = norms
+    counts["lm_head"] = 0 if tied else vocab * h
+    return counts
+
+
+def count_summary(config=None) -> dict:
+    """Totals: ``linear, embedding, norms, lm_head, total`` parameters, plus ``n_linear_tensors``,
+    ``n_linear_rows`` and ``embedding_rows`` (what per-tensor / per-row scales are counted on)."""
+    c = param_counts(config)
+    cfg = BITNET_2B4T if config is None else config
+    n_layers = int(_get(cfg, "num_hidden_layers"))
+    linear = sum(c[k] for k in LINEAR_KINDS)
+    h, i = int(_get(cfg, "hidden_size")), int(_get(cfg, "intermediate_size"))
+    head_dim = int(_get(cfg, "head_dim", h // int(_get(cfg, "num_attention_heads"))))
+    q = int(_get(cfg, "num_attention_heads")) * head_dim
+    kv = int(_get(cfg, "num_key_value_heads")) * head_dim
+    rows = n_layers * (q + 2 * kv + h + 2 * i + h)  # output rows of the seven linears
+    return {
+        "linear": linear,
+        "embedding": c["embedding"],
+        "norms": c["norms"],
+        "lm_head": c["lm_head"],
+        "total": linear + c["embedding"] + c["norms"] + c["lm_head"],
+        "n_linear_tensors": n_layers * len(LINEAR_KINDS),
+        "n_linear_rows": rows,
+        "embedding_rows": int(_get(cfg, "vocab_size")) * (1 if c["lm_head"] == 0 else 2),
+    }
+
+
+def _scale_bytes(fmt: str, s: dict) -> int:
+    """Bytes of the quantization scales: one bf16 per ternary tensor (as in the HF file),
+    one bf16 per output row for int8 (per-channel int8 needs it to stay accurate)."""
+    if fmt in _TERNARY:
+        return 2 * s["n_linear_tensors"]
+    if fmt == "int8":
+        return 2 * s["n_linear_rows"]
+    return 0
+
+
+def memory_table(config=None, formats=None, embedding: str = "bf16") -> list[dict]:
+    """Bytes of the whole model, one row per storage format of the linear weights.
+
+    Args:
+        config: see :func:`param_counts`.
+        formats: names from :data:`BYTES_PER_WEIGHT` (default: all of them).
+        embedding: format of the embedding (and untied head) when the linears are quantized
+            (``"bf16"`` as BitNet ships, or ``"int8"``).  With ``fp32``/``bf16`` linears the
+            embedding uses the same float format.  Norms are bf16 (fp32 in the fp32 row).
+
+    Returns:
+        list of dicts with keys ``format, bits_per_weight, embedding_format, linear_bytes,
+        embedding_bytes, other_bytes`` (norms + scales) ``, total_bytes, total_gb``.
+    """
+    if embedding not in ("bf16", "int8", "fp32"):
+        raise ValueError(f"embedding must be 'bf16', 'int8' or 'fp32', got {embedding!r}")
+    formats = list(BYTES_PER_WEIGHT) if formats is None else list(formats)
+    s = count_summary(config)
+    rows = []
+    for fmt in formats:
+        if fmt not in BYTES_PER_WEIGHT:
+            raise ValueError(f"unknown format {fmt!r}; choose from {list(BYTES_PER_WEIGHT)}")
+        float_model = fmt in ("fp32", "bf16")
+        emb_fmt = fmt if float_model else embedding
+        norm_fmt = "fp32" if fmt == "fp32" else "bf16"
+        linear = s["linear"] * BYTES_PER_WEIGHT[fmt]
+        emb = (s["embedding"] + s["lm_head"]) * BYTES_PER_WEIGHT[emb_fmt]
+        if emb_fmt == "int8":  # plus one bf16 scale per vocabulary row
+            emb += 2 * s["embedding_rows"]
+        other = s["norms"] * BYTES_PER_WEIGHT[norm_fmt] + _scale_bytes(fmt, s)
+        total = linear + emb + other
+        rows.append({
+            "format": fmt,
+            "bits_per_weight": 8 * BYTES_PER_WEIGHT[fmt],
+            "embedding_format": emb_fmt,
+            "linear_bytes": int(math.ceil(linear)),
+            "embedding_bytes": int(emb),
+            "other_bytes": int(other),
+            "total_bytes": int(math.ceil(total)),
+            "total_gb": total / GB,
+        })
+    return rows
+
+
+def predicted_safetensors_bytes(config=None, packed: bool = True) -> int:
+    """Tensor bytes of the HF ``model.safetensors`` (the JSON header, a few tens of KB, excluded).
+
+    ``packed=True``: the offline-quantized repo (uint8 2-bit linears, bf16 scales, bf16 rest);
+    ``packed=False``: the ``-bf16`` master weights.
+    """
+    fmt = "ternary 2-bit" if packed else "bf16"
+    return memory_table(config, [fmt], embedding="bf16")[0]["total_bytes"]
+
+
+def format_table(rows: list[dict]) -> str:
+    """A fixed-width text table of :func:`memory_table` rows (no pandas needed)."""
+    head = f"{'linears in':<17}{'bits/w':>7}{'embedding':>11}{'linears GB':>12}{'embed GB':>10}{'other MB':>10}{'total GB':>10}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['format']:<17}{r['bits_per_weight']:>7.2f}{r['embedding_format']:>11}"
+                     f"{r['linear_bytes'] / GB:>12.3f}{r['embedding_bytes'] / GB:>10.3f}"
+                     f"{r['other_bytes'] / 1e6:>10.2f}{r['total_gb']:>10.3f}")
+    return "\n".join(lines)
+
+
+def memory_figure(rows: list[dict], marks: dict | None = None, title: str = "Model memory per storage format"):
+    """Stacked plotly bars (linears / embedding / norms+scales, in GB) for :func:`memory_table` rows.
+
+    ``marks`` maps a label to a size in GB drawn as a dashed horizontal line (e.g. a quoted claim).
+    """
+    import plotly.graph_objects as go
+
+    names = [f"{r['format']}<br>(emb {r['embedding_format']})" for r in rows]
+    fig = go.Figure()
+    for key, label, color in (("linear_bytes", "linears", "#1f77b4"),
+                              ("embedding_bytes", "embedding", "#ff7f0e"),
+                              ("other_bytes", "norms + scales", "#2ca02c")):
+        fig.add_bar(x=names, y=[r[key] / GB for r in rows], name=label, marker_color=color)
+    fig.add_scatter(x=names, y=[r["total_gb"] for r in rows], mode="text", showlegend=False,
+                    text=[f"{r['total_gb']:.2f} GB" for r in rows], textposition="top center")
+    for label, gb in (marks or {}).items():
+        fig.add_hline(y=gb, line_dash="dash", line_color="gray", annotation_text=label,
+                      annotation_position="top right")
+    fig.update_layout(barmode="stack", title=title, yaxis_title="GB (10⁹ bytes)", height=420,
+                      legend=dict(orientation="h", y=1.02, yanchor="bottom"))
+    return fig

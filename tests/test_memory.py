@@ -1,0 +1,91 @@
+"""Memory budget of the real 2B4T config: counts by hand, and file sizes predicted from them."""
+
+import math
+
+import pytest
+
+from bitnet_edu import memory
+
+PACKED_FILE, BF16_FILE = 1_178_623_988, 4_825_679_400  # real model.safetensors sizes (FORMATS.md)
+
+
+def test_2b4t_counts_per_kind():
+    c = memory.param_counts()
+    h, i, layers = 2560, 6912, 30
+    assert c["q_proj"] == c["o_proj"] == layers * h * h
+    assert c["k_proj"] == c["v_proj"] == layers * h * 5 * 128  # 5 kv heads of 128
+    assert c["gate_proj"] == c["up_proj"] == c["down_proj"] == layers * h * i
+    assert c["embedding"] == 128256 * h == 328_335_360
+    assert c["norms"] == layers * (3 * h + i) + h == 440_320
+    assert c["lm_head"] == 0  # tied
+
+
+def test_2b4t_totals():
+    s = memory.count_summary()
+    assert s["linear"] == 2_084_044_800
+    assert s["total"] == 2_412_820_480  # "about 2.41 B"
+    assert s["n_linear_tensors"] == 210
+    assert math.isclose(s["embedding"] / 1e6, 328, rel_tol=1e-2)
+
+
+def test_predicted_file_sizes_match_the_real_files():
+    bf16 = memory.predicted_safetensors_bytes(packed=False)
+    packed = memory.predicted_safetensors_bytes(packed=True)
+    assert bf16 == 2 * 2_412_820_480
+    assert abs(bf16 - BF16_FILE) / BF16_FILE < 1e-3
+    assert abs(packed - PACKED_FILE) / PACKED_FILE < 1e-3
+    assert bf16 < BF16_FILE and packed < PACKED_FILE  # the rest is the JSON header (tens of KB)
+    assert BF16_FILE - bf16 < 100_000 and PACKED_FILE - packed < 100_000
+
+
+def test_table_rows_add_up_and_order():
+    rows = {r["format"]: r for r in memory.memory_table()}
+    for r in rows.values():
+        assert abs(r["linear_bytes"] + r["embedding_bytes"] + r["other_bytes"] - r["total_bytes"]) <= 1
+    assert rows["fp32"]["total_bytes"] > rows["bf16"]["total_bytes"] > rows["int8"]["total_bytes"] \
+        > rows["ternary 2-bit"]["total_bytes"] > rows["ternary base-3"]["total_bytes"]
+    # the ternary linears alone are ~0.41-0.52 GB; the bf16 embedding adds ~0.66 GB
+    assert rows["ternary 2-bit"]["linear_bytes"] == 2_084_044_800 // 4
+    assert rows["ternary 2-bit"]["embedding_bytes"] == 2 * 328_335_360
+    assert 0.41 < rows["ternary log2(3)"]["linear_bytes"] / 1e9 < 0.42
+
+
+def test_int8_embedding_halves_it():
+    rows = memory.memory_table(formats=["ternary 2-bit"], embedding="int8")
+    assert rows[0]["embedding_bytes"] == 328_335_360 + 2 * 128256  # + one bf16 scale per row
+
+
+def test_small_config_and_untied_head():
+    cfg = dict(vocab_size=100, hidden_size=8, intermediate_size=16, num_hidden_layers=2,
+               num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+    c = memory.param_counts(cfg)
+    assert c["q_proj"] == 2 * 8 * 8 and c["k_proj"] == 2 * 8 * 4  # head_dim defaults to 8 // 2
+    assert c["lm_head"] == 800
+    assert memory.count_summary(cfg)["total"] == sum(c.values())
+
+
+def test_config_object_with_attributes():
+    class Cfg:
+        pass
+
+    cfg = Cfg()
+    cfg.__dict__.update(memory.BITNET_2B4T)
+    assert memory.param_counts(cfg) == memory.param_counts()
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="unknown format"):
+        memory.memory_table(formats=["int3"])
+    with pytest.raises(ValueError, match="embedding"):
+        memory.memory_table(embedding="fp8")
+    with pytest.raises(ValueError, match="hidden_size"):
+        memory.param_counts({"vocab_size": 1})
+
+
+def test_figure_and_text_table():
+    rows = memory.memory_table()
+    fig = memory.memory_figure(rows, marks={"claim": 0.4})
+    assert [t.name for t in fig.data[:3]] == ["linears", "embedding", "norms + scales"]
+    assert fig.data[0].y[0] == pytest.approx(rows[0]["linear_bytes"] / 1e9)
+    text = memory.format_table(rows)
+    assert "ternary 2-bit" in text and "1.179" in text
