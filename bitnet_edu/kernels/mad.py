@@ -8,8 +8,15 @@ values ``j, j+32, j+64, j+96`` (shifts 6, 4, 2, 0).  Because ``w = c - 1``::
 
 so the kernel multiplies unsigned codes by activations (what ``maddubs`` does in C) and
 subtracts the activation sum once per row.  Why this layout vectorizes: the 4 values of a byte
-sit 32 apart, so one 32-byte load feeds four contiguous 32-wide activation slices, and a
-128-value block sum fits in int16 (|sum| <= 2*128*128 = 32768 → [-32768, 32512]).
+sit 32 apart, so one 32-byte load feeds four contiguous 32-wide activation slices.
+
+Two paths, chosen by the number of tokens T:
+
+* GEMV (decode, T < ``GEMM_MIN_T``): memory-bound, so read the 2-bit codes once and do the
+  multiply-add in Numba (int16 products summed in int32: LLVM emits ``vpmaddwd``).
+* GEMM (prefill, T >= ``GEMM_MIN_T``): compute-bound, so decode a tile of rows to float32 codes
+  once and let the BLAS ``sgemm`` reuse it for all T tokens.  Exact: every partial sum is an
+  integer below 2**24 in magnitude (checked), which float32 represents exactly.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from ..packing import I2S_BLOCK, pack_i2s
 from ._base import Kernel, pad_cols
 
 SHIFTS = (6, 4, 2, 0)  # bit shift of the value at offsets 0, 32, 64, 96 inside a block
+GEMM_MIN_T = 16         # from this many tokens on, decode + sgemm beats T GEMV passes
+TILE_ROWS = 256         # rows decoded to float32 per sgemm call (2.6 MB at in=2560: stays in L2/L3)
 
 
 def decode_byte(b: int) -> list[int]:
@@ -29,7 +38,7 @@ def decode_byte(b: int) -> list[int]:
 
 
 def numpy_matmul(codes: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """NumPy version: decode codes, ``codes @ x`` minus ``sum(x)``.
+    """NumPy version: decode codes, ``x @ codes.T`` minus ``sum(x)``.
 
     ``codes`` uint8 ``[out, kp/4]`` (I2_S rows, kp a multiple of 128), ``x`` int8 ``[T, kp]``
     -> int32 ``[T, out]``.
@@ -46,7 +55,8 @@ def numpy_matmul(codes: np.ndarray, x: np.ndarray) -> np.ndarray:
 def _mad(codes, x16, xsum, y, scale):
     """codes uint8 [out, nb*32], x16 int16 [T, nb*128], xsum int32 [T] -> y [T, out].
 
-    Per 128-value block an int16 multiply-add over the 32 bytes, widened to int32 once.
+    Explicit int32 casts keep Numba from widening to int64, so LLVM sees a 16x16->32 bit
+    multiply-add (``vpmaddwd``); views make every inner loop start at 0 (no wrap-around checks).
     """
     n_out = codes.shape[0]
     nb = codes.shape[1] // 32
@@ -56,20 +66,60 @@ def _mad(codes, x16, xsum, y, scale):
             xt = x16[t]
             acc = np.int32(0)
             for b in range(nb):
-                cb = row[b * 32:(b + 1) * 32]  # views, so the inner loop index starts at 0
+                cb = row[b * 32:(b + 1) * 32]
                 xb = xt[b * 128:(b + 1) * 128]
-                s = np.int16(0)
                 for j in range(32):
                     c = cb[j]
-                    s += np.int16(
-                        np.int16((c >> 6) & 3) * xb[j] + np.int16((c >> 4) & 3) * xb[j + 32]
-                        + np.int16((c >> 2) & 3) * xb[j + 64] + np.int16(c & 3) * xb[j + 96])
-                acc += np.int32(s)
+                    acc = np.int32(acc + np.int32((c >> 6) & 3) * np.int32(xb[j])
+                                   + np.int32((c >> 4) & 3) * np.int32(xb[j + 32])
+                                   + np.int32((c >> 2) & 3) * np.int32(xb[j + 64])
+                                   + np.int32(c & 3) * np.int32(xb[j + 96]))
             acc -= xsum[t]
             if scale is None:
                 y[t, o] = acc
             else:
                 y[t, o] = np.float32(acc) * scale[t]
+
+
+@njit(cache=True)
+def decode_codes_f32(codes, out):
+    """codes uint8 [rows, nb*32] (I2_S) -> out float32 [rows, nb*128] holding c = w + 1.
+
+    Serial on purpose: the sgemm that follows runs on OpenBLAS's threads, and Numba's OpenMP
+    workers spinning next to them on a 2-core machine made the GEMM 10x slower.
+    """
+    nb = codes.shape[1] // 32
+    for r in range(codes.shape[0]):
+        row = codes[r]
+        dst = out[r]
+        for b in range(nb):
+            cb = row[b * 32:(b + 1) * 32]
+            ob = dst[b * 128:(b + 1) * 128]
+            for j in range(32):
+                c = cb[j]
+                ob[j] = np.float32((c >> 6) & 3)
+                ob[j + 32] = np.float32((c >> 4) & 3)
+                ob[j + 64] = np.float32((c >> 2) & 3)
+                ob[j + 96] = np.float32(c & 3)
+
+
+def gemm_sgemm(codes, x, y, scale, tile_rows: int = TILE_ROWS):
+    """Prefill path: float32 tiles of codes times float32 activations through BLAS sgemm."""
+    kp = codes.shape[1] * 4
+    if 2 * 128 * kp >= 2**24:  # |c * x| sums must stay exact in float32
+        raise ValueError(f"in={kp} too large for the exact float32 GEMM path")
+    xf = pad_cols(x, I2S_BLOCK).astype(np.float32)
+    xsum = xf.sum(axis=1, keepdims=True)
+    tile = np.empty((tile_rows, kp), np.float32)
+    for o0 in range(0, codes.shape[0], tile_rows):
+        o1 = min(o0 + tile_rows, codes.shape[0])
+        t = tile[: o1 - o0]
+        decode_codes_f32(codes[o0:o1], t)
+        part = xf @ t.T - xsum  # exact integers in float32
+        if scale is None:
+            y[:, o0:o1] = part
+        else:
+            y[:, o0:o1] = part * scale[:, None]
 
 
 def prepare_x(x: np.ndarray, multiple: int = I2S_BLOCK):
@@ -87,8 +137,11 @@ class MadKernel(Kernel):
         return (pack_i2s(wp).reshape(w.shape[0], -1),)
 
     def _run(self, arrays, x, y, scale):
-        x16, xsum = prepare_x(x)
-        _mad(arrays[0], x16, xsum, y, scale)
+        if x.shape[0] >= GEMM_MIN_T:
+            gemm_sgemm(arrays[0], x, y, scale)
+        else:
+            x16, xsum = prepare_x(x)
+            _mad(arrays[0], x16, xsum, y, scale)
 
 
 KERNEL = MadKernel()
