@@ -26,6 +26,9 @@ from .reference import reference_matmul  # noqa: F401
 _MODULES = {
     "naive": "naive",
     "mad": "mad",
+    "tl1": "tl1",
+    "tl2": "tl2",
+    "tmac": "tmac",
 }
 
 #: fastest kernel on the project's 2-core AVX-512 machine (see the benchmark)
