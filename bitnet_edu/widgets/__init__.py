@@ -7,3 +7,4 @@ from .quant_explorer import QuantizationExplorer  # noqa
 from .bitlinear_stepper import BitLinearStepper  # noqa
 from .energy import EnergyCalculator  # noqa
 from .chat import ChatWidget  # noqa
+from .lut import LookupTableStepper  # noqa
