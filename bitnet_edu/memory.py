@@ -70,6 +70,19 @@ def _get(cfg, key, default=None):
     return value
 
 
+def _shape(config) -> dict:
+    """The integer sizes a count needs, from a dict or config object (default: 2B4T)."""
+    cfg = BITNET_2B4T if config is None else config
+    h, n_heads = int(_get(cfg, "hidden_size")), int(_get(cfg, "num_attention_heads"))
+    head_dim = int(_get(cfg, "head_dim", h // n_heads))
+    return {
+        "h": h, "i": int(_get(cfg, "intermediate_size")), "layers": int(_get(cfg, "num_hidden_layers")),
+        "vocab": int(_get(cfg, "vocab_size")), "q": n_heads * head_dim,
+        "kv": int(_get(cfg, "num_key_value_heads")) * head_dim,  # grouped-query attention: k, v narrower
+        "tied": bool(_get(cfg, "tie_word_embeddings", True)),
+    }
+
+
 def param_counts(config=None) -> dict:
     """Number of parameters of each tensor kind, summed over all layers.
 
@@ -82,47 +95,32 @@ def param_counts(config=None) -> dict:
         dict kind -> int: ``embedding``, the seven :data:`LINEAR_KINDS`, ``norms`` (the four
         RMSNorm weights per layer plus the final norm) and ``lm_head`` (0 when tied).
     """
-    cfg = BITNET_2B4T if config is None else config
-    h, i = int(_get(cfg, "hidden_size")), int(_get(cfg, "intermediate_size"))
-    n_layers, vocab = int(_get(cfg, "num_hidden_layers")), int(_get(cfg, "vocab_size"))
-    n_heads, n_kv = int(_get(cfg, "num_attention_heads")), int(_get(cfg, "num_key_value_heads"))
-    head_dim = int(_get(cfg, "head_dim", h // n_heads))
-    tied = bool(_get(cfg, "tie_word_embeddings", True))
-    q, kv = n_heads * head_dim, n_kv * head_dim  # grouped-query attention: k, v are narrower
-    per_layer = {
-        "q_proj": q * h, "k_proj": kv * h, "v_proj": kv * h, "o_proj": h * q,
-        "gate_proj": i * h, "up_proj": i * h, "down_proj": h * i,
-    }
-    # input_layernorm, post_attention_layernorm [h]; attn_sub_norm [q]; ffn_sub_norm [i]
-    norms = n_layers * (2 * h + q + i) + h  # + the final model.norm
-    counts = {"embedding": vocab * h}
-    counts.update({k: n_layers * v for k, v in per_layer.items()})
-    counts["norms"] = norms
-    counts["lm_head"] = 0 if tied else vocab * h
+    d = _shape(config)
+    h, i, q, kv = d["h"], d["i"], d["q"], d["kv"]
+    per_layer = {"q_proj": q * h, "k_proj": kv * h, "v_proj": kv * h, "o_proj": h * q,
+                 "gate_proj": i * h, "up_proj": i * h, "down_proj": h * i}
+    counts = {"embedding": d["vocab"] * h}
+    counts.update({k: d["layers"] * v for k, v in per_layer.items()})
+    # input_layernorm, post_attention_layernorm [h]; attn_sub_norm [q]; ffn_sub_norm [i]; final norm [h]
+    counts["norms"] = d["layers"] * (2 * h + q + i) + h
+    counts["lm_head"] = 0 if d["tied"] else d["vocab"] * h
     return counts
 
 
 def count_summary(config=None) -> dict:
     """Totals: ``linear, embedding, norms, lm_head, total`` parameters, plus ``n_linear_tensors``,
     ``n_linear_rows`` and ``embedding_rows`` (what per-tensor / per-row scales are counted on)."""
-    c = param_counts(config)
-    cfg = BITNET_2B4T if config is None else config
-    n_layers = int(_get(cfg, "num_hidden_layers"))
+    c, d = param_counts(config), _shape(config)
     linear = sum(c[k] for k in LINEAR_KINDS)
-    h, i = int(_get(cfg, "hidden_size")), int(_get(cfg, "intermediate_size"))
-    head_dim = int(_get(cfg, "head_dim", h // int(_get(cfg, "num_attention_heads"))))
-    q = int(_get(cfg, "num_attention_heads")) * head_dim
-    kv = int(_get(cfg, "num_key_value_heads")) * head_dim
-    rows = n_layers * (q + 2 * kv + h + 2 * i + h)  # output rows of the seven linears
     return {
         "linear": linear,
         "embedding": c["embedding"],
         "norms": c["norms"],
         "lm_head": c["lm_head"],
         "total": linear + c["embedding"] + c["norms"] + c["lm_head"],
-        "n_linear_tensors": n_layers * len(LINEAR_KINDS),
-        "n_linear_rows": rows,
-        "embedding_rows": int(_get(cfg, "vocab_size")) * (1 if c["lm_head"] == 0 else 2),
+        "n_linear_tensors": d["layers"] * len(LINEAR_KINDS),
+        "n_linear_rows": d["layers"] * (d["q"] + 2 * d["kv"] + d["h"] + 2 * d["i"] + d["h"]),  # output rows
+        "embedding_rows": d["vocab"] * (1 if d["tied"] else 2),
     }
 
 
