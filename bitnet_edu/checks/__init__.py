@@ -3,7 +3,7 @@
 Usage in a notebook::
 
     from bitnet_edu import checks
-    checks.absmean_ternary(my_absmean_ternary)
+    checks.check_absmean_ternary(my_absmean_ternary)
 """
 
 from ._core import FAIL, NOT_IMPLEMENTED, PASS, CheckResult, check  # noqa: F401
