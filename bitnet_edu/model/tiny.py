@@ -68,7 +68,7 @@ def _state_dict(cfg, rng) -> dict[str, np.ndarray]:
         elif name == "model.embed_tokens.weight":
             out[name] = rng.standard_normal(shape).astype(np.float32)
         else:  # a linear: spread the scales so each layer's weight_scale differs
-            out[name] = (rng.uniform(0.01, 0.05) * rng.standard_normal(shape)).astype(np.float32)
+            out[name] = (rng.uniform(0.15, 0.4) * rng.standard_normal(shape)).astype(np.float32)
     return out
 
 

@@ -1,0 +1,169 @@
+"""Numba versions of the per-token glue (norms, activation quant, RoPE, attention).
+
+At 20+ tokens/s the ternary matmuls take ~40 ms per token; the remaining steps are tiny
+(a 2560-vector norm, 20 heads of attention) but as separate NumPy calls they would add
+several ms over 30 layers, so each group of steps is one Numba call here.
+Each function has a plain NumPy reference in :mod:`.layers`; tests compare them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["rmsnorm_quant", "relu2_rmsnorm_quant", "attention_block", "head_int8",
+           "quantize_rows_int8"]
+
+
+@njit(cache=True, inline="always")
+def _quant_row(y, xq_row):
+    """Absmax int8 of one float32 row into ``xq_row``; returns the dequant scale amax/127."""
+    amax = np.float32(1e-5)
+    for i in range(y.shape[0]):
+        a = abs(y[i])
+        if a > amax:
+            amax = a
+    inv = np.float32(127.0) / amax
+    for i in range(y.shape[0]):
+        r = np.rint(y[i] * inv)
+        xq_row[i] = np.int8(min(max(r, -128.0), 127.0))
+    return amax / np.float32(127.0)
+
+
+@njit(cache=True)
+def rmsnorm_quant(x, w, eps):
+    """RMSNorm then per-token int8: ``x`` float32 ``[T, n]`` -> ``(xq int8 [T, n], scale float32 [T])``."""
+    t, n = x.shape
+    xq = np.empty((t, n), np.int8)
+    scale = np.empty(t, np.float32)
+    y = np.empty(n, np.float32)
+    for r in range(t):
+        ss = np.float32(0.0)
+        for i in range(n):
+            ss += x[r, i] * x[r, i]
+        inv = np.float32(1.0) / np.sqrt(ss / np.float32(n) + np.float32(eps))
+        for i in range(n):
+            y[i] = (x[r, i] * inv) * w[i]
+        scale[r] = _quant_row(y, xq[r])
+    return xq, scale
+
+
+@njit(cache=True)
+def relu2_rmsnorm_quant(gu, s_gate, s_up, w, eps):
+    """FFN middle: ``gu`` float32 ``[T, 2F]`` = [gate | up] before their weight scales ->
+    ``relu(gate)**2 * up``, ffn_sub_norm, int8: ``(xq int8 [T, F], scale float32 [T])``."""
+    t = gu.shape[0]
+    f = gu.shape[1] // 2
+    xq = np.empty((t, f), np.int8)
+    scale = np.empty(t, np.float32)
+    y = np.empty(f, np.float32)
+    for r in range(t):
+        ss = np.float32(0.0)
+        for i in range(f):
+            g = max(gu[r, i] * s_gate, np.float32(0.0))
+            v = g * g * (gu[r, f + i] * s_up)
+            y[i] = v
+            ss += v * v
+        inv = np.float32(1.0) / np.sqrt(ss / np.float32(f) + np.float32(eps))
+        for i in range(f):
+            y[i] = (y[i] * inv) * w[i]
+        scale[r] = _quant_row(y, xq[r])
+    return xq, scale
+
+
+@njit(cache=True, inline="always")
+def _rope_into(src, cos, sin, dst, scale):
+    """``dst = rope(src * scale)`` for one head vector (rotate-half)."""
+    half = src.shape[0] // 2
+    for i in range(half):
+        a = src[i] * scale
+        b = src[half + i] * scale
+        dst[i] = a * cos[i] - b * sin[i]
+        dst[half + i] = b * cos[half + i] + a * sin[half + i]
+
+
+@njit(cache=True, parallel=True)
+def attention_block(qkv, scales, cos, sin, kc, vc, start, n_heads, n_kv, d):
+    """Scale q/k/v, RoPE, append k/v to the cache, causal GQA attention.
+
+    ``qkv`` float32 ``[T, (H + 2 Hkv) * D]`` (the fused projection before weight scales),
+    ``scales`` float32 ``[3]`` (q, k, v weight scales), ``cos``/``sin`` ``[positions, D]``,
+    ``kc``/``vc`` float32 ``[Hkv, capacity, D]`` (this layer's cache, written at
+    ``start .. start+T-1``).  Returns ``[T, H * D]``.
+    """
+    t = qkv.shape[0]
+    qn, kn = n_heads * d, n_kv * d
+    for r in range(t):  # new keys and values into the cache
+        p = start + r
+        for h in range(n_kv):
+            _rope_into(qkv[r, qn + h * d: qn + (h + 1) * d], cos[p], sin[p], kc[h, p], scales[1])
+            src = qkv[r, qn + kn + h * d: qn + kn + (h + 1) * d]
+            dst = vc[h, p]
+            for i in range(d):
+                dst[i] = src[i] * scales[2]
+    out = np.empty((t, n_heads * d), np.float32)
+    rep = n_heads // n_kv
+    inv_sqrt = np.float32(1.0 / np.sqrt(d))
+    for h in prange(n_heads):
+        kv = h // rep
+        q = np.empty(d, np.float32)
+        scores = np.empty(start + t, np.float32)
+        acc = np.empty(d, np.float32)
+        for r in range(t):
+            p = start + r
+            _rope_into(qkv[r, h * d:(h + 1) * d], cos[p], sin[p], q, scales[0])
+            m = np.float32(-np.inf)
+            for s in range(p + 1):
+                ks = kc[kv, s]
+                dot = np.float32(0.0)
+                for i in range(d):
+                    dot += q[i] * ks[i]
+                dot *= inv_sqrt
+                scores[s] = dot
+                m = max(m, dot)
+            total = np.float32(0.0)
+            for i in range(d):
+                acc[i] = 0.0
+            for s in range(p + 1):
+                e = np.exp(scores[s] - m)
+                total += e
+                vs = vc[kv, s]
+                for i in range(d):
+                    acc[i] += e * vs[i]
+            o = out[r, h * d:(h + 1) * d]
+            for i in range(d):
+                o[i] = acc[i] / total
+    return out
+
+
+@njit(cache=True, parallel=True)
+def quantize_rows_int8(w):
+    """Per-row absmax int8 of a float32 matrix ``[V, n]`` -> ``(int8 [V, n], scale float32 [V])``."""
+    v, n = w.shape
+    q = np.empty((v, n), np.int8)
+    s = np.empty(v, np.float32)
+    for r in prange(v):
+        s[r] = _quant_row(w[r], q[r])
+    return q, s
+
+
+@njit(cache=True, parallel=True)
+def head_int8(x, table, row_scale):
+    """Logits from an int8 table: ``(x @ table.T) * row_scale[v]`` -> float32 ``[T, V]``.
+
+    ``x`` float32 ``[T, n]`` (kept in float: only the table is quantized), ``table`` int8
+    ``[V, n]``, ``row_scale`` float32 ``[V]``.  Reading 1 byte per entry instead of 4 is what
+    makes the 128k-row head 4x cheaper per token.
+    """
+    t, n = x.shape
+    v = table.shape[0]
+    out = np.empty((t, v), np.float32)
+    for r in prange(v):
+        row = table[r]
+        for j in range(t):
+            xj = x[j]
+            acc = np.float32(0.0)
+            for i in range(n):
+                acc += np.float32(row[i]) * xj[i]
+            out[j, r] = acc * row_scale[r]
+    return out

@@ -1,0 +1,93 @@
+"""The transformer's small pieces in plain NumPy: the readable reference for every fused kernel.
+
+Shapes: ``T`` tokens, ``H`` query heads, ``Hkv`` key/value heads, ``D`` head_dim.  Everything
+is float32 except the int8 activations that feed the ternary matmuls.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["rms_norm", "quantize_act", "rope_tables", "rotate_half", "apply_rope", "attention",
+           "relu2_glu", "KVCache"]
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """``x / sqrt(mean(x**2) + eps) * weight`` over the last axis, float32 (as transformers does)."""
+    x = np.asarray(x, np.float32)
+    var = np.mean(x * x, axis=-1, keepdims=True)
+    return (x / np.sqrt(var + np.float32(eps))) * weight
+
+
+def quantize_act(x: np.ndarray):
+    """Per-token absmax int8: ``(xq int8 [T, n], scale float32 [T])`` with ``x ≈ xq * scale``."""
+    amax = np.maximum(np.max(np.abs(x), axis=-1), np.float32(1e-5)).astype(np.float32)
+    inv = (np.float32(127.0) / amax).astype(np.float32)
+    xq = np.clip(np.rint(x * inv[..., None]), -128, 127).astype(np.int8)
+    return xq, (amax / np.float32(127.0)).astype(np.float32)
+
+
+def rope_tables(n_pos: int, head_dim: int, theta: float):
+    """``(cos, sin)`` float32 ``[n_pos, D]`` with ``emb = cat(freqs, freqs)`` (NeoX rotate-half)."""
+    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    freqs = np.arange(n_pos, dtype=np.float32)[:, None] * inv_freq.astype(np.float32)[None, :]
+    emb = np.concatenate([freqs, freqs], axis=-1)
+    return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
+
+
+def rotate_half(x: np.ndarray) -> np.ndarray:
+    """``[x1, x2] -> [-x2, x1]`` on the last axis (halves, not interleaved pairs)."""
+    half = x.shape[-1] // 2
+    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate ``x`` ``[T, H, D]`` by the angles of its positions: ``cos``/``sin`` ``[T, D]``."""
+    return x * cos[:, None, :] + rotate_half(x) * sin[:, None, :]
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, return_probs=False):
+    """Causal grouped-query attention.
+
+    ``q`` ``[T, H, D]`` for positions ``start .. start+T-1``; ``k``, ``v`` ``[S, Hkv, D]`` for
+    positions ``0 .. S-1`` (``S = start + T``: the cache plus the new tokens).  Query head ``h``
+    reads key/value head ``h // (H // Hkv)``.  Returns ``[T, H*D]`` (and the ``[H, T, S]``
+    probabilities when ``return_probs``).
+    """
+    t, h, d = q.shape
+    s, hkv, _ = k.shape
+    rep = h // hkv
+    kk = np.repeat(k, rep, axis=1).transpose(1, 2, 0)  # [H, D, S]
+    vv = np.repeat(v, rep, axis=1).transpose(1, 0, 2)  # [H, S, D]
+    scores = (q.transpose(1, 0, 2) @ kk) / np.float32(np.sqrt(d))  # [H, T, S]
+    future = np.arange(s)[None, :] > (start + np.arange(t))[:, None]  # causal mask [T, S]
+    scores = np.where(future[None], -np.inf, scores)
+    scores = scores - scores.max(axis=-1, keepdims=True)
+    p = np.exp(scores)
+    p /= p.sum(axis=-1, keepdims=True)
+    out = (p @ vv).transpose(1, 0, 2).reshape(t, h * d).astype(np.float32)
+    return (out, p.astype(np.float32)) if return_probs else out
+
+
+def relu2_glu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """BitNet's FFN activation: ``relu(gate)**2 * up`` (squared ReLU, gated)."""
+    return np.square(np.maximum(gate, 0)) * up
+
+
+class KVCache:
+    """Keys and values of every layer, float32 ``[layers, Hkv, capacity, D]``.
+
+    ``np.zeros`` memory is only committed when written, so a large capacity costs RSS only
+    as the context grows.  ``length`` counts the positions already stored.
+    """
+
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, capacity: int):
+        self.k = np.zeros((n_layers, n_kv_heads, capacity, head_dim), np.float32)
+        self.v = np.zeros_like(self.k)
+        self.capacity = capacity
+        self.length = 0
+
+    @property
+    def nbytes_used(self) -> int:
+        """Bytes holding real keys/values (what the cache costs at the current context)."""
+        return 2 * self.k[:, :, : self.length].size * 4

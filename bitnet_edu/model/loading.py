@@ -1,0 +1,123 @@
+"""``load_model``: an HF directory, a ``.gguf`` file, a hub id, or the shipped default model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .checkpoint import iter_hf_checkpoint
+from .transformer import BitNetModel
+
+__all__ = ["load_model", "HUB_ID", "GOOD_REVISION_HINT"]
+
+HUB_ID = "microsoft/bitnet-b1.58-2B-4T"
+GOOD_REVISION_HINT = ("the current main revision of the hub repos has all-zero MLP tensors in some "
+                      "layers (microsoft/BitNet issue #608); pin an April-2025 revision")
+
+
+def _progress_bar(desc: str, total: int, enabled: bool):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit="layer", disable=not enabled, leave=False)
+
+
+def load_model(path=None, *, revision: str | None = None, kernel: str | None = None,
+               head: str = "auto", progress: bool | None = None) -> BitNetModel:
+    """Load a BitNet b1.58 model.
+
+    Args:
+        path: a local HF directory (packed offline checkpoint, or bf16 master weights that are
+            ternarized at load with absmean), a ``.gguf`` file (I2_S), a hub id such as
+            ``"microsoft/bitnet-b1.58-2B-4T"`` (downloaded with huggingface_hub), or None for
+            the small model shipped in ``bitnet_edu/default_model``.
+        revision: hub revision (commit hash or tag) to pin; see :data:`GOOD_REVISION_HINT`.
+        kernel: ternary kernel name (``bitnet_edu.kernels.available()``; default the fastest).
+        head: embedding/head storage: ``"float32"`` (exact), ``"int8"`` (4x smaller, one scale
+            per row; the logits move by about 1e-2 relative) or ``"auto"`` (default: float32
+            unless the float table would exceed 256 MB, as the 2B4T's 1.3 GB one does).
+        progress: show a tqdm bar (default: only for models with more than 8 layers).
+    """
+    import bitnet_edu
+
+    if path is None:
+        path = bitnet_edu.DEFAULT_MODEL
+        if not (Path(path) / "config.json").exists():
+            raise ValueError(f"the default model is not shipped yet ({path} has no config.json); "
+                             "pass a path, e.g. load_model('path/to/bitnet-b1.58-2B-4T'), or use "
+                             "bitnet_edu.random_model('2b4t')")
+    p = Path(os.path.expanduser(str(path)))
+    if p.is_file() and p.suffix == ".gguf":
+        return _load_gguf(p, kernel, head, progress)
+    if p.is_dir():
+        return _load_hf_dir(p, kernel, head, progress)
+    if p.exists():
+        raise ValueError(f"{p}: not a model directory or a .gguf file")
+    if str(path).count("/") == 1 and not str(path).startswith((".", "/", "~")):
+        return _load_hf_dir(_download(str(path), revision), kernel, head, progress)
+    raise ValueError(f"{path}: no such file or directory (and not a hub id like '{HUB_ID}')")
+
+
+def _auto_head(head: str, config: dict) -> str:
+    if head != "auto":
+        return head
+    entries = int(config.get("vocab_size", 0)) * int(config.get("hidden_size", 0))
+    return "float32" if 4 * entries <= 256 * 2**20 else "int8"
+
+
+def _load_hf_dir(p: Path, kernel, head, progress) -> BitNetModel:
+    from ..tokenizer import load_tokenizer
+
+    it = iter_hf_checkpoint(p)
+    config, _ = next(it)
+    head = _auto_head(head, config)
+    n = int(config.get("num_hidden_layers", 0))
+    show = n > 8 if progress is None else progress
+    with _progress_bar(f"loading {p.name}", n, show) as bar:
+        def tick(i, total):
+            bar.update(1)
+        model = BitNetModel.from_checkpoint(config, it, kernel=kernel, head=head,
+                                            tokenizer=load_tokenizer(p), progress=tick)
+    _apply_generation_config(model, p)
+    return model
+
+
+def _apply_generation_config(model, p: Path) -> None:
+    """Stop ids from ``generation_config.json`` (2B4T: [128001, 128009]) override config.json's."""
+    import json
+
+    g = p / "generation_config.json"
+    if g.exists():
+        eos = json.loads(g.read_text()).get("eos_token_id")
+        if eos is not None:
+            model.config.eos_token_id = eos
+
+
+def _load_gguf(p: Path, kernel, head, progress) -> BitNetModel:
+    try:
+        from ..gguf import read_gguf_checkpoint
+    except ImportError as e:
+        raise ValueError(f"{p}: GGUF support (bitnet_edu.gguf) is not available: {e}") from None
+    config, weights, tokenizer = read_gguf_checkpoint(p)
+    head = _auto_head(head, config)
+    n = int(config.get("num_hidden_layers", 0))
+    show = n > 8 if progress is None else progress
+    with _progress_bar(f"loading {p.name}", n, show) as bar:
+        return BitNetModel.from_checkpoint(config, weights, kernel=kernel, head=head,
+                                           tokenizer=tokenizer, progress=lambda i, t: bar.update(1))
+
+
+def _download(repo_id: str, revision: str | None) -> Path:
+    manual = (f"download it by hand on a machine with internet access:\n"
+              f"    huggingface-cli download {repo_id} --revision {revision or '<commit>'} "
+              f"--local-dir ./{repo_id.split('/')[-1]}\n"
+              f"then call load_model('./{repo_id.split('/')[-1]}').  Note: {GOOD_REVISION_HINT}.")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ValueError(f"huggingface_hub is not installed (pip install huggingface_hub), or "
+                         f"{manual}") from None
+    try:
+        return Path(snapshot_download(repo_id, revision=revision,
+                                      allow_patterns=["*.json", "*.safetensors"]))
+    except Exception as e:
+        raise ValueError(f"could not download {repo_id!r} (offline? {type(e).__name__}: {e}); "
+                         f"{manual}") from None

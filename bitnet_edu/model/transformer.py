@@ -1,0 +1,373 @@
+"""The BitNet b1.58 transformer: ternary weights held packed in a kernel's layout.
+
+Per layer (FORMATS.md, checked against transformers' ``modeling_bitnet``)::
+
+    h   = x + o_proj(attn_sub_norm(attention(rope(q, k), v)))      q, k, v = qkv_proj(input_layernorm(x))
+    out = h + down_proj(ffn_sub_norm(relu(gate)**2 * up))           gate, up = gate_up_proj(post_attention_layernorm(h))
+
+then ``norm`` and the tied head ``logits = norm(x) @ embed_tokens.T``.  Every ``*_proj`` is a
+BitLinear: per-token int8 activations, ternary weights, ``y = (xq @ Wq.T) * x_scale * w_scale``.
+q/k/v and gate/up are packed as one matrix each (same input, one kernel call).
+
+Two code paths compute the same thing: ``_layer_reference`` (plain NumPy from :mod:`.layers`,
+readable, records a trace) and ``_layer_fast`` (Numba fused glue from :mod:`.fused`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import kernels
+from ..packing import unpack_i2s
+from . import fused
+from .checkpoint import LINEARS, NORMS, expected_tensors
+from .config import BitNetConfig
+from .layers import KVCache, apply_rope, attention, quantize_act, relu2_glu, rms_norm, rope_tables
+
+__all__ = ["BitNetModel", "LayerWeights", "Head"]
+
+
+@dataclass
+class LayerWeights:
+    """One decoder layer: packed ternary matrices, their scales, and four RMSNorm weights."""
+
+    qkv: kernels.Packed        # [(H + 2 Hkv) D, hidden]
+    qkv_scales: np.ndarray     # float32 [3]: q, k, v weight scales
+    o: kernels.Packed          # [hidden, H D]
+    o_scale: float
+    gate_up: kernels.Packed    # [2 F, hidden]
+    gate_up_scales: np.ndarray  # float32 [2]
+    down: kernels.Packed       # [hidden, F]
+    down_scale: float
+    input_layernorm: np.ndarray
+    post_attention_layernorm: np.ndarray
+    attn_sub_norm: np.ndarray
+    ffn_sub_norm: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        packed = sum(p.nbytes for p in (self.qkv, self.o, self.gate_up, self.down))
+        return packed + sum(a.nbytes for a in (self.input_layernorm, self.post_attention_layernorm,
+                                                self.attn_sub_norm, self.ffn_sub_norm))
+
+
+class Head:
+    """The tied embedding table, used for token lookup and for the logits.
+
+    ``mode="float32"``: the exact table (4 bytes per entry).  ``mode="int8"``: one absmax
+    scale per row, int8 entries (1 byte, 4x smaller; the logits multiply the float hidden
+    state by the int8 rows).  ``quantize_rows_int8`` builds it.
+    """
+
+    def __init__(self, table: np.ndarray, mode: str = "int8"):
+        if mode not in ("float32", "int8"):
+            raise ValueError(f"head mode must be 'float32' or 'int8', got {mode!r}")
+        self.mode = mode
+        if mode == "float32":
+            self.table = np.ascontiguousarray(table, np.float32)
+        else:
+            self.table, self.scale = fused.quantize_rows_int8(np.ascontiguousarray(table, np.float32))
+
+    @classmethod
+    def from_int8(cls, table: np.ndarray, scale: np.ndarray) -> "Head":
+        self = cls.__new__(cls)
+        self.mode, self.table, self.scale = "int8", table, scale
+        return self
+
+    @property
+    def shape(self):
+        return self.table.shape
+
+    @property
+    def nbytes(self) -> int:
+        return self.table.nbytes + (self.scale.nbytes if self.mode == "int8" else 0)
+
+    def embed(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of the table for token ids ``[T]`` -> float32 ``[T, hidden]``."""
+        if self.mode == "float32":
+            return self.table[ids].astype(np.float32)
+        return self.table[ids].astype(np.float32) * self.scale[ids, None]
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """float32 ``[T, hidden]`` -> float32 ``[T, vocab]``."""
+        if self.mode == "float32":
+            return x @ self.table.T
+        return fused.head_int8(np.ascontiguousarray(x, np.float32), self.table, self.scale)
+
+    def dense(self) -> np.ndarray:
+        """The table as float32 (exact for ``float32``, dequantized for ``int8``)."""
+        return self.embed(np.arange(self.table.shape[0]))
+
+
+class BitNetModel:
+    """A loaded BitNet model: ``logits``, ``generate``, ``stream``, ``to_checkpoint``.
+
+    Build it with :func:`bitnet_edu.load_model`, :func:`bitnet_edu.random_model` or
+    :meth:`from_checkpoint`.
+    """
+
+    def __init__(self, config: BitNetConfig, layers: list, head: Head, norm: np.ndarray,
+                 kernel: str, tokenizer=None, lm_head: Head | None = None):
+        self.config = config
+        self.layers = layers
+        self.head = head  # the embedding table; also the output head when tied
+        self.lm_head = lm_head or head
+        self.norm = np.asarray(norm, np.float32)
+        self.kernel_name = kernel
+        self.kernel = kernels.get(kernel)
+        self.tokenizer = tokenizer
+        self.fast = True  # False: use the NumPy reference glue (slower, same numbers)
+        self._cos, self._sin = rope_tables(config.max_position_embeddings, config.head_dim,
+                                           config.rope_theta)
+        self.last_stats: dict = {}
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, config: dict, weights, *, kernel: str | None = None, head: str = "int8",
+                        tokenizer=None, progress=None) -> "BitNetModel":
+        """Build from the canonical form: ``config`` dict, ``weights`` a dict or an iterable of
+        ``(name, array)`` (consumed one tensor at a time; each layer is packed as soon as its
+        tensors are complete, so peak memory stays near the packed size)."""
+        cfg = BitNetConfig.from_dict(config) if isinstance(config, dict) else config
+        kname = kernel or kernels.DEFAULT
+        k = kernels.get(kname)
+        want = expected_tensors(cfg)
+        items = weights.items() if isinstance(weights, dict) else weights
+        pending: dict[int, dict] = {}
+        layers: list = [None] * cfg.num_hidden_layers
+        top: dict = {}
+        seen = set()
+        for name, a in items:
+            if name not in want:
+                continue  # extra tensors (e.g. rotary buffers) are ignored
+            a = np.asarray(a)
+            if tuple(a.shape) != tuple(want[name]):
+                raise ValueError(f"tensor {name!r}: expected shape {want[name]}, got {a.shape}")
+            seen.add(name)
+            if not name.startswith("model.layers."):
+                top[name] = a
+                continue
+            i = int(name.split(".")[2])
+            d = pending.setdefault(i, {})
+            d[name.split(".", 3)[3]] = a
+            if len(d) == 2 * len(LINEARS) + len(NORMS):
+                layers[i] = _pack_layer(k, pending.pop(i), name)
+                if progress:
+                    progress(i + 1, cfg.num_hidden_layers)
+        missing = [n for n in want if n not in seen]
+        if missing:
+            raise ValueError(f"missing tensor {missing[0]!r} ({len(missing)} missing in all)")
+        emb = Head(np.asarray(top["model.embed_tokens.weight"], np.float32), head)
+        lm = None if cfg.tie_word_embeddings else Head(np.asarray(top["lm_head.weight"], np.float32), head)
+        return cls(cfg, layers, emb, top["model.norm.weight"], kname, tokenizer, lm)
+
+    def to_checkpoint(self) -> tuple[dict, dict]:
+        """Canonical ``(config_dict, weights)``: int8 ternary linears, float32 ``[1]`` scales,
+        float32 others (with an int8 head the embedding is the dequantized table)."""
+        cfg = self.config
+        hq, hkv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+        w = {"model.embed_tokens.weight": self.head.dense(), "model.norm.weight": self.norm.copy()}
+        if self.lm_head is not self.head:
+            w["lm_head.weight"] = self.lm_head.dense()
+        for i, L in enumerate(self.layers):
+            p = f"model.layers.{i}."
+            qkv = self.unpack(L.qkv)
+            gu = self.unpack(L.gate_up)
+            parts = {"self_attn.q_proj": (qkv[:hq], L.qkv_scales[0]),
+                     "self_attn.k_proj": (qkv[hq:hq + hkv], L.qkv_scales[1]),
+                     "self_attn.v_proj": (qkv[hq + hkv:], L.qkv_scales[2]),
+                     "self_attn.o_proj": (self.unpack(L.o), L.o_scale),
+                     "mlp.gate_proj": (gu[:cfg.intermediate_size], L.gate_up_scales[0]),
+                     "mlp.up_proj": (gu[cfg.intermediate_size:], L.gate_up_scales[1]),
+                     "mlp.down_proj": (self.unpack(L.down), L.down_scale)}
+            for name, (q, s) in parts.items():
+                w[p + name + ".weight"] = np.ascontiguousarray(q, np.int8)
+                w[p + name + ".weight_scale"] = np.array([s], np.float32)
+            for name in NORMS:
+                w[p + name + ".weight"] = getattr(L, name.split(".")[-1]).copy()
+        return cfg.to_dict(), w
+
+    def unpack(self, p: kernels.Packed) -> np.ndarray:
+        """A packed matrix back to int8 ``[out, in]`` (exact)."""
+        if p.kernel == "naive":
+            return p.arrays[0].copy()
+        if p.kernel == "mad":
+            codes = p.arrays[0]
+            return unpack_i2s(codes.reshape(-1), (p.out, codes.shape[1] * 4))[:, :p.k]
+        # any other layout: multiply by the identity, column block by column block
+        k = kernels.get(p.kernel)
+        cols = [k.matmul(p, np.eye(p.k, dtype=np.int8)[j:j + 256]) for j in range(0, p.k, 256)]
+        return np.concatenate(cols).T.astype(np.int8)
+
+    # ---- sizes --------------------------------------------------------------------------------
+    @property
+    def n_params(self) -> int:
+        """Number of parameters (the tied embedding counted once, weight scales included)."""
+        return int(sum(np.prod(s) for s in expected_tensors(self.config).values()))
+
+    def memory_report(self) -> dict:
+        """Bytes held by each part of the model (what the notebook's budget table shows)."""
+        lin = sum(L.nbytes for L in self.layers)
+        head = self.head.nbytes + (self.lm_head.nbytes if self.lm_head is not self.head else 0)
+        return {"ternary layers": lin, f"embedding/head ({self.head.mode})": head,
+                "total": lin + head + self.norm.nbytes}
+
+    # ---- forward ------------------------------------------------------------------------------
+    def new_cache(self, capacity: int | None = None) -> KVCache:
+        c = self.config
+        return KVCache(c.num_hidden_layers, c.num_key_value_heads, c.head_dim,
+                       capacity or c.max_position_embeddings)
+
+    def forward(self, ids, cache: KVCache | None = None, *, last_only: bool = False, trace=None):
+        """Run tokens ``ids`` (positions ``cache.length ...``) through the model.
+
+        Returns float32 logits ``[T, vocab]`` (``[1, vocab]`` with ``last_only``).  The cache is
+        extended by ``T``.  ``trace``: a list that receives one dict of intermediates per layer
+        (then the NumPy reference path runs).
+        """
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise ValueError("ids is empty: give at least one token")
+        if ids.min() < 0 or ids.max() >= self.config.vocab_size:
+            bad = int(ids[(ids < 0) | (ids >= self.config.vocab_size)][0])
+            raise ValueError(f"token id {bad} out of range [0, {self.config.vocab_size})")
+        cache = cache or self.new_cache(len(ids))
+        start, t = cache.length, len(ids)
+        limit = min(self.config.max_position_embeddings, cache.capacity)
+        if start + t > limit:
+            raise ValueError(f"context too long: {start} cached + {t} new tokens > {limit} "
+                             f"(max_position_embeddings={self.config.max_position_embeddings}, "
+                             f"cache capacity={cache.capacity})")
+        x = self.head.embed(ids)
+        if trace is not None:
+            trace.append({"embedding": x.copy()})
+        for i, L in enumerate(self.layers):
+            if trace is not None or not self.fast:
+                x = self._layer_reference(i, L, x, cache, start, trace)
+            else:
+                x = self._layer_fast(i, L, x, cache, start)
+        cache.length += t
+        if last_only:
+            x = x[-1:]
+        xn = rms_norm(x, self.norm, self.config.rms_norm_eps)
+        logits = self.lm_head.logits(xn)
+        if trace is not None:
+            trace.append({"final_norm": xn, "logits": logits})
+        return logits
+
+    def _linear(self, packed, xq, xs, w_scale):
+        return self.kernel.linear(packed, xq, xs, w_scale)
+
+    def _layer_fast(self, i, L: LayerWeights, x, cache, start):
+        c, eps = self.config, self.config.rms_norm_eps
+        xq, xs = fused.rmsnorm_quant(x, L.input_layernorm, eps)
+        qkv = self._linear(L.qkv, xq, xs, 1.0)
+        a = fused.attention_block(qkv, L.qkv_scales, self._cos, self._sin, cache.k[i], cache.v[i],
+                                  start, c.num_attention_heads, c.num_key_value_heads, c.head_dim)
+        aq, as_ = fused.rmsnorm_quant(a, L.attn_sub_norm, eps)
+        x = x + self._linear(L.o, aq, as_, L.o_scale)
+        zq, zs = fused.rmsnorm_quant(x, L.post_attention_layernorm, eps)
+        gu = self._linear(L.gate_up, zq, zs, 1.0)
+        hq, hs = fused.relu2_rmsnorm_quant(gu, L.gate_up_scales[0], L.gate_up_scales[1],
+                                           L.ffn_sub_norm, eps)
+        return x + self._linear(L.down, hq, hs, L.down_scale)
+
+    def _layer_reference(self, i, L: LayerWeights, x, cache, start, trace=None):
+        c, eps = self.config, self.config.rms_norm_eps
+        t, d, h, hkv = len(x), c.head_dim, c.num_attention_heads, c.num_key_value_heads
+        xn = rms_norm(x, L.input_layernorm, eps)
+        qkv = self._linear(L.qkv, *quantize_act(xn), 1.0)
+        q = qkv[:, : h * d].reshape(t, h, d) * L.qkv_scales[0]
+        k = qkv[:, h * d:(h + hkv) * d].reshape(t, hkv, d) * L.qkv_scales[1]
+        v = qkv[:, (h + hkv) * d:].reshape(t, hkv, d) * L.qkv_scales[2]
+        cos, sin = self._cos[start:start + t], self._sin[start:start + t]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        cache.k[i][:, start:start + t] = k.transpose(1, 0, 2)
+        cache.v[i][:, start:start + t] = v.transpose(1, 0, 2)
+        keys = cache.k[i][:, : start + t].transpose(1, 0, 2)
+        vals = cache.v[i][:, : start + t].transpose(1, 0, 2)
+        a, probs = attention(q, keys, vals, start, return_probs=True)
+        an = rms_norm(a, L.attn_sub_norm, eps)
+        hid = x + self._linear(L.o, *quantize_act(an), L.o_scale)
+        z = rms_norm(hid, L.post_attention_layernorm, eps)
+        gu = self._linear(L.gate_up, *quantize_act(z), 1.0)
+        f = c.intermediate_size
+        gate, up = gu[:, :f] * L.gate_up_scales[0], gu[:, f:] * L.gate_up_scales[1]
+        act = relu2_glu(gate, up)
+        actn = rms_norm(act, L.ffn_sub_norm, eps)
+        out = hid + self._linear(L.down, *quantize_act(actn), L.down_scale)
+        if trace is not None:
+            trace.append(dict(layer=i, input=x, attn_norm=xn, q=q, k=k, v=v, attn_probs=probs,
+                              attn_out=a, attn_sub_norm=an, residual=hid, ffn_norm=z, gate=gate,
+                              up=up, act=act, ffn_sub_norm=actn, output=out))
+        return out
+
+    # ---- public API ---------------------------------------------------------------------------
+    def logits(self, ids, *, trace=None) -> np.ndarray:
+        """Full forward of ``ids`` (no cache kept): float32 ``[len(ids), vocab]``."""
+        return self.forward(ids, self.new_cache(len(np.asarray(ids).reshape(-1))), trace=trace)
+
+    def encode(self, text: str) -> list[int]:
+        from ..tokenizer import encode
+        return encode(self._need_tokenizer(), text)
+
+    def decode(self, ids) -> str:
+        return self._need_tokenizer().decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def _need_tokenizer(self):
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer (random_model or a checkpoint without "
+                             "tokenizer.json): pass token ids instead of text")
+        return self.tokenizer
+
+    def generate(self, prompt, max_new_tokens: int = 32, **kwargs):
+        """Generate after ``prompt``: text -> new text, token ids -> new ids (a list of int).
+
+        A list of prompts (texts, or lists of ids) gives a list of results.  Options:
+        ``temperature`` (0 = greedy), ``top_k``, ``top_p``, ``repetition_penalty``, ``seed``,
+        ``stop`` (token ids and/or strings; the model's eos ids by default).  Speed figures of
+        the last call are in ``model.last_stats``.
+        """
+        from ..generate import generate
+        return generate(self, prompt, max_new_tokens, **kwargs)
+
+    def stream(self, prompt, max_new_tokens: int = 32, **kwargs):
+        """Like :meth:`generate` for one prompt, yielding pieces (text or ids) as they are made."""
+        from ..generate import stream
+        return stream(self, prompt, max_new_tokens, **kwargs)
+
+    def chat(self, messages, max_new_tokens: int = 128, **kwargs) -> str:
+        """Reply to ``[{"role": "user", "content": ...}, ...]`` with the 2B4T chat template."""
+        from ..generate import chat_prompt
+        return self.generate(chat_prompt(self, messages), max_new_tokens, **kwargs)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"BitNetModel({c.num_hidden_layers} layers, hidden {c.hidden_size}, "
+                f"heads {c.num_attention_heads}/{c.num_key_value_heads}, vocab {c.vocab_size}, "
+                f"kernel {self.kernel_name!r}, head {self.head.mode})")
+
+
+def _pack_layer(k, d: dict, where: str) -> LayerWeights:
+    """Pack one layer's canonical tensors (keys relative to ``model.layers.N.``)."""
+    def w(name):
+        return d[name + ".weight"]
+
+    def s(name):
+        return float(np.asarray(d[name + ".weight_scale"], np.float32).reshape(-1)[0])
+
+    qkv = np.concatenate([w("self_attn.q_proj"), w("self_attn.k_proj"), w("self_attn.v_proj")])
+    gu = np.concatenate([w("mlp.gate_proj"), w("mlp.up_proj")])
+    for name in LINEARS:
+        if w(name).dtype != np.int8:
+            raise ValueError(f"{where}: {name}.weight must be int8 ternary, got {w(name).dtype}")
+    norm = {n.split(".")[-1]: np.asarray(w(n), np.float32) for n in NORMS}
+    return LayerWeights(
+        qkv=k.pack(qkv),
+        qkv_scales=np.array([s("self_attn.q_proj"), s("self_attn.k_proj"), s("self_attn.v_proj")], np.float32),
+        o=k.pack(w("self_attn.o_proj")), o_scale=s("self_attn.o_proj"),
+        gate_up=k.pack(gu), gate_up_scales=np.array([s("mlp.gate_proj"), s("mlp.up_proj")], np.float32),
+        down=k.pack(w("mlp.down_proj")), down_scale=s("mlp.down_proj"), **norm)
