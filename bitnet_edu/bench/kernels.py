@@ -104,34 +104,43 @@ def compile_costs(names, timeout=600) -> dict:
     return out
 
 
-def _baselines(out, k, t, threads, copies_mb, repeat, rng):
-    """numpy float32 (and torch bf16 when installed) seconds per call of x[t, k] @ W.T."""
+def _weights_and_x(out, k, t, copies_mb, rng):
     w = rng.standard_normal((out, k)).astype(np.float32)
     x = rng.standard_normal((t, k) if t > 1 else (k,)).astype(np.float32)
     n = max(1, min(16, int(copies_mb * 2**20 // w.nbytes))) if t == 1 else 1
-    ws = [w] + [w.copy() for _ in range(n - 1)]
+    return [w] + [w.copy() for _ in range(n - 1)], x
+
+
+def numpy_baseline(out, k, t, threads, copies_mb, repeat, rng) -> float:
+    """numpy float32 (OpenBLAS) seconds per call of x[t, k] @ W.T."""
+    ws, x = _weights_and_x(out, k, t, copies_mb, rng)
     with _blas_limit(threads):
-        res = {"numpy_f32": _median_time(lambda a: x @ a.T, ws, repeat)}
+        return _median_time(lambda a: x @ a.T, ws, repeat)
+
+
+def torch_baseline(out, k, t, threads, copies_mb, repeat, rng):
+    """torch bfloat16 seconds per call, or None without torch.  Run it LAST: once torch's OpenMP
+    pool exists, it competes with OpenBLAS's and Numba's threads (10x slowdowns on 2 cores)."""
     try:
         import torch
     except ImportError:
-        return res
+        return None
+    ws, x = _weights_and_x(out, k, t, copies_mb, rng)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         wt = [torch.from_numpy(a).to(torch.bfloat16) for a in ws]
         xt = torch.from_numpy(x).to(torch.bfloat16)
         with torch.inference_mode():
-            res["torch_bf16"] = _median_time(lambda a: xt @ a.T, wt, repeat)
+            return _median_time(lambda a: xt @ a.T, wt, repeat)
     finally:
         torch.set_num_threads(old)
-    return res
 
 
 # --- the race -------------------------------------------------------------------------------------
 
 def run(shapes=None, threads=(1, 2), tokens=(1, 128), names=None, quick=False, cold_mb=None,
-        repeat=None, compile_cost=None, seed=0, log=print) -> dict:
+        repeat=None, compile_cost=None, torch_bf16=True, seed=0, log=print) -> dict:
     """Run the race and return a JSON-able dict: machine, bandwidth, compile costs, rows."""
     shapes = shapes or (QUICK_SHAPES if quick else SHAPES_2B4T)
     names = list(names or K.available())
@@ -157,13 +166,28 @@ def run(shapes=None, threads=(1, 2), tokens=(1, 128), names=None, quick=False, c
             x = rng.integers(-128, 128, (t, k) if t > 1 else (k,)).astype(np.int8)
             for th in threads:
                 numba.set_num_threads(th)
-                base = _baselines(out, k, t, th, cold_mb, repeat, rng)
+                base = {"numpy_f32": numpy_baseline(out, k, t, th, cold_mb, repeat, rng)}
                 gemv_ms = {}
                 for n in names:
                     row = _race_one(n, packs[n], x, t, th, cold_mb, repeat, base, result, gemv_ms)
                     if row:
                         log(_fmt_row(row))
+    if torch_bf16:
+        _add_torch(result, cold_mb, repeat, rng, log)
     return result
+
+
+def _add_torch(result, cold_mb, repeat, rng, log):
+    """torch bf16 baselines for every (shape, T, threads) raced, measured after all the rest."""
+    cases = sorted({(r["out"], r["in"], r["T"], r["threads"]) for r in result["rows"]})
+    for out, k, t, th in cases:
+        s = torch_baseline(out, k, t, th, cold_mb, repeat, rng)
+        if s is None:
+            return
+        log(f"torch bf16 {out}x{k} T={t} {th} thread(s): {s * 1e3:.3f} ms")
+        for r in result["rows"]:
+            if (r["out"], r["in"], r["T"], r["threads"]) == (out, k, t, th):
+                r["torch_bf16_ms"], r["vs_torch_bf16"] = s * 1e3, s / (r["ms"] / 1e3)
 
 
 def _race_one(name, packed, x, t, th, cold_mb, repeat, base, result, gemv_ms):
@@ -176,16 +200,14 @@ def _race_one(name, packed, x, t, th, cold_mb, repeat, base, result, gemv_ms):
     n = max(1, min(64, int(cold_mb * 2**20 // packed.nbytes))) if t == 1 else 1
     copies = [packed] + [K.Packed(packed.kernel, out, k, tuple(a.copy() for a in packed.arrays))
                          for _ in range(n - 1)]
-    s = _median_time(lambda p: kern.matmul(p, x), copies, repeat)
+    with _blas_limit(th):  # mad's GEMM path runs on OpenBLAS: same thread count as numba
+        s = _median_time(lambda p: kern.matmul(p, x), copies, repeat)
     if t == 1:
         result.setdefault("_est", {})[(name, out, k, th)] = s
     row = {"kernel": name, "out": out, "in": k, "T": t, "threads": th, "ms": s * 1e3,
            "ms_per_token": s * 1e3 / t, "weight_gbs": packed.nbytes / s / 1e9,
            "gops": 2 * out * k * t / s / 1e9, "bits_per_weight": packed.bits_per_weight,
            "numpy_f32_ms": base["numpy_f32"] * 1e3, "vs_numpy_f32": base["numpy_f32"] / s}
-    if "torch_bf16" in base:
-        row["torch_bf16_ms"] = base["torch_bf16"] * 1e3
-        row["vs_torch_bf16"] = base["torch_bf16"] / s
     result["rows"].append(row)
     return row
 
@@ -251,6 +273,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small shapes, few repeats (CI / notebook)")
     ap.add_argument("--cold-mb", type=int, help="MB of weight copies cycled through for GEMV")
     ap.add_argument("--repeat", type=int)
+    ap.add_argument("--no-torch", action="store_true", help="skip the torch bf16 baseline")
     ap.add_argument("--no-compile", action="store_true", help="skip the compile-cost subprocesses")
     ap.add_argument("--json", help="save the results here (the notebook plots them)")
     a = ap.parse_args(argv)
@@ -260,7 +283,7 @@ def main(argv=None) -> int:
               "run with `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE` for a fair one")
     print(HEADER)
     res = run(shapes, a.threads, a.tokens, a.kernels, a.quick, a.cold_mb, a.repeat,
-              False if a.no_compile else None, log=lambda s: print(s, flush=True))
+              False if a.no_compile else None, not a.no_torch, log=lambda s: print(s, flush=True))
     res.pop("_est", None)
     print()
     print(format_table(res))
