@@ -79,6 +79,8 @@ def config_from_gguf(meta: dict) -> dict:
             continue
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             raise GGUFError(f"metadata {arch}.{key} must be a number, got {type(v).__name__}")
+        if hf not in _FLOAT_HPARAMS and not 1 <= v < 2**31:
+            raise GGUFError(f"metadata {arch}.{key}={v} is not a positive size")
         cfg[hf] = float(v) if hf in _FLOAT_HPARAMS else int(v)
     for hf in ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads"):
         if hf not in cfg:
@@ -90,9 +92,12 @@ def config_from_gguf(meta: dict) -> dict:
     tokens = meta.get("tokenizer.ggml.tokens")
     if "vocab_size" not in cfg and isinstance(tokens, list):
         cfg["vocab_size"] = len(tokens)
-    bos, eos, eot = (meta.get(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos", "eot"))
+    bos, eos, eot, pad = (meta.get(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos", "eot", "padding"))
+    for k, v in (("bos", bos), ("eos", eos), ("eot", eot), ("padding", pad)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+            raise GGUFError(f"metadata tokenizer.ggml.{k}_token_id={v!r} is not a token id")
     cfg.update(bos_token_id=bos, eos_token_id=[eos, eot] if eot is not None and eos is not None else eos,
-               pad_token_id=meta.get("tokenizer.ggml.padding_token_id"), hidden_act="relu2",
+               pad_token_id=pad, hidden_act="relu2",
                tie_word_embeddings=True, model_type="bitnet", architectures=["BitNetForCausalLM"])
     return cfg
 
@@ -119,7 +124,7 @@ def _expected_shapes(config: dict) -> dict:
 
     try:
         return expected_tensors(BitNetConfig.from_dict(config))
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, ZeroDivisionError) as e:
         raise GGUFError(f"GGUF metadata gives an invalid model config: {e}") from None
 
 
@@ -159,6 +164,9 @@ def read_gguf_checkpoint(path, progress: bool = True):
             raise GGUFError(f"{reader.path}: {e}") from None
     if "lm_head.weight" in names:
         config["tie_word_embeddings"] = False
+    if config["num_hidden_layers"] > len(names):  # also bounds the work of listing expected names
+        raise GGUFError(f"{reader.path}: block_count={config['num_hidden_layers']} but the file has only "
+                        f"{len(names)} tensors")
     want = _expected_shapes(config)
     missing = [n for n in want if not n.endswith("_scale") and n not in names]
     if missing:

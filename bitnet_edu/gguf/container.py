@@ -185,7 +185,7 @@ class GGUFReader:
             raise GGUFError(f"{self.path}: {size} bytes is too small for a GGUF header (24 bytes)")
         self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
         try:
-            self._parse(_Cursor(self._map, size))
+            self._parse(_Cursor(memoryview(self._map), size))  # memoryview slices are cheap
         except GGUFError as e:
             raise GGUFError(f"{self.path}: {e}") from None
 
@@ -204,7 +204,7 @@ class GGUFReader:
         # smallest record: a KV is 8+4+1 bytes, a tensor info 8+4+8+4+8
         if n_kv * 13 + n_tensors * 32 > c.size - c.pos:
             raise GGUFError(f"absurd counts at byte offset 8: {n_tensors} tensors and {n_kv} "
-                            f"metadata entries cannot fit in {c.size} bytes")
+                            f"metadata entries cannot fit in {c.size} bytes (truncated or corrupt file)")
         self.metadata, self.types = {}, {}
         for i in range(n_kv):
             start = c.pos
@@ -352,7 +352,9 @@ def _typed(key: str, v) -> Value:
     if isinstance(v, (bool, np.bool_)):
         return Value(T_BOOL, bool(v))
     if isinstance(v, (int, np.integer)):
-        return Value(T_UINT32 if 0 <= v < 2**32 else T_INT64, int(v))
+        if 0 <= v < 2**32:
+            return Value(T_UINT32, int(v))
+        return Value(T_INT32 if -(2**31) <= v < 0 else T_INT64 if v < 0 else T_UINT64, int(v))
     if isinstance(v, (float, np.floating)):
         return Value(T_FLOAT32, float(v))
     if isinstance(v, str):
@@ -375,7 +377,7 @@ def _pack_string(s: str) -> bytes:
     return struct.pack("<Q", len(b)) + b
 
 
-def _pack_value(vtype: int, v, subtype=None) -> bytes:
+def _pack_value(vtype: int, v, subtype=None, key="") -> bytes:
     if vtype in _SCALAR:
         return struct.pack(_SCALAR[vtype], v)
     if vtype == T_STRING:
@@ -383,10 +385,15 @@ def _pack_value(vtype: int, v, subtype=None) -> bytes:
     if vtype == T_ARRAY:
         head = struct.pack("<IQ", subtype, len(v))
         if subtype in _NP:
-            return head + np.asarray(v, _NP[subtype]).astype(np.dtype(_NP[subtype]).newbyteorder("<")).tobytes()
+            return head + np.asarray(v, np.dtype(_NP[subtype]).newbyteorder("<")).tobytes()
         if subtype == T_STRING:
             return head + b"".join(_pack_string(s) for s in v)
-    raise ValueError(f"cannot write value type {vtype} (element type {subtype})")
+        if subtype == T_ARRAY:  # each element is an array without its own type tag
+            items = [_typed(key, x) for x in v]
+            if any(x.type != T_ARRAY for x in items):
+                raise ValueError(f"metadata {key!r}: an array of arrays holds a non-array")
+            return head + b"".join(_pack_value(T_ARRAY, x.value, x.subtype, key) for x in items)
+    raise ValueError(f"metadata {key!r}: cannot write value type {vtype} (element type {subtype})")
 
 
 def write_gguf(path, metadata: dict, tensors: dict, *, alignment: int = DEFAULT_ALIGNMENT,
@@ -410,7 +417,7 @@ def write_gguf(path, metadata: dict, tensors: dict, *, alignment: int = DEFAULT_
 
     head = [MAGIC, struct.pack("<IQQ", 3, len(tensors), len(meta))]
     for key, v in meta.items():
-        head += [_pack_string(key), struct.pack("<I", v.type), _pack_value(v.type, v.value, v.subtype)]
+        head += [_pack_string(key), struct.pack("<I", v.type), _pack_value(v.type, v.value, v.subtype, key)]
     offset = 0
     for name, t in tensors.items():
         n = int(np.prod(t.shape))

@@ -52,11 +52,13 @@ def tokenizer_from_gguf(meta: dict):
     if kind != "gpt2":
         raise GGUFError(f"tokenizer.ggml.model={kind!r} is not supported (only 'gpt2' byte-level BPE)")
     tokens, merges = meta.get("tokenizer.ggml.tokens"), meta.get("tokenizer.ggml.merges")
-    if not isinstance(tokens, list) or not tokens or not isinstance(merges, list):
-        raise GGUFError("tokenizer.ggml.tokens and tokenizer.ggml.merges must be string arrays")
-    types = np.asarray(meta.get("tokenizer.ggml.token_type", np.full(len(tokens), NORMAL)))
-    if types.shape != (len(tokens),):
-        raise GGUFError(f"tokenizer.ggml.token_type has {types.size} entries for {len(tokens)} tokens")
+    for key, v in (("tokens", tokens), ("merges", merges)):
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v) or (key == "tokens" and not v):
+            raise GGUFError(f"tokenizer.ggml.{key} must be a (non-empty) array of strings")
+    types = meta.get("tokenizer.ggml.token_type", np.full(len(tokens), NORMAL))
+    if not isinstance(types, np.ndarray) or types.shape != (len(tokens),):
+        raise GGUFError(f"tokenizer.ggml.token_type must be a numeric array with one entry per token "
+                        f"({len(tokens)})")
     pairs = [m.split(" ") for m in merges]
     bad = next((m for m, p in zip(merges, pairs) if len(p) != 2), None)
     if bad is not None:
@@ -77,7 +79,9 @@ def tokenizer_from_gguf(meta: dict):
     tok.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
                     for i in np.flatnonzero(types == USER_DEFINED) if not _PAD.fullmatch(tokens[i])])
     bos = meta.get("tokenizer.ggml.bos_token_id")
-    if meta.get("tokenizer.ggml.add_bos_token", True) and bos is not None and bos < len(tokens):
+    if bos is not None and (not isinstance(bos, int) or not 0 <= bos < len(tokens)):
+        raise GGUFError(f"tokenizer.ggml.bos_token_id={bos!r} is not a token id (0..{len(tokens) - 1})")
+    if meta.get("tokenizer.ggml.add_bos_token", True) is True and bos is not None:
         tok.post_processor = processors.TemplateProcessing(
             single=f"{tokens[bos]} $A", pair=f"{tokens[bos]} $A {tokens[bos]} $B",
             special_tokens=[(tokens[bos], int(bos))])
