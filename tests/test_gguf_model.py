@@ -251,3 +251,17 @@ def test_absurd_block_count_fails_fast(tmp_path):
     (tmp_path / "m.gguf").write_bytes(bytes(blob))
     with pytest.raises(GGUFError, match="block_count=4456449 but the file has only 13 tensors"):
         read_gguf_checkpoint(tmp_path / "m.gguf", progress=False)
+
+
+def test_iter_checks_everything_before_the_first_yield(tmp_path):
+    from bitnet_edu.gguf import iter_gguf_checkpoint
+
+    config, weights, _ = write_model_gguf(tmp_path / "m.gguf")
+    it = iter_gguf_checkpoint(tmp_path / "m.gguf")
+    cfg, tok = next(it)
+    items = list(it)
+    assert cfg["hidden_size"] == 128 and tok.get_vocab_size() >= 262
+    assert [n for n, _ in items] == [n for n in expected_tensors(BitNetConfig.from_dict(config))]
+    write_model_gguf(tmp_path / "bad.gguf", extra={"blk.0.ffn_up.weight": np.zeros((2, 64), np.float32)})
+    with pytest.raises(GGUFError, match="'blk.0.ffn_up.weight' has shape"):
+        next(iter_gguf_checkpoint(tmp_path / "bad.gguf"))

@@ -14,7 +14,7 @@ import numpy as np
 from .container import GGML_F16, GGML_F32, GGML_I2_S, GGUFError, GGUFReader, T_FLOAT32, T_STRING, T_UINT32, Value
 from .tokenizer import tokenizer_from_gguf
 
-__all__ = ["read_gguf_checkpoint", "gguf_to_hf_name", "hf_to_gguf_name", "config_from_gguf",
+__all__ = ["read_gguf_checkpoint", "iter_gguf_checkpoint", "gguf_to_hf_name", "hf_to_gguf_name", "config_from_gguf",
            "gguf_model_metadata", "ARCHITECTURES", "LLAMA_FTYPE_MOSTLY_I2_S"]
 
 ARCHITECTURES = ("bitnet-b1.58", "bitnet-25")
@@ -144,12 +144,12 @@ def _linear(reader: GGUFReader, gname: str, name: str):
     return q, np.array([scale], np.float32)
 
 
-def read_gguf_checkpoint(path, progress: bool = True):
-    """Read a bitnet.cpp GGUF file into the canonical checkpoint and its tokenizer.
+def iter_gguf_checkpoint(path, progress: bool = False):
+    """Yield ``(config, tokenizer)`` first, then canonical ``(hf_name, array)`` one at a time.
 
-    Returns ``(config: dict, weights: {hf_name: np.ndarray}, tokenizer: tokenizers.Tokenizer)``.
-    Raises :class:`GGUFError` (a ValueError) naming the tensor or byte offset on any problem:
-    corrupt container, wrong architecture, missing / unexpected tensor, wrong shape.
+    Everything about the file (container, config, tokenizer, tensor names and shapes) is checked
+    before the first yield; streaming then keeps peak memory at one unpacked tensor while the
+    caller repacks it (the 2B4T's linears are 2.1 GB as int8).
     """
     from ..model.checkpoint import check_zero_linear
 
@@ -167,8 +167,8 @@ def read_gguf_checkpoint(path, progress: bool = True):
     if config["num_hidden_layers"] > len(names):  # also bounds the work of listing expected names
         raise GGUFError(f"{reader.path}: block_count={config['num_hidden_layers']} but the file has only "
                         f"{len(names)} tensors")
-    want = _expected_shapes(config)
-    missing = [n for n in want if not n.endswith("_scale") and n not in names]
+    want = {n: tuple(s) for n, s in _expected_shapes(config).items() if not n.endswith("_scale")}
+    missing = [n for n in want if n not in names]
     if missing:
         raise GGUFError(f"{reader.path}: missing tensor {hf_to_gguf_name(missing[0])!r} "
                         f"(HF {missing[0]!r}; {len(missing)} missing in all)")
@@ -176,19 +176,31 @@ def read_gguf_checkpoint(path, progress: bool = True):
     if extra:
         raise GGUFError(f"{reader.path}: tensor {extra[0]!r} does not belong to a model with "
                         f"{config['num_hidden_layers']} layers")
-    weights = {}
-    for name in _progress([n for n in want if not n.endswith("_scale")], progress, "reading GGUF"):
-        gname = names[name]
-        shape = reader.tensors[gname].shape
-        if shape != tuple(want[name]):
-            raise GGUFError(f"{reader.path}: tensor {gname!r} has shape {shape}, expected "
-                            f"{tuple(want[name])} from the metadata")
+    for name, shape in want.items():
+        if reader.tensors[names[name]].shape != shape:
+            raise GGUFError(f"{reader.path}: tensor {names[name]!r} has shape "
+                            f"{reader.tensors[names[name]].shape}, expected {shape} from the metadata")
+    yield config, tokenizer
+    for name in _progress(list(want), progress, "reading GGUF"):
         if name.endswith("_proj.weight"):
-            weights[name], weights[name + "_scale"] = _linear(reader, gname, name)
-            check_zero_linear(name, weights[name])
+            q, scale = _linear(reader, names[name], name)
+            check_zero_linear(name, q)
+            yield name, q
+            yield name + "_scale", scale
         else:
-            weights[name] = reader.float32(gname)
-    return config, weights, tokenizer
+            yield name, reader.float32(names[name])
+
+
+def read_gguf_checkpoint(path, progress: bool = True):
+    """Read a bitnet.cpp GGUF file into the canonical checkpoint and its tokenizer.
+
+    Returns ``(config: dict, weights: {hf_name: np.ndarray}, tokenizer: tokenizers.Tokenizer)``.
+    Raises :class:`GGUFError` (a ValueError) naming the tensor or byte offset on any problem:
+    corrupt container, wrong architecture, missing / unexpected tensor, wrong shape.
+    """
+    it = iter_gguf_checkpoint(path, progress=progress)
+    config, tokenizer = next(it)
+    return config, dict(it), tokenizer
 
 
 def _progress(items, enabled: bool, desc: str):
