@@ -11,3 +11,4 @@ from .stage1 import *  # noqa: F401,F403
 from .stage2 import *  # noqa
 from .stage3 import *  # noqa
 from .stage5 import *  # noqa
+from .stage6 import *  # noqa
