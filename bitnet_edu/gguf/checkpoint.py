@@ -11,11 +11,12 @@ import re
 
 import numpy as np
 
-from .container import GGML_F16, GGML_F32, GGML_I2_S, GGUFError, GGUFReader, T_FLOAT32, T_STRING, T_UINT32, Value
+from .container import (GGML_F16, GGML_F32, GGML_I2_S, T_FLOAT32, T_STRING, T_UINT32, GGUFError,
+                        GGUFReader, Value)
 from .tokenizer import tokenizer_from_gguf
 
-__all__ = ["read_gguf_checkpoint", "iter_gguf_checkpoint", "gguf_to_hf_name", "hf_to_gguf_name", "config_from_gguf",
-           "gguf_model_metadata", "ARCHITECTURES", "LLAMA_FTYPE_MOSTLY_I2_S"]
+__all__ = ["read_gguf_checkpoint", "iter_gguf_checkpoint", "gguf_to_hf_name", "hf_to_gguf_name",
+           "config_from_gguf", "gguf_model_metadata", "ARCHITECTURES", "LLAMA_FTYPE_MOSTLY_I2_S"]
 
 ARCHITECTURES = ("bitnet-b1.58", "bitnet-25")
 LLAMA_FTYPE_MOSTLY_I2_S = 40  # general.file_type of bitnet.cpp's I2_S files
@@ -110,7 +111,8 @@ def gguf_model_metadata(config: dict, *, name: str = "bitnet_edu",
             "general.quantization_version": Value(T_UINT32, 2)}
     for key, hf in _HPARAMS.items():
         v = config[hf]
-        meta[f"{arch}.{key}"] = Value(T_FLOAT32, float(v)) if hf in _FLOAT_HPARAMS else Value(T_UINT32, int(v))
+        meta[f"{arch}.{key}"] = (Value(T_FLOAT32, float(v)) if hf in _FLOAT_HPARAMS
+                                 else Value(T_UINT32, int(v)))
     head_dim, heads = config["head_dim"], config["num_attention_heads"]
     if head_dim * heads != config["hidden_size"]:  # llama.cpp then needs the explicit sizes
         meta[f"{arch}.attention.key_length"] = Value(T_UINT32, int(head_dim))
