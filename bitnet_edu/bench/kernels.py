@@ -194,7 +194,7 @@ def _race_one(name, packed, x, t, th, cold_mb, repeat, base, result, gemv_ms):
     kern = K.get(name)
     out, k = packed.shape
     est = result.get("_est", {}).get((name, out, k, th))
-    if t > 1 and est is not None and est * t > MAX_EST_S:
+    if t > 1 and not kern.fast_gemm and est is not None and est * t > MAX_EST_S:
         return None  # a lookup-table or naive GEMM at T=128 would take minutes
     kern.matmul(packed, x)  # compile / load
     n = max(1, min(64, int(cold_mb * 2**20 // packed.nbytes))) if t == 1 else 1

@@ -50,6 +50,7 @@ class Kernel:
 
     name = "?"
     summary = ""
+    fast_gemm = False  # True if many tokens take a blocked path (not T passes of the GEMV loop)
 
     def __repr__(self) -> str:
         return f"<kernel {self.name!r}: {self.summary}>"

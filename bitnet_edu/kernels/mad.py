@@ -129,6 +129,7 @@ def prepare_x(x: np.ndarray, multiple: int = I2S_BLOCK):
 class MadKernel(Kernel):
     name = "mad"
     summary = "I2_S: 2-bit codes (w+1) x int8 multiply-add, minus sum(x) (2 bits per weight)"
+    fast_gemm = True
 
     def _pack(self, w):
         wp = pad_cols(w, I2S_BLOCK)  # zero weights in the padding: exact
