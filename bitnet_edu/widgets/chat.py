@@ -115,6 +115,9 @@ class ChatWidget:
             temp = self.controls["temperature"].value
             reply = stream_reply(model, prompt, max_new_tokens=n_new, timeout=self.timeout,
                                  on_piece=on_piece, temperature=temp, seed=len(self.history))
+        except ValueError as e:  # e.g. a model without a tokenizer given text
+            self.status.value = f"<span style='color:#c00'>{html.escape(str(e))}</span>"
+            return None
         finally:
             self.controls["send"].disabled = False
         self.history.append((prompt, reply))
