@@ -11,6 +11,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+# Reassociation lets LLVM vectorize float sums; not the full fastmath set, which would also
+# assume "no inf/nan" and break the -inf start of the softmax max.
+_FAST = {"reassoc", "contract", "arcp"}
+
 __all__ = ["rmsnorm_quant", "relu2_rmsnorm_quant", "attention_block", "head_int8",
            "quantize_rows_int8"]
 
@@ -82,7 +86,7 @@ def _rope_into(src, cos, sin, dst, scale):
         dst[half + i] = b * cos[half + i] + a * sin[half + i]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=_FAST)
 def attention_block(qkv, scales, cos, sin, kc, vc, start, n_heads, n_kv, d):
     """Scale q/k/v, RoPE, append k/v to the cache, causal GQA attention.
 
@@ -147,7 +151,7 @@ def quantize_rows_int8(w):
     return q, s
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=_FAST)  # fastmath: lets LLVM vectorize the float sum
 def head_int8(x, table, row_scale):
     """Logits from an int8 table: ``(x @ table.T) * row_scale[v]`` -> float32 ``[T, V]``.
 
