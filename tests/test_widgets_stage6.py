@@ -77,3 +77,17 @@ def test_chat_widget_refuses_bad_input_and_times_out():
     r = slow.send("go")
     assert r.timed_out and r.tokens < 50 and "timed out" in slow.status.value
     assert not slow.controls["send"].disabled  # re-enabled after the reply
+
+
+def test_kernel_race_fills_one_bar_per_contestant():
+    from bitnet_edu import kernels
+    from bitnet_edu.widgets.kernel_race import KernelRace
+
+    w = KernelRace(repeat=1)
+    assert list(w.figure.data[0].x) == kernels.available() + ["numpy float32"]
+    assert all(v == 0 for v in w.figure.data[0].y)
+    w.controls["tokens"].value = 8
+    res = w.race()
+    assert set(res) == set(w.figure.data[0].x)
+    assert all(v > 0 for v in w.figure.data[0].y)
+    assert "fastest" in w.status.value

@@ -8,3 +8,4 @@ from .bitlinear_stepper import BitLinearStepper  # noqa
 from .energy import EnergyCalculator  # noqa
 from .chat import ChatWidget  # noqa
 from .lut import LookupTableStepper  # noqa
+from .kernel_race import KernelRace  # noqa
