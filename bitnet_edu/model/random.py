@@ -68,8 +68,7 @@ def random_model(shape="2b4t", seed: int = 0, *, kernel: str | None = None, head
             attn_sub_norm=ones(nq, np.float32), ffn_sub_norm=ones(f, np.float32)))
     v = cfg.vocab_size
     if head == "int8":
-        table = np.frombuffer(rng.bytes(v * h), np.int8).reshape(v, h).copy()
-        table[table == -128] = -127  # symmetric, as absmax quantization would give
+        table = rng.integers(-127, 128, (v, h), dtype=np.int8)  # one allocation, symmetric
         emb = Head.from_int8(table, np.full(v, 0.02 / 127 * 4, np.float32))
     else:
         emb = Head(rng.standard_normal((v, h), dtype=np.float32) * np.float32(0.02), head)

@@ -1,0 +1,101 @@
+"""Sampling rules, seeded reproducibility, streaming, stops, batch and context checks."""
+
+import numpy as np
+import pytest
+
+from bitnet_edu.generate import (apply_repetition_penalty, chat_prompt, sample_next, top_k_filter,
+                                 top_p_filter)
+from bitnet_edu.model.loading import load_model
+from bitnet_edu.model.tiny import write_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    pytest.importorskip("transformers")
+    return load_model(write_tiny_checkpoint(tmp_path_factory.mktemp("gen"), seed=1))
+
+
+def test_top_p_keeps_smallest_nucleus():
+    p = np.array([0.5, 0.3, 0.15, 0.05])
+    np.testing.assert_allclose(top_p_filter(p, 0.8), [0.5 / 0.8, 0.3 / 0.8, 0, 0])
+    np.testing.assert_allclose(top_p_filter(p, 0.81), np.array([0.5, 0.3, 0.15, 0]) / 0.95)
+    np.testing.assert_allclose(top_p_filter(p, 0.1), [1, 0, 0, 0])  # top token always kept
+    np.testing.assert_array_equal(top_p_filter(p, 1.0), p)
+
+
+def test_top_k_and_penalty():
+    lg = np.array([1.0, 3.0, 2.0, -1.0], np.float32)
+    assert np.isinf(top_k_filter(lg, 2)[[0, 3]]).all() and top_k_filter(lg, 2)[1] == 3
+    np.testing.assert_allclose(apply_repetition_penalty(lg, [1, 3], 2.0), [1, 1.5, 2, -2])
+
+
+def test_sampling_is_seeded_and_greedy_at_zero():
+    lg = np.random.default_rng(0).standard_normal(50).astype(np.float32)
+    assert sample_next(lg, temperature=0) == int(np.argmax(lg))
+    a = [sample_next(lg, np.random.default_rng(5), temperature=1.0, top_p=0.9) for _ in range(3)]
+    b = [sample_next(lg, np.random.default_rng(5), temperature=1.0, top_p=0.9) for _ in range(3)]
+    assert a == b
+    draws = {sample_next(lg, np.random.default_rng(s), temperature=1.0, top_k=3) for s in range(200)}
+    assert draws <= set(np.argsort(lg)[-3:].tolist()) and len(draws) > 1
+
+
+def test_generate_text_and_ids_and_seed(model):
+    ids = model.generate([0, 5, 9], 8, stop=[])
+    assert len(ids) == 8 and all(isinstance(i, int) for i in ids)
+    a = model.generate("Hello world", 10, temperature=1.0, seed=3, stop=[])
+    b = model.generate("Hello world", 10, temperature=1.0, seed=3, stop=[])
+    assert isinstance(a, str) and a == b
+    assert model.last_stats["new_tokens"] == 10
+
+
+def test_stream_equals_generate(model):
+    assert "".join(model.stream("The quick", 12, stop=[])) == model.generate("The quick", 12, stop=[])
+    assert list(model.stream([0, 7], 5, stop=[])) == model.generate([0, 7], 5, stop=[])
+
+
+def test_stop_ids_end_generation(model):
+    first = model.generate([0, 5, 9], 1, stop=[])[0]
+    assert model.generate([0, 5, 9], 10, stop=[first]) == []
+
+
+def test_batch(model):
+    out = model.generate(["Hello", "The quick"], 4, stop=[])
+    assert out == [model.generate("Hello", 4, stop=[]), model.generate("The quick", 4, stop=[])]
+
+
+def test_context_length_error(model):
+    with pytest.raises(ValueError, match="context length"):
+        model.generate([0] * 100, 100)
+    with pytest.raises(ValueError, match="context too long"):
+        model.logits([0] * (model.config.max_position_embeddings + 1))
+
+
+def test_chat_template(model):
+    text = chat_prompt(model, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " Hi "}])
+    assert text == "System: Be brief.<|eot_id|>User: Hi<|eot_id|>Assistant: "
+    with pytest.raises(ValueError, match="role"):
+        chat_prompt(model, [{"role": "robot", "content": "x"}])
+
+
+def test_default_model_missing_is_clear(monkeypatch, tmp_path):
+    import bitnet_edu
+    monkeypatch.setattr(bitnet_edu, "DEFAULT_MODEL", tmp_path / "nothing")
+    with pytest.raises(ValueError, match="default model"):
+        load_model()
+
+
+def test_hub_id_offline_says_how_to_download():
+    with pytest.raises(ValueError, match="huggingface-cli download"):
+        load_model("microsoft/bitnet-b1.58-2B-4T", revision="abc")
+
+
+def test_zero_linear_warns(tmp_path):
+    pytest.importorskip("transformers")
+    from bitnet_edu.model.safetensors_io import read_safetensors, write_safetensors
+    d = write_tiny_checkpoint(tmp_path / "z", seed=2)
+    t = {k: np.array(v) for k, v in read_safetensors(d / "model.safetensors", raw_bf16=True).items()}
+    t["model.layers.1.mlp.down_proj.weight"][:] = 0x55  # all codes 1 -> all weights 0
+    bf = {k for k, v in t.items() if v.dtype == np.uint16}
+    write_safetensors(d / "model.safetensors", t, bf16=bf)
+    with pytest.warns(UserWarning, match="layers.1.mlp.down_proj.weight is entirely zero"):
+        load_model(d)
