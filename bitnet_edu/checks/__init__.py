@@ -12,3 +12,4 @@ from .stage2 import *  # noqa
 from .stage3 import *  # noqa
 from .stage5 import *  # noqa
 from .stage6 import *  # noqa
+from .stage4 import *  # noqa
