@@ -29,6 +29,7 @@ _MODULES = {
     "tl1": "tl1",
     "tl2": "tl2",
     "tmac": "tmac",
+    "vnni": "vnni",
 }
 
 #: fastest kernel on the project's 2-core AVX-512 machine (see the benchmark)

@@ -1,0 +1,231 @@
+"""``vnni``: the I2_S bytes multiplied by ``vpdpbusd``, the AVX-512 VNNI byte dot product.
+
+Same arithmetic as :mod:`.mad` (codes ``c = w + 1`` in {0, 1, 2}, ``x @ w.T = x @ c.T - sum(x)``),
+but the multiply-add is the instruction bitnet.cpp's I2_S kernel uses on x86:
+``vpdpbusd acc, u8, s8`` multiplies 64 unsigned bytes by 64 signed bytes and adds each group of
+4 products into one of 16 int32 lanes.  Plain Numba code never emits it (see PERFORMANCE.md),
+so :func:`_dot_rows` is a ``numba.extending.intrinsic`` that writes the inner loop in LLVM IR
+and calls ``llvm.x86.avx512.vpdpbusd.512`` on ``<16 x i32>`` vectors (512-bit zmm registers).
+
+Layout: the I2_S bytes of :func:`bitnet_edu.packing.pack_i2s`, each row zero-padded to a
+multiple of 256 weights.  One 64-byte load takes two I2_S blocks (b0, b1) of 128 weights::
+
+    byte:      0      1   ...   31    32     33   ...   63
+            +------+------+---+------+------+------+---+------+
+    bits 7-6| b0:0 | b0:1 |...| b0:31| b1:0 | b1:1 |...| b1:31|   slice s=0 (shift 6)
+    bits 5-4| b0:32| b0:33|...| b0:63| b1:32| b1:33|...| b1:63|   slice s=1 (shift 4)
+    bits 3-2| b0:64| ...  |...| b0:95| b1:64| ...  |...| b1:95|   slice s=2 (shift 2)
+    bits 1-0| b0:96| ...  |...|b0:127| b1:96| ...  |...|b1:127|   slice s=3 (shift 0)
+            +------+------+---+------+------+------+---+------+
+    (b0:j = weight j of block b0 = weight 256*chunk + j;  b1:j = weight 256*chunk + 128 + j)
+
+Decoding in registers is one shift and one AND per slice: ``(v >> (6 - 2s)) & 3`` gives 64
+code bytes, the rows of the picture.  The activations are permuted ONCE per call (not per
+row) into the same order, :func:`permute_x`: chunk ``c`` of ``xp`` is
+``[x[b0, 0:32], x[b1, 0:32], x[b0, 32:64], x[b1, 32:64], ...]``, so slice ``s`` of a chunk
+meets the 64 activation bytes ``xp[256c + 64s : 256c + 64s + 64]``.  Per 256 weights: 1 load
+of codes, 4 shifts, 4 ANDs, 4 activation loads (from L1), 4 ``vpdpbusd``.
+
+Exactness: each ``vpdpbusd`` lane adds 4 products of at most 2 * 128 in magnitude, int32 lanes
+without saturation; a row sum is at most 2 * 128 * in (far below 2**31).
+
+CPU support: the intrinsic emits ``vpdpbusd`` only when the target Numba compiles for has
+``avx512vnni`` (:func:`has_vnni`); elsewhere it emits the same arithmetic in portable LLVM IR
+(widen, multiply, add groups of 4), so the kernel works, just slower, on every CPU.  The
+choice is made at compile time from Numba's own target features, which are part of Numba's
+cache key, so a cached machine code for one CPU is never loaded on another.
+
+GEMM (T tokens): rows in ``prange``, tokens inside, ``TOKENS`` at a time share one decode of
+each 64-byte chunk (the codes are decoded once per group, not once per token).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.core.registry import cpu_target
+from numba.extending import intrinsic
+
+from ..packing import pack_i2s
+from ._base import Kernel, pad_cols
+
+BLOCK = 256   # weights per 64-byte chunk (two I2_S blocks)
+TILE, TOKENS = 2, 4  # GEMM register tile: 2 rows x 4 tokens = 8 accumulators, 8 decoded slices
+ROWS = 32           # rows per parallel work item (their codes stay in L2 while tokens stream)
+SHIFTS = (6, 4, 2, 0)
+_VNNI = "llvm.x86.avx512.vpdpbusd.512"
+
+_I8, _I32 = ir.IntType(8), ir.IntType(32)
+_V64x8, _V16x32 = ir.VectorType(_I8, 64), ir.VectorType(_I32, 16)
+
+
+def has_vnni(features: str | None = None) -> bool:
+    """True if Numba compiles for a CPU with AVX-512 VNNI (``features``: an LLVM feature string,
+    default: the one Numba's CPU target uses, i.e. the host unless NUMBA_CPU_FEATURES is set)."""
+    if features is None:
+        features = cpu_target.target_context.codegen().magic_tuple()[2]
+    return "+avx512vnni" in features.split(",")
+
+
+# --- numpy versions ------------------------------------------------------------------------------
+
+def permute_x(x: np.ndarray) -> np.ndarray:
+    """Activations int8 ``[T, kp]`` (kp a multiple of 256) -> the chunk order of the codes, int8
+    ``[T, kp]``: per chunk ``[b0 s0, b1 s0, b0 s1, b1 s1, b0 s2, b1 s2, b0 s3, b1 s3]`` (32 each)."""
+    t, kp = x.shape
+    return np.ascontiguousarray(x.reshape(t, kp // BLOCK, 2, 4, 32).transpose(0, 1, 3, 2, 4)
+                                .reshape(t, kp))
+
+
+def numpy_matmul(codes: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """NumPy version of the kernel's own steps: ``codes`` uint8 ``[out, kp/4]``, ``x`` int8
+    ``[T, kp]`` -> int32 ``[T, out]``.  Decode each 64-byte chunk to 4 slices of 64 code bytes,
+    dot with the permuted activations in groups of 4 (what one ``vpdpbusd`` lane adds), subtract
+    ``sum(x)``."""
+    out = codes.shape[0]
+    v = codes.reshape(out, -1, 1, 64)                                     # [out, chunks, 1, 64]
+    c = (v >> np.array(SHIFTS, np.uint8).reshape(1, 1, 4, 1)) & 3          # [out, chunks, 4, 64]
+    xp = permute_x(x).astype(np.int32).reshape(x.shape[0], -1)
+    lanes = (c.reshape(1, out, -1, 4).astype(np.int32)                    # groups of 4 bytes
+             * xp.reshape(x.shape[0], 1, -1, 4)).sum(axis=3)              # = vpdpbusd lanes
+    return (lanes.sum(axis=2) - x.astype(np.int32).sum(axis=1)[:, None]).astype(np.int32)
+
+
+# --- the intrinsic -------------------------------------------------------------------------------
+
+def _dpbusd(builder, acc, u8, s8, vnni):
+    """acc <16 x i32> += sum of 4 consecutive u8 x s8 products (u8, s8: <64 x i8>)."""
+    if vnni:
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            _V16x32, [_V16x32] * 3), _VNNI)
+        return builder.call(fn, [acc, builder.bitcast(u8, _V16x32), builder.bitcast(s8, _V16x32)])
+    v64x32 = ir.VectorType(_I32, 64)
+    prod = builder.mul(builder.zext(u8, v64x32), builder.sext(s8, v64x32))
+    for j in range(4):  # lane i gets products 4i .. 4i+3
+        acc = builder.add(acc, builder.shuffle_vector(prod, prod, ir.Constant(
+            ir.VectorType(_I32, 16), [4 * i + j for i in range(16)])))
+    return acc
+
+
+def _load64(builder, base, offset):
+    ptr = builder.bitcast(builder.gep(base, [offset]), _V64x8.as_pointer())
+    return builder.load(ptr, align=1)
+
+
+def _make_dot(rows: int, tokens: int):
+    """An intrinsic ``dot(codes, o, xp, t0, acc)`` for a ``rows x tokens`` tile:
+    ``acc[r * tokens + j] = sum_k c[o + r, k] * x[t0 + j, k]`` (int32), codes uint8 ``[out, kp/4]``,
+    xp the permuted int8 ``[T, kp]``.
+
+    Per 64-byte chunk: ``rows`` loads of codes, ``(v >> shift) & 3`` per slice, one ``vpdpbusd``
+    per (row, token, slice); each activation load feeds ``rows`` of them.  At least 4 accumulators
+    so that 4 ``vpdpbusd`` chains run at once (a 1x1 tile keeps one per slice).
+    """
+    split = max(1, 4 // (rows * tokens))  # accumulators per (row, token)
+
+    def codegen(context, builder, signature, args):
+        vnni = has_vnni(context.codegen().magic_tuple()[2])
+        i64 = ir.IntType(64)
+        ca, xa, oa = (context.make_array(signature.args[i])(context, builder, args[i])
+                      for i in (0, 2, 4))
+        o, t0 = (context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 3))
+        nbytes = cgutils.unpack_tuple(builder, ca.shape, 2)[1]
+        kp = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
+        crow = [builder.gep(ca.data, [builder.mul(builder.add(o, i64(r)), nbytes)])
+                for r in range(rows)]
+        xrow = [builder.gep(xa.data, [builder.mul(builder.add(t0, i64(j)), kp)])
+                for j in range(tokens)]
+        zero = ir.Constant(_V16x32, None)
+        acc = [[[cgutils.alloca_once_value(builder, zero) for _ in range(split)]
+                for _ in range(tokens)] for _ in range(rows)]
+        with cgutils.for_range(builder, builder.udiv(nbytes, i64(64))) as loop:
+            cs = []
+            for r in range(rows):
+                v = _load64(builder, crow[r], builder.mul(loop.index, i64(64)))
+                cs.append([builder.and_(builder.lshr(v, ir.Constant(_V64x8, [s] * 64)),
+                                        ir.Constant(_V64x8, [3] * 64)) for s in SHIFTS])
+            for j in range(tokens):
+                for s in range(len(SHIFTS)):
+                    off = builder.add(builder.mul(loop.index, i64(BLOCK)), i64(64 * s))
+                    xv = _load64(builder, xrow[j], off)
+                    for r in range(rows):
+                        a = acc[r][j][s % split]
+                        builder.store(_dpbusd(builder, builder.load(a), cs[r][s], xv, vnni), a)
+        reduce = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_I32, [_V16x32]), "llvm.vector.reduce.add.v16i32")
+        for r in range(rows):
+            for j in range(tokens):
+                tot = builder.load(acc[r][j][0])
+                for a in acc[r][j][1:]:
+                    tot = builder.add(tot, builder.load(a))
+                builder.store(builder.call(reduce, [tot]),
+                              builder.gep(oa.data, [i64(r * tokens + j)]))
+        return context.get_dummy_value()
+
+    def dot(typingctx, codes, o, xp, t0, acc):
+        return types.void(codes, o, xp, t0, acc), codegen
+
+    dot.__name__ = f"_dot_{rows}x{tokens}"
+    return intrinsic(dot)
+
+
+_dot_1x1 = _make_dot(1, 1)                # decode (GEMV) and the leftovers of a GEMM
+_dot_tile = _make_dot(TILE, TOKENS)       # GEMM: TILE rows x TOKENS tokens share loads
+
+
+@njit(cache=True)
+def _store(y, scale, xsum, o, t, s):
+    if scale is None:
+        y[t, o] = s - xsum[t]
+    else:
+        y[t, o] = np.float32(s - xsum[t]) * scale[t]
+
+
+@njit(parallel=True, cache=True)
+def _vnni(codes, xp, xsum, y, scale):
+    """codes uint8 [out, kp/4], xp permuted int8 [T, kp], xsum int32 [T] -> y [T, out].
+
+    prange over groups of ROWS rows; inside, the tokens in groups of TOKENS, each group walking
+    the group's rows in TILE x TOKENS tiles (codes of the group stay in L2, activations in L1).
+    """
+    n_out, n_tok = codes.shape[0], xp.shape[0]
+    for g in prange((n_out + ROWS - 1) // ROWS):
+        acc = np.empty(TILE * TOKENS, np.int32)
+        o0, o1 = g * ROWS, min(g * ROWS + ROWS, n_out)
+        t_full = n_tok - n_tok % TOKENS
+        for t0 in range(0, t_full, TOKENS):
+            o = o0
+            while o + TILE <= o1:
+                _dot_tile(codes, o, xp, t0, acc)
+                for r in range(TILE):
+                    for j in range(TOKENS):
+                        _store(y, scale, xsum, o + r, t0 + j, acc[r * TOKENS + j])
+                o += TILE
+            for oo in range(o, o1):  # leftover rows
+                for t in range(t0, t0 + TOKENS):
+                    _dot_1x1(codes, oo, xp, t, acc)
+                    _store(y, scale, xsum, oo, t, acc[0])
+        for oo in range(o0, o1):  # leftover tokens (all of them for a GEMV)
+            for t in range(t_full, n_tok):
+                _dot_1x1(codes, oo, xp, t, acc)
+                _store(y, scale, xsum, oo, t, acc[0])
+
+
+class VnniKernel(Kernel):
+    name = "vnni"
+    summary = "I2_S bytes decoded in registers, u8 x s8 vpdpbusd (AVX-512 VNNI), minus sum(x)"
+    fast_gemm = True  # tokens share the decode, 4 at a time
+
+    def _pack(self, w):
+        wp = pad_cols(w, BLOCK)  # zero weights in the padding: exact
+        return (pack_i2s(wp).reshape(w.shape[0], -1),)
+
+    def _run(self, arrays, x, y, scale):
+        xp = permute_x(pad_cols(x, BLOCK))
+        xsum = x.astype(np.int32).sum(axis=1).astype(np.int32)
+        _vnni(arrays[0], xp, xsum, y, scale)
+
+
+KERNEL = VnniKernel()
