@@ -49,7 +49,7 @@ def _empty_figure() -> go.Figure:
     fig.add_hrect(y0=lo, y1=hi, fillcolor="gold", opacity=0.25, line_width=0, row=1, col=3,
                   annotation_text="seed: 55–82 % (measured)", annotation_position="bottom left")
     fig.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=3)
-    fig.update_layout(barmode="stack", height=360, margin=dict(l=40, r=20, t=50, b=40),
+    fig.update_layout(barmode="stack", height=360, width=920, margin=dict(l=40, r=20, t=50, b=40),
                       legend=dict(orientation="h", y=-0.15, x=0.35))
     return fig
 
