@@ -4,8 +4,8 @@ Same arithmetic as :mod:`.mad` (codes ``c = w + 1`` in {0, 1, 2}, ``x @ w.T = x 
 but the multiply-add is the instruction bitnet.cpp's I2_S kernel uses on x86:
 ``vpdpbusd acc, u8, s8`` multiplies 64 unsigned bytes by 64 signed bytes and adds each group of
 4 products into one of 16 int32 lanes.  Plain Numba code never emits it (see PERFORMANCE.md),
-so :func:`_dot_rows` is a ``numba.extending.intrinsic`` that writes the inner loop in LLVM IR
-and calls ``llvm.x86.avx512.vpdpbusd.512`` on ``<16 x i32>`` vectors (512-bit zmm registers).
+so :func:`_make_dot` builds ``numba.extending.intrinsic`` functions that write the inner loop
+in LLVM IR and call ``llvm.x86.avx512.vpdpbusd.512`` on ``<16 x i32>`` vectors (512-bit zmm registers).
 
 Layout: the I2_S bytes of :func:`bitnet_edu.packing.pack_i2s`, each row zero-padded to a
 multiple of 256 weights.  One 64-byte load takes two I2_S blocks (b0, b1) of 128 weights::
@@ -31,12 +31,15 @@ without saturation; a row sum is at most 2 * 128 * in (far below 2**31).
 
 CPU support: the intrinsic emits ``vpdpbusd`` only when the target Numba compiles for has
 ``avx512vnni`` (:func:`has_vnni`); elsewhere it emits the same arithmetic in portable LLVM IR
-(widen, multiply, add groups of 4), so the kernel works, just slower, on every CPU.  The
+(int16 products, summed into int32), so the kernel works, just slower, on every CPU.  The
 choice is made at compile time from Numba's own target features, which are part of Numba's
 cache key, so a cached machine code for one CPU is never loaded on another.
 
-GEMM (T tokens): rows in ``prange``, tokens inside, ``TOKENS`` at a time share one decode of
-each 64-byte chunk (the codes are decoded once per group, not once per token).
+GEMV (decode): ``prange`` over groups of rows, one row at a time, 4 accumulators (one per
+slice) so 4 ``vpdpbusd`` chains overlap.  GEMM (prefill): a register tile of ``TILE`` rows x
+``TOKENS`` tokens: each decoded chunk feeds ``TOKENS`` tokens and each activation load feeds
+``TILE`` rows (32 ``vpdpbusd`` per 2 code loads and 16 activation loads), activations of the
+token group stay in L1, the group's codes in L2.
 """
 
 from __future__ import annotations
@@ -72,8 +75,9 @@ def has_vnni(features: str | None = None) -> bool:
 # --- numpy versions ------------------------------------------------------------------------------
 
 def permute_x(x: np.ndarray) -> np.ndarray:
-    """Activations int8 ``[T, kp]`` (kp a multiple of 256) -> the chunk order of the codes, int8
-    ``[T, kp]``: per chunk ``[b0 s0, b1 s0, b0 s1, b1 s1, b0 s2, b1 s2, b0 s3, b1 s3]`` (32 each)."""
+    """Activations int8 ``[T, kp]`` (kp a multiple of 256) -> the chunk order of the codes,
+    int8 ``[T, kp]``: per chunk ``[b0 s0, b1 s0, b0 s1, b1 s1, b0 s2, b1 s2, b0 s3, b1 s3]``
+    (32 values each)."""
     t, kp = x.shape
     return np.ascontiguousarray(x.reshape(t, kp // BLOCK, 2, 4, 32).transpose(0, 1, 3, 2, 4)
                                 .reshape(t, kp))
@@ -101,12 +105,24 @@ def _dpbusd(builder, acc, u8, s8, vnni):
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
             _V16x32, [_V16x32] * 3), _VNNI)
         return builder.call(fn, [acc, builder.bitcast(u8, _V16x32), builder.bitcast(s8, _V16x32)])
-    v64x32 = ir.VectorType(_I32, 64)
-    prod = builder.mul(builder.zext(u8, v64x32), builder.sext(s8, v64x32))
-    for j in range(4):  # lane i gets products 4i .. 4i+3
-        acc = builder.add(acc, builder.shuffle_vector(prod, prod, ir.Constant(
-            ir.VectorType(_I32, 16), [4 * i + j for i in range(16)])))
-    return acc
+    # Portable: view the bytes as 32 int16 words; the low and high byte of each word are two
+    # operands (codes zero-extended, activations sign-extended by shifts), their two products
+    # summed in int16 (|sum| <= 2 * 2 * 128), widened to int32 and folded into 16 lanes.  The
+    # lanes group other products than vpdpbusd's: harmless, only the sum of all lanes is used.
+    i16 = ir.IntType(16)
+    v32x16 = ir.VectorType(i16, 32)
+
+    def splat(v):
+        return ir.Constant(v32x16, [v] * 32)
+
+    cw, xw = builder.bitcast(u8, v32x16), builder.bitcast(s8, v32x16)
+    x_lo = builder.ashr(builder.shl(xw, splat(8)), splat(8))
+    lo = builder.mul(builder.and_(cw, splat(0xFF)), x_lo)
+    hi = builder.mul(builder.lshr(cw, splat(8)), builder.ashr(xw, splat(8)))
+    p = builder.sext(builder.add(lo, hi), ir.VectorType(_I32, 32))
+    halves = [builder.shuffle_vector(p, p, ir.Constant(ir.VectorType(_I32, 16),
+                                                       list(range(h, h + 16)))) for h in (0, 16)]
+    return builder.add(acc, builder.add(*halves))
 
 
 def _load64(builder, base, offset):
