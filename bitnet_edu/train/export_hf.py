@@ -63,7 +63,8 @@ def hf_state_dict(model) -> dict[str, torch.Tensor]:
     """HF tensor name -> tensor: packed uint8 + bf16 ``weight_scale`` for each BitLinear, bf16 otherwise."""
     bitlinear = {name for name, m in model.named_modules() if isinstance(m, BitLinear)}
     if not bitlinear:
-        raise ValueError("model has no BitLinear layers: export a QAT model (or post_training_quantize a float one)")
+        raise ValueError("model has no BitLinear layers: export a QAT model "
+                         "(or post_training_quantize a float one)")
     out = {}
     for name, t in model.state_dict().items():
         module = name.rsplit(".", 1)[0]

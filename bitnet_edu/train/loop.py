@@ -168,7 +168,8 @@ def train(model, train_data, val_data, tc: TrainConfig, out_dir=None, resume: bo
                desc="train", mininterval=2.0)
     for step in bar:
         lr, wd = _set_schedule(opt, step, tc)
-        x, y = get_batch(train_data, tc.batch_size, tc.seq_len, torch.Generator().manual_seed(tc.seed * 100_003 + step))
+        g = torch.Generator().manual_seed(tc.seed * 100_003 + step)  # batch depends on (seed, step) only
+        x, y = get_batch(train_data, tc.batch_size, tc.seq_len, g)
         loss = train_step(model, opt, x, y, tc.grad_clip)
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at step {step}; lower the learning rate")
