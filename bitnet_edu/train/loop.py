@@ -155,7 +155,7 @@ def train(model, train_data, val_data, tc: TrainConfig, out_dir=None, resume: bo
     History keys: ``step, loss, lr, weight_decay`` (every step), ``val_step, val_loss,
     zero_fraction`` (every eval; zero fraction of the ternary weights, NaN for a float model).
     """
-    from .ptq import zero_fraction
+    from .ptq import zero_fraction  # imported here: ptq imports this module
 
     torch.set_num_threads(tc.threads)
     opt = make_optimizer(model, tc)
