@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  := torch==2.13.0
 export BITNET_EDU_FAST ?= 1
 
-.PHONY: demo test test-unit test-notebooks exercises bench clean lab
+.PHONY: demo test test-unit exercises bench clean lab screenshots
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,3 +44,7 @@ lab: $(VENV)/.test-installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
+
+# README screenshots of every widget, rendered by Chromium in JupyterLab
+screenshots: $(VENV)/.test-installed
+	BITNET_EDU_SCREENSHOTS=notebooks/img $(PY) -m pytest -q tests/test_browser.py
