@@ -85,3 +85,18 @@ def test_checks_never_raise():
     assert bad.status == FAIL and "positive" in bad.message
     crash = check_positive(lambda x: x / 0)
     assert crash.status == FAIL and "ZeroDivisionError" in crash.message
+
+
+def test_grading_mode_raises_on_anything_but_pass(monkeypatch):
+    from bitnet_edu.checks import check
+
+    @check
+    def check_one(fn):
+        assert fn() == 1, "expected 1"
+
+    monkeypatch.setenv("BITNET_EDU_GRADING", "1")
+    assert check_one(lambda: 1).passed
+    with pytest.raises(AssertionError, match="FAIL"):
+        check_one(lambda: 2)
+    with pytest.raises(AssertionError, match="NOT IMPLEMENTED"):
+        check_one(lambda: (_ for _ in ()).throw(NotImplementedError()))

@@ -2,12 +2,14 @@
 
 A check is a function that calls the student's code and raises ``AssertionError`` with a
 message a student can act on when something is wrong.  The :func:`check` decorator turns that
-into one printed line and never lets a traceback reach the notebook.
+into one printed line and never lets a traceback reach the notebook — except in grading mode
+(``BITNET_EDU_GRADING=1``), where anything but PASS raises so an autograder can score the cell.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +55,9 @@ def check(fn):
         except Exception as e:  # the student's code crashed: name the error, no traceback
             res = CheckResult(name, FAIL, f"your code raised {type(e).__name__}: {e}")
         print(f"{_ICON[res.status]} {res.line()}")
+        if os.environ.get("BITNET_EDU_GRADING") == "1" and not res.passed:
+            # autograder mode (nbgrader "autograder tests" cells): a cell that errors scores zero
+            raise AssertionError(res.line())
         return res
 
     return run
