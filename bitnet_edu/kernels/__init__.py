@@ -33,7 +33,7 @@ _MODULES = {
 }
 
 #: fastest kernel on the project's 2-core AVX-512 machine (see the benchmark)
-DEFAULT = "mad"
+DEFAULT = "vnni"
 
 _CACHE: dict[str, Kernel] = {}
 
