@@ -100,3 +100,19 @@ def test_grading_mode_raises_on_anything_but_pass(monkeypatch):
         check_one(lambda: 2)
     with pytest.raises(AssertionError, match="NOT IMPLEMENTED"):
         check_one(lambda: (_ for _ in ()).throw(NotImplementedError()))
+
+
+def test_check_names_are_unique_across_stages():
+    """`from .stageN import *` would silently replace an earlier stage's check of the same name."""
+    import importlib
+    import pkgutil
+
+    import bitnet_edu.checks as pkg
+
+    owner = {}
+    for m in pkgutil.iter_modules(pkg.__path__):
+        if m.name.startswith("stage"):
+            for name in importlib.import_module(f"bitnet_edu.checks.{m.name}").__all__:
+                assert name not in owner, f"{name} defined in both {owner[name]} and {m.name}"
+                owner[name] = m.name
+                assert getattr(pkg, name).__module__.endswith(m.name)

@@ -1,23 +1,13 @@
-"""Checks for stage 4 (full inference): RMSNorm, RoPE, one attention step with a KV cache, top-p."""
+"""Checks for stage 4 (full inference): RoPE, one attention step with a KV cache, top-p."""
 
 import numpy as np
 
 from ._core import check, expect_close
 from ..generate import top_p_filter
-from ..model.layers import apply_rope, attention, rms_norm, rope_tables
+from ..model.layers import apply_rope, attention, rope_tables
 
-__all__ = ["check_rms_norm", "check_rope", "check_attention_step", "check_top_p"]
-
-
-@check
-def check_rms_norm(student_fn):
-    rng = np.random.default_rng(0)
-    for shape in [(1, 8), (3, 96), (2, 2560)]:
-        x = rng.standard_normal(shape).astype(np.float32) * 3
-        w = rng.standard_normal(shape[-1]).astype(np.float32)
-        expect_close(student_fn(x, w, 1e-5), rms_norm(x, w, 1e-5), f"rms_norm on shape {shape}", rtol=1e-4, atol=1e-5)
-    z = np.zeros((1, 4), np.float32)
-    expect_close(student_fn(z, np.ones(4, np.float32), 1e-5), z, "rms_norm of zeros (eps keeps it finite)")
+# RMSNorm is graded by stage 2's check_rms_norm (same function, same signature).
+__all__ = ["check_rope", "check_attention_step", "check_top_p"]
 
 
 @check
