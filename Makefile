@@ -17,7 +17,7 @@ $(VENV)/.demo-installed: pyproject.toml | $(PY)
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[test,torch,notebook]' '$(TORCH)'
+	$(PY) -m pip install -q -e '.[test,torch,train,notebook]' '$(TORCH)'
 	touch $@ $(VENV)/.demo-installed
 
 demo: $(VENV)/.demo-installed
