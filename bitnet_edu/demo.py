@@ -52,15 +52,19 @@ def stage2(w, rng):
 
 
 def stage3():
-    try:
-        from . import kernels
-        from .bench.kernels import quick_race
-    except ImportError:
-        return
-    _rule("Stage 3: ternary kernels vs numpy float32 (one 2B4T shape, GEMV)")
-    for row in quick_race(out=6912, k=2560):
-        print(f"  {row['kernel']:10s} {row['ms']:8.3f} ms   {row['speedup']:5.2f}x vs float32")
-    print(f"  engine default: {kernels.DEFAULT}")
+    import numba
+
+    from . import kernels
+    from .bench.kernels import run
+
+    th = numba.get_num_threads()
+    _rule(f"Stage 3: ternary kernels vs numpy float32 (6912x2560 GEMV, {th} threads)")
+    res = run(shapes=[(6912, 2560)], threads=(th,), tokens=(1,), names=["naive", "mad", kernels.DEFAULT],
+              cold_mb=64, repeat=3, compile_cost=False, torch_bf16=False, log=lambda s: None)
+    for r in res["rows"]:
+        print(f"  {r['kernel']:6s} {r['ms']:7.3f} ms  {r['bits_per_weight']:4.2f} bits/weight  "
+              f"{r['vs_numpy_f32']:5.2f}x numpy float32 ({r['numpy_f32_ms']:.3f} ms)")
+    print(f"  the engine uses: {kernels.DEFAULT}   (full race: python -m bitnet_edu.bench kernels)")
 
 
 def stage4(prompt: str, max_new_tokens: int):
