@@ -15,8 +15,7 @@ from numba import njit, prange
 # assume "no inf/nan" and break the -inf start of the softmax max.
 _FAST = {"reassoc", "contract", "arcp"}
 
-__all__ = ["rmsnorm_quant", "relu2_rmsnorm_quant", "attention_block", "head_int8",
-           "quantize_rows_int8"]
+__all__ = ["rmsnorm_quant", "relu2_rmsnorm_quant", "attention_block", "quantize_rows_int8"]
 
 
 @njit(cache=True, inline="always")
@@ -149,25 +148,3 @@ def quantize_rows_int8(w):
     for r in prange(v):
         s[r] = _quant_row(w[r], q[r])
     return q, s
-
-
-@njit(cache=True, parallel=True, fastmath=_FAST)  # fastmath: lets LLVM vectorize the float sum
-def head_int8(x, table, row_scale):
-    """Logits from an int8 table: ``(x @ table.T) * row_scale[v]`` -> float32 ``[T, V]``.
-
-    ``x`` float32 ``[T, n]`` (kept in float: only the table is quantized), ``table`` int8
-    ``[V, n]``, ``row_scale`` float32 ``[V]``.  Reading 1 byte per entry instead of 4 is what
-    makes the 128k-row head 4x cheaper per token.
-    """
-    t, n = x.shape
-    v = table.shape[0]
-    out = np.empty((t, v), np.float32)
-    for r in prange(v):
-        row = table[r]
-        for j in range(t):
-            xj = x[j]
-            acc = np.float32(0.0)
-            for i in range(n):
-                acc += np.float32(row[i]) * xj[i]
-            out[j, r] = acc * row_scale[r]
-    return out

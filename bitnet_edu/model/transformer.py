@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import kernels
+from ..kernels import head as head_kernel
 from ..packing import unpack_i2s
 from . import fused
 from .checkpoint import LINEARS, NORMS, expected_tensors
@@ -58,8 +59,9 @@ class Head:
     """The tied embedding table, used for token lookup and for the logits.
 
     ``mode="float32"``: the exact table (4 bytes per entry).  ``mode="int8"``: one absmax
-    scale per row, int8 entries (1 byte, 4x smaller; the logits multiply the float hidden
-    state by the int8 rows).  ``quantize_rows_int8`` builds it.
+    scale per row, int8 entries (1 byte, 4x smaller; ``quantize_rows_int8`` builds it); the
+    logits quantize the hidden state to int8 too (blocks of 256) and run the byte dot product
+    of :mod:`bitnet_edu.kernels.head`.
     """
 
     def __init__(self, table: np.ndarray, mode: str = "int8"):
@@ -95,7 +97,12 @@ class Head:
         """float32 ``[T, hidden]`` -> float32 ``[T, vocab]``."""
         if self.mode == "float32":
             return x @ self.table.T
-        return fused.head_int8(np.ascontiguousarray(x, np.float32), self.table, self.scale)
+        table, pad = self.table, (-self.table.shape[1]) % head_kernel.QK
+        if pad:  # small models: zero columns up to a whole activation block (exact)
+            if getattr(self, "_padded", None) is None:
+                self._padded = np.pad(table, ((0, 0), (0, pad)))
+            table, x = self._padded, np.pad(x, ((0, 0), (0, pad)))
+        return head_kernel.head_logits(x, table, self.scale)
 
     def dense(self) -> np.ndarray:
         """The table as float32 (exact for ``float32``, dequantized for ``int8``)."""

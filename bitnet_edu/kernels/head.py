@@ -1,0 +1,165 @@
+"""The output head as an int8 x int8 product: ``vpdpbusd`` over the int8 embedding table.
+
+The tied head reads all 128256 x 2560 table entries for every generated token: 328 MB as int8,
+more than half of what a decode step reads.  Multiplying int8 rows by a float hidden state
+costs a conversion per entry; quantizing the hidden state to int8 as well turns the row dot
+into the same byte dot product the ternary kernels use (:mod:`.vnni`), so the head runs at
+memory speed.
+
+Activations: blocks of ``QK = 256`` values, one absmax scale each (llama.cpp quantizes the
+activations of its int8/k-quant heads the same way, ``Q8_K``), so one outlier in the hidden
+state only coarsens its own block.
+
+``vpdpbusd`` multiplies *unsigned* by signed bytes.  The table's int8 entries ``w`` become the
+unsigned ``w ^ 0x80 = w + 128`` in the register (one XOR), the activations stay signed::
+
+    sum_i (w_i + 128) * x_i = sum_i w_i * x_i + 128 * sum_i x_i
+
+and the correction ``128 * sum_b(s_b * sum_{i in b} x_i)`` is one number per token, computed
+once.  Per row and block: 4 x (one 64-byte table load, one XOR, one activation load from L1,
+one ``vpdpbusd``), then the 16 int32 lanes are converted to float and multiplied by the block
+scale into 16 float lanes; one horizontal sum per row at the end.
+
+    >>> xq, xs, corr = quantize_blocks(x)         # x float32 [T, n]
+    >>> logits = head_logits(x, table, row_scale)  # float32 [T, V], ≈ x @ (table * row_scale).T
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .vnni import _I32, _V16x32, _V64x8, _dpbusd, _load64, has_vnni
+
+__all__ = ["QK", "quantize_blocks", "numpy_head_logits", "head_logits"]
+
+QK = 256       # activation block: 4 x 64 bytes
+ROWS = 64      # table rows per parallel work item
+_F32 = ir.FloatType()
+_V16xf = ir.VectorType(_F32, 16)
+
+
+# --- numpy reference ------------------------------------------------------------------------------
+
+def quantize_blocks(x: np.ndarray):
+    """Blockwise absmax int8: float32 ``[T, n]`` (n a multiple of QK) ->
+    ``(xq int8 [T, n], scale float32 [T, n/QK], corr float32 [T])`` with
+    ``x ≈ xq * scale`` per block and ``corr = 128 * sum_b scale_b * sum(xq in b)``."""
+    t, n = x.shape
+    if n % QK:
+        raise ValueError(f"hidden size {n} must be a multiple of {QK} (pad the table and x)")
+    xb = x.reshape(t, n // QK, QK)
+    amax = np.maximum(np.abs(xb).max(axis=2), np.float32(1e-12)).astype(np.float32)
+    xq = np.clip(np.rint(xb * (np.float32(127.0) / amax)[..., None]), -127, 127).astype(np.int8)
+    scale = (amax / np.float32(127.0)).astype(np.float32)
+    corr = np.float32(128.0) * (scale * xq.astype(np.int32).sum(axis=2)).sum(axis=1, dtype=np.float32)
+    return xq.reshape(t, n), scale, corr.astype(np.float32)
+
+
+def numpy_head_logits(x: np.ndarray, table: np.ndarray, row_scale: np.ndarray) -> np.ndarray:
+    """NumPy version of the kernel's arithmetic: ``x`` float32 ``[T, n]``, ``table`` int8
+    ``[V, n]``, ``row_scale`` float32 ``[V]`` -> float32 ``[T, V]``."""
+    xq, scale, corr = quantize_blocks(x)
+    t, n = xq.shape
+    u = table.astype(np.int32) + 128                                   # what the XOR makes
+    blocks = np.einsum("vbi,tbi->tvb", u.reshape(-1, n // QK, QK),
+                       xq.astype(np.int32).reshape(t, n // QK, QK))   # int32 block dots
+    dots = (blocks.astype(np.float32) * scale[:, None, :]).sum(axis=2) - corr[:, None]
+    return (dots * row_scale[None, :]).astype(np.float32)
+
+
+# --- the intrinsic --------------------------------------------------------------------------------
+
+@intrinsic
+def _row_dot(typingctx, table, r, xq, scale, t):
+    """float32 ``sum_b scale[t, b] * sum_{i in b} (table[r, i] + 128) * xq[t, i]``."""
+    def codegen(context, builder, signature, args):
+        vnni = has_vnni(context.codegen().magic_tuple()[2])
+        i64 = ir.IntType(64)
+        ta, xa, sa = (context.make_array(signature.args[i])(context, builder, args[i])
+                      for i in (0, 2, 3))
+        r64, t64 = (context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 4))
+        n = cgutils.unpack_tuple(builder, ta.shape, 2)[1]
+        nb = cgutils.unpack_tuple(builder, sa.shape, 2)[1]
+        trow = builder.gep(ta.data, [builder.mul(r64, n)])
+        xrow = builder.gep(xa.data, [builder.mul(t64, n)])
+        srow = builder.gep(sa.data, [builder.mul(t64, nb)])
+        flip = ir.Constant(_V64x8, [0x80] * 64)
+        facc = cgutils.alloca_once_value(builder, ir.Constant(_V16xf, None))
+        with cgutils.for_range(builder, nb) as loop:
+            base = builder.mul(loop.index, i64(QK))
+            accs = []
+            for s in range(QK // 64):  # 4 independent vpdpbusd chains
+                off = builder.add(base, i64(64 * s))
+                w = builder.xor(_load64(builder, trow, off), flip)
+                accs.append(_dpbusd(builder, ir.Constant(_V16x32, None), w,
+                                    _load64(builder, xrow, off), vnni))
+            tot = builder.add(builder.add(accs[0], accs[1]), builder.add(accs[2], accs[3]))
+            sc = builder.load(builder.gep(srow, [loop.index]))
+            splat = builder.insert_element(ir.Constant(_V16xf, None), sc, ir.Constant(_I32, 0))
+            splat = builder.shuffle_vector(splat, splat, ir.Constant(_V16x32, [0] * 16))
+            f = builder.fmul(builder.sitofp(tot, _V16xf), splat)
+            builder.store(builder.fadd(builder.load(facc), f), facc)
+        red = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_F32, [_F32, _V16xf]), "llvm.vector.reduce.fadd.v16f32")
+        # reassoc: a tree sum, not 16 sequential adds
+        return builder.call(red, [ir.Constant(_F32, 0.0), builder.load(facc)], fastmath=("reassoc",))
+
+    return types.float32(table, r, xq, scale, t), codegen
+
+
+@njit(cache=True)
+def _quantize_blocks(x):
+    """Numba twin of :func:`quantize_blocks` (same rounding: round half to even)."""
+    t, n = x.shape
+    nb = n // QK
+    xq = np.empty((t, n), np.int8)
+    scale = np.empty((t, nb), np.float32)
+    corr = np.zeros(t, np.float32)
+    for j in range(t):
+        for b in range(nb):
+            blk = x[j, b * QK:(b + 1) * QK]
+            amax = np.float32(1e-12)
+            for i in range(QK):
+                amax = max(amax, abs(blk[i]))
+            inv = np.float32(127.0) / amax
+            s = np.int32(0)
+            for i in range(QK):
+                q = np.int32(min(max(np.rint(blk[i] * inv), -127.0), 127.0))
+                xq[j, b * QK + i] = q
+                s += q
+            scale[j, b] = amax / np.float32(127.0)
+            corr[j] += np.float32(128.0) * (scale[j, b] * np.float32(s))
+    return xq, scale, corr
+
+
+@njit(cache=True, parallel=True)
+def _head(table, row_scale, xq, scale, corr, out):
+    v, t = table.shape[0], xq.shape[0]
+    for g in prange((v + ROWS - 1) // ROWS):
+        for r in range(g * ROWS, min(g * ROWS + ROWS, v)):
+            for j in range(t):
+                out[j, r] = (_row_dot(table, r, xq, scale, j) - corr[j]) * row_scale[r]
+
+
+def head_logits(x: np.ndarray, table: np.ndarray, row_scale: np.ndarray) -> np.ndarray:
+    """Logits ``≈ x @ (table * row_scale[:, None]).T`` with ``x`` quantized to int8 in blocks.
+
+    ``x`` float32 ``[T, n]``, ``table`` int8 ``[V, n]`` (C-contiguous, entries in [-127, 127]),
+    ``row_scale`` float32 ``[V]`` -> float32 ``[T, V]``.  ``n`` must be a multiple of
+    :data:`QK` (``Head`` pads smaller tables with zero columns).
+    """
+    x = np.ascontiguousarray(x, np.float32)
+    if x.ndim != 2 or table.ndim != 2 or x.shape[1] != table.shape[1]:
+        raise ValueError(f"x [T, n] and table [V, n] must agree: got {x.shape} and {table.shape}")
+    if table.dtype != np.int8 or not table.flags.c_contiguous:
+        raise ValueError(f"table must be C-contiguous int8, got {table.dtype}")
+    if table.shape[1] % QK:
+        raise ValueError(f"hidden size {table.shape[1]} must be a multiple of {QK}")
+    xq, scale, corr = _quantize_blocks(x)
+    out = np.empty((x.shape[0], table.shape[0]), np.float32)
+    _head(table, np.ascontiguousarray(row_scale, np.float32), xq, scale, corr, out)
+    return out

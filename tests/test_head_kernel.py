@@ -1,0 +1,60 @@
+"""The int8 x int8 head kernel: exact against its NumPy twin, close to the float head."""
+
+import numpy as np
+import pytest
+
+from bitnet_edu.kernels.head import QK, _quantize_blocks, head_logits, numpy_head_logits, quantize_blocks
+
+
+def _case(t, v, n, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((t, n)).astype(np.float32)
+    table = rng.integers(-127, 128, (v, n), dtype=np.int8)
+    return x, table, rng.uniform(1e-3, 1e-2, v).astype(np.float32)
+
+
+@pytest.mark.parametrize("t,v,n", [(1, 1, QK), (1, 130, 2 * QK), (5, 67, 3 * QK)])
+def test_kernel_matches_numpy(t, v, n):
+    x, table, rs = _case(t, v, n)
+    got, ref = head_logits(x, table, rs), numpy_head_logits(x, table, rs)
+    # both sum the same int32 block dots; only the float order of the block sums differs
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_quantize_blocks_numba_equals_numpy():
+    x, _, _ = _case(4, 1, 4 * QK, seed=1)
+    x[0, :QK] = 0.0      # an all-zero block
+    x[1, 7] = 1e4        # an outlier only coarsens its own block
+    for a, b in zip(_quantize_blocks(x), quantize_blocks(x)):
+        np.testing.assert_array_equal(a, b)
+    xq, scale, _ = quantize_blocks(x)
+    assert np.abs(xq).max() <= 127 and scale[1, 1] < 1e-1
+
+
+def test_extreme_entries_are_exact():
+    # table entries -128..127 and activations at +-127: the u8 = w ^ 0x80 trick and int32 lanes hold
+    n = 4 * QK
+    table = np.tile(np.array([-128, 127, -1, 0], np.int8), (3, n // 4))
+    x = np.tile(np.array([[1.0, -1.0, 1.0, 1.0]], np.float32), (2, n // 4))
+    x[1] *= -1
+    rs = np.ones(3, np.float32)
+    exact = x @ table.astype(np.float32).T
+    np.testing.assert_allclose(head_logits(x, table, rs), exact, rtol=1e-6)
+
+
+def test_close_to_float_head_and_same_top1():
+    x, table, rs = _case(8, 4096, 10 * QK, seed=2)
+    exact = x @ (table.astype(np.float32) * rs[:, None]).T
+    got = head_logits(x, table, rs)
+    assert np.abs(got - exact).max() < 0.02 * np.abs(exact).max()
+    assert (got.argmax(1) == exact.argmax(1)).mean() >= 0.75
+
+
+def test_bad_input():
+    x, table, rs = _case(1, 4, QK)
+    with pytest.raises(ValueError, match="multiple of"):
+        head_logits(x[:, :100], table[:, :100].copy(), rs)
+    with pytest.raises(ValueError, match="int8"):
+        head_logits(x, table.astype(np.int16), rs)
+    with pytest.raises(ValueError, match="agree"):
+        head_logits(x[:, :QK // 2], table, rs)
