@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from bitnet_edu.kernels.head import QK, _quantize_blocks, head_logits, numpy_head_logits, quantize_blocks
+from bitnet_edu.kernels.head import (G4, QK, _quantize_blocks, dequantize_rows_int4, head_logits,
+                                     head_logits_int4, numpy_head_logits, numpy_head_logits_int4,
+                                     quantize_blocks, quantize_rows_int4)
 
 
 def _case(t, v, n, seed=0):
@@ -58,3 +60,36 @@ def test_bad_input():
         head_logits(x, table.astype(np.int16), rs)
     with pytest.raises(ValueError, match="agree"):
         head_logits(x[:, :QK // 2], table, rs)
+
+
+@pytest.mark.parametrize("t,v,n", [(1, 1, QK), (2, 5, G4), (3, 131, 3 * QK)])
+def test_int4_kernel_matches_numpy(t, v, n):
+    x, _, _ = _case(t, 1, n, seed=3)
+    w = np.random.default_rng(4).standard_normal((v, n)).astype(np.float32) * np.float32(0.02)
+    packed, scale = quantize_rows_int4(w)
+    assert packed.shape == (v, n // 2) and scale.shape == (v, n // G4)
+    got, ref = head_logits_int4(x, packed, scale), numpy_head_logits_int4(x, packed, scale)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_int4_round_trip_and_extremes():
+    w = np.zeros((2, G4), np.float32)
+    w[0, :] = np.linspace(-7, 7, G4)      # every level, scale 1
+    w[1, 5], w[1, 100] = -3.0, 3.0         # low and high nibble positions
+    packed, scale = quantize_rows_int4(w)
+    np.testing.assert_allclose(scale, [[1.0], [3.0 / 7]], rtol=1e-6)
+    np.testing.assert_allclose(dequantize_rows_int4(packed, scale), np.where(
+        np.arange(2)[:, None] == 0, np.rint(w), w), atol=1e-6)
+
+
+def test_head_modes_on_odd_hidden_size():
+    from bitnet_edu.model.transformer import Head
+    rng = np.random.default_rng(5)
+    table = rng.standard_normal((50, 120)).astype(np.float32)
+    x = rng.standard_normal((2, 120)).astype(np.float32)
+    exact = Head(table, "float32").logits(x)
+    for mode, tol in (("int8", 0.03), ("int4", 0.3)):
+        h = Head(table, mode)
+        assert h.shape == (50, 120) and h.embed(np.array([3, 7])).shape == (2, 120)
+        assert np.abs(h.logits(x) - exact).max() < tol * np.abs(exact).max(), mode
+    assert Head(table, "int4").nbytes < Head(table, "int8").nbytes < Head(table, "float32").nbytes

@@ -97,15 +97,17 @@ def run_transformers(threads: int, new: int, layers: int | None) -> dict:
             "peak_rss_gb": _peak_rss_gb(), "build_s": built, "cold_start_s": built}
 
 
-def head_accuracy(rows: int = 16384, hidden: int = 2560, n: int = 64, seed: int = 0) -> dict:
-    """Cost of the int8 head: logits of an int8 table vs the float32 table (random rows)."""
+def head_accuracy(mode: str, rows: int = 16384, hidden: int = 2560, n: int = 64, seed: int = 0) -> dict:
+    """Cost of a quantized head: its logits vs the float32 table's (random rows and states)."""
     from bitnet_edu.model.transformer import Head
     rng = np.random.default_rng(seed)
     table = rng.standard_normal((rows, hidden), dtype=np.float32) * np.float32(0.02)
     x = rng.standard_normal((n, hidden), dtype=np.float32)
-    exact, approx = Head(table, "float32").logits(x), Head(table, "int8").logits(x)
+    exact, approx = Head(table, "float32").logits(x), Head(table, mode).logits(x)
     rel = np.abs(approx - exact).max(axis=1) / np.abs(exact).max(axis=1)
-    return {"max_rel_err": float(rel.max()), "top1_agree": float(np.mean(exact.argmax(1) == approx.argmax(1)))}
+    top5 = np.argsort(-approx, axis=1)[:, :5]
+    return {"max_rel_err": float(rel.max()), "top1_agree": float(np.mean(exact.argmax(1) == approx.argmax(1))),
+            "top1_in_top5": float(np.mean([e in t for e, t in zip(exact.argmax(1), top5)]))}
 
 
 def _child(args) -> int:
@@ -139,7 +141,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new", type=int, default=64)
-    ap.add_argument("--head", default="int8", choices=["int8", "float32"])
+    ap.add_argument("--head", default="int8", choices=["int8", "int4", "float32"])
     ap.add_argument("--kernel", default=None)
     ap.add_argument("--layers", type=int, default=None, help="fewer layers (quick look; not the real shape)")
     ap.add_argument("--transformers", action="store_true", help="also time transformers (~5 GB, slow)")
@@ -172,8 +174,9 @@ def main(argv=None) -> int:
     print("targets (best run): " + ", ".join(
         f"{k} {best[k]:.2f} ({'met' if (best[k] <= v if k == 'peak_rss_gb' else best[k] >= v) else 'not met'}, target {v})"
         for k, v in TARGETS.items()))
-    if args.head == "int8":
-        acc = head_accuracy()
-        print(f"int8 head accuracy cost (16k random rows, 64 hidden states): max relative logit error "
-              f"{acc['max_rel_err']:.2e}, top-1 agreement {acc['top1_agree']:.3f}")
+    for mode in ("int8", "int4"):
+        acc = head_accuracy(mode)
+        print(f"{mode} head accuracy cost (16k random rows, 64 random hidden states): max relative logit "
+              f"error {acc['max_rel_err']:.2e}, top-1 agreement {acc['top1_agree']:.3f}, float top-1 in "
+              f"its top-5 {acc['top1_in_top5']:.3f}")
     return 0

@@ -34,9 +34,11 @@ from numba.extending import intrinsic
 
 from .vnni import _I32, _V16x32, _V64x8, _dpbusd, _load64, has_vnni
 
-__all__ = ["QK", "quantize_blocks", "numpy_head_logits", "head_logits"]
+__all__ = ["QK", "G4", "quantize_blocks", "numpy_head_logits", "head_logits", "quantize_rows_int4",
+           "dequantize_rows_int4", "numpy_head_logits_int4", "head_logits_int4"]
 
 QK = 256       # activation block: 4 x 64 bytes
+G4 = 128       # int4 table: weights per group (one scale each), 64 bytes of nibbles
 ROWS = 64      # table rows per parallel work item
 _F32 = ir.FloatType()
 _V16xf = ir.VectorType(_F32, 16)
@@ -162,4 +164,116 @@ def head_logits(x: np.ndarray, table: np.ndarray, row_scale: np.ndarray) -> np.n
     xq, scale, corr = _quantize_blocks(x)
     out = np.empty((x.shape[0], table.shape[0]), np.float32)
     _head(table, np.ascontiguousarray(row_scale, np.float32), xq, scale, corr, out)
+    return out
+
+
+# --- 4-bit table ----------------------------------------------------------------------------------
+# Half the bytes of the int8 table (and of what every decode step reads).  Per row, groups of
+# G4 = 128 entries share one absmax scale ``d`` and hold ``q = rint(w / d)`` in [-7, 7], stored
+# as the nibble ``u = q + 8``.  Byte ``j`` of a group's 64 bytes holds entry ``j`` in its low
+# nibble and entry ``64 + j`` in its high nibble, so one 64-byte load gives, after an AND and
+# a shift, the two 64-byte operands of two ``vpdpbusd`` (unsigned nibbles x signed activations).
+# The ``+8`` comes back as ``-8 * sum(x in group)``, one integer per token and group, which
+# starts the group's accumulator.
+
+def quantize_rows_int4(w: np.ndarray, chunk: int = 8192):
+    """float32 ``[V, n]`` (n a multiple of G4) -> ``(nibbles uint8 [V, n/2], scale float32 [V, n/G4])``."""
+    v, n = w.shape
+    if n % G4:
+        raise ValueError(f"hidden size {n} must be a multiple of {G4} for the int4 head")
+    packed = np.empty((v, n // 2), np.uint8)
+    scale = np.empty((v, n // G4), np.float32)
+    for r in range(0, v, chunk):  # in row chunks: a float copy of the whole table is 1.3 GB
+        g = np.asarray(w[r:r + chunk], np.float32).reshape(-1, n // G4, G4)
+        d = np.maximum(np.abs(g).max(axis=2), np.float32(1e-12)) / np.float32(7.0)
+        u = (np.clip(np.rint(g / d[..., None]), -7, 7) + 8).astype(np.uint8)
+        packed[r:r + chunk] = (u[..., :64] | (u[..., 64:] << 4)).reshape(len(g), n // 2)
+        scale[r:r + chunk] = d
+    return packed, scale
+
+
+def dequantize_rows_int4(packed: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Rows of the int4 table back to float32 ``[rows, n]``."""
+    b = packed.reshape(len(packed), -1, 64)
+    u = np.concatenate([b & 15, b >> 4], axis=2).astype(np.float32) - np.float32(8.0)
+    return (u * scale[..., None]).reshape(len(packed), -1)
+
+
+def numpy_head_logits_int4(x: np.ndarray, packed: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """NumPy version of the int4 kernel's arithmetic -> float32 ``[T, V]``."""
+    n = x.shape[1]
+    xq, xs, _ = quantize_blocks(np.pad(x, ((0, 0), (0, -n % QK))))
+    t, xq = len(x), xq[:, :n]
+    b = packed.reshape(len(packed), n // G4, 64).astype(np.int32)
+    u = np.concatenate([b & 15, b >> 4], axis=2)                                # [V, G, 128]
+    xg = xq.astype(np.int32).reshape(t, n // G4, G4)
+    dots = np.einsum("vgi,tgi->tvg", u, xg) - 8 * xg.sum(axis=2)[:, None, :]    # int32 [T, V, G]
+    ds = scale[None, :, :] * np.repeat(xs, QK // G4, axis=1)[:, None, :n // G4]
+    return (dots.astype(np.float32) * ds).sum(axis=2).astype(np.float32)
+
+
+@intrinsic
+def _row_dot4(typingctx, packed, r, xq, xs, xsum, scale, t):
+    """float32 ``sum_g scale[r, g] * xs[t, g // 2] * sum_{i in g} (u_i - 8) * xq[t, i]``."""
+    def codegen(context, builder, signature, args):
+        vnni = has_vnni(context.codegen().magic_tuple()[2])
+        i64 = ir.IntType(64)
+        pa, xa, sa, ma, da = (context.make_array(signature.args[i])(context, builder, args[i])
+                              for i in (0, 2, 3, 4, 5))
+        r64, t64 = (context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 6))
+        half = cgutils.unpack_tuple(builder, pa.shape, 2)[1]
+        ng = cgutils.unpack_tuple(builder, da.shape, 2)[1]
+        nb = cgutils.unpack_tuple(builder, sa.shape, 2)[1]
+        prow = builder.gep(pa.data, [builder.mul(r64, half)])
+        xrow = builder.gep(xa.data, [builder.mul(t64, cgutils.unpack_tuple(builder, xa.shape, 2)[1])])
+        srow = builder.gep(sa.data, [builder.mul(t64, nb)])
+        mrow = builder.gep(ma.data, [builder.mul(t64, ng)])
+        drow = builder.gep(da.data, [builder.mul(r64, ng)])
+        low, four = ir.Constant(_V64x8, [15] * 64), ir.Constant(_V64x8, [4] * 64)
+        facc = cgutils.alloca_once_value(builder, ir.Constant(_V16xf, None))
+        with cgutils.for_range(builder, ng) as loop:
+            v = _load64(builder, prow, builder.mul(loop.index, i64(64)))
+            corr = builder.load(builder.gep(mrow, [loop.index]))          # -8 * sum(x in g)
+            acc = builder.insert_element(ir.Constant(_V16x32, None), corr, ir.Constant(_I32, 0))
+            xoff = builder.mul(loop.index, i64(G4))
+            acc = _dpbusd(builder, acc, builder.and_(v, low), _load64(builder, xrow, xoff), vnni)
+            acc = _dpbusd(builder, acc, builder.lshr(v, four),
+                          _load64(builder, xrow, builder.add(xoff, i64(64))), vnni)
+            d = builder.fmul(builder.load(builder.gep(drow, [loop.index])), builder.load(
+                builder.gep(srow, [builder.udiv(loop.index, i64(QK // G4))])))
+            splat = builder.insert_element(ir.Constant(_V16xf, None), d, ir.Constant(_I32, 0))
+            splat = builder.shuffle_vector(splat, splat, ir.Constant(_V16x32, [0] * 16))
+            f = builder.fmul(builder.sitofp(acc, _V16xf), splat)
+            builder.store(builder.fadd(builder.load(facc), f), facc)
+        red = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_F32, [_F32, _V16xf]), "llvm.vector.reduce.fadd.v16f32")
+        return builder.call(red, [ir.Constant(_F32, 0.0), builder.load(facc)], fastmath=("reassoc",))
+
+    return types.float32(packed, r, xq, xs, xsum, scale, t), codegen
+
+
+@njit(cache=True, parallel=True)
+def _head4(packed, scale, xq, xs, xsum, out):
+    v, t = packed.shape[0], xq.shape[0]
+    for g in prange((v + ROWS - 1) // ROWS):
+        for r in range(g * ROWS, min(g * ROWS + ROWS, v)):
+            for j in range(t):
+                out[j, r] = _row_dot4(packed, r, xq, xs, xsum, scale, j)
+
+
+def head_logits_int4(x: np.ndarray, packed: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Logits from the 4-bit table of :func:`quantize_rows_int4`: ``x`` float32 ``[T, n]`` ->
+    float32 ``[T, V]`` (``n`` a multiple of :data:`G4`)."""
+    x = np.ascontiguousarray(x, np.float32)
+    n = x.shape[-1]
+    if x.ndim != 2 or packed.ndim != 2 or n != 2 * packed.shape[1] or n % G4:
+        raise ValueError(f"x [T, n] and packed [V, n/2] must agree, n a multiple of {G4}: "
+                         f"got {x.shape} and {packed.shape}")
+    if packed.dtype != np.uint8 or scale.shape != (packed.shape[0], n // G4):
+        raise ValueError(f"packed must be uint8 [V, n/2] and scale [V, n/{G4}]: got "
+                         f"{packed.dtype} {packed.shape}, {scale.shape}")
+    xq, xs, _ = _quantize_blocks(np.pad(x, ((0, 0), (0, -n % QK))) if n % QK else x)
+    xsum = (-8 * xq[:, :n].astype(np.int32).reshape(len(x), -1, G4).sum(axis=2)).astype(np.int32)
+    out = np.empty((x.shape[0], packed.shape[0]), np.float32)
+    _head4(packed, np.ascontiguousarray(scale, np.float32), xq, xs, xsum, out)
     return out

@@ -36,8 +36,8 @@ def random_model(shape="2b4t", seed: int = 0, *, kernel: str | None = None, head
     """A model of the given shape (``"2b4t"``, a ``BitNetConfig`` or a config dict) with random
     ternary weights, norms of ones, and an embedding drawn in the head's own format.
 
-    ``head="int8"`` (default) draws int8 entries directly; ``"float32"`` a float table
-    (4x the memory: 1.3 GB at the 2B4T shape).  No tokenizer: pass token ids.
+    ``head="int8"`` (default) and ``"int4"`` draw the quantized entries directly; ``"float32"``
+    a float table (4x the int8 memory: 1.3 GB at the 2B4T shape).  No tokenizer: pass token ids.
     """
     if isinstance(shape, str):
         if shape.lower() not in PRESETS:
@@ -69,7 +69,13 @@ def random_model(shape="2b4t", seed: int = 0, *, kernel: str | None = None, head
     v = cfg.vocab_size
     if head == "int8":
         table = rng.integers(-127, 128, (v, h), dtype=np.int8)  # one allocation, symmetric
-        emb = Head.from_int8(table, np.full(v, 0.02 / 127 * 4, np.float32))
+        emb = Head.from_quantized("int8", table, np.full(v, 0.02 / 127 * 4, np.float32), h)
+    elif head == "int4" and h % 128 == 0:  # random nibbles 1..15 (q in [-7, 7]), scales ~ 0.02 / 7 * 4
+        nib = np.empty((v, h // 2), np.uint8)
+        for r in range(0, v, 8192):  # in chunks: no temporary the size of the table
+            lo, hi = rng.integers(1, 16, (2, len(nib[r:r + 8192]), h // 2), dtype=np.uint8)
+            nib[r:r + 8192] = lo | (hi << 4)
+        emb = Head.from_quantized("int4", nib, np.full((v, h // 128), 0.02 / 7 * 4, np.float32), h)
     else:
         emb = Head(rng.standard_normal((v, h), dtype=np.float32) * np.float32(0.02), head)
     return BitNetModel(cfg, layers, emb, ones(h, np.float32), kname)

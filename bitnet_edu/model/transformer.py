@@ -58,54 +58,72 @@ class LayerWeights:
 class Head:
     """The tied embedding table, used for token lookup and for the logits.
 
-    ``mode="float32"``: the exact table (4 bytes per entry).  ``mode="int8"``: one absmax
-    scale per row, int8 entries (1 byte, 4x smaller; ``quantize_rows_int8`` builds it); the
-    logits quantize the hidden state to int8 too (blocks of 256) and run the byte dot product
-    of :mod:`bitnet_edu.kernels.head`.
+    ``mode="float32"``: the exact table (4 bytes per entry), logits ``x @ table.T``.
+    ``mode="int8"``: one absmax scale per row, int8 entries (1 byte, 4x smaller;
+    ``quantize_rows_int8`` builds it).  ``mode="int4"``: one absmax scale per 128 entries of a
+    row, 4-bit entries (half a byte: 8x smaller, and half the int8 head's time per token, at a
+    measured accuracy cost, see ``python -m bitnet_edu.bench decode``).  The quantized modes
+    quantize the hidden state to int8 too (blocks of 256) and run the byte dot products of
+    :mod:`bitnet_edu.kernels.head` (int4 tables are zero-padded to whole groups of 128).
     """
 
+    MODES = ("float32", "int8", "int4")
+
     def __init__(self, table: np.ndarray, mode: str = "int8"):
-        if mode not in ("float32", "int8"):
-            raise ValueError(f"head mode must be 'float32' or 'int8', got {mode!r}")
-        self.mode = mode
+        if mode not in self.MODES:
+            raise ValueError(f"head mode must be one of {self.MODES}, got {mode!r}")
+        self.mode, self.n = mode, table.shape[1]
         if mode == "float32":
             self.table = np.ascontiguousarray(table, np.float32)
-        else:
-            self.table, self.scale = fused.quantize_rows_int8(np.ascontiguousarray(table, np.float32))
+            return
+        t = np.ascontiguousarray(table, np.float32)
+        if mode == "int8":
+            self.table, self.scale = fused.quantize_rows_int8(t)
+        else:  # whole groups of 128 (zero columns: exact)
+            t = np.pad(t, ((0, 0), (0, -self.n % head_kernel.G4))) if self.n % head_kernel.G4 else t
+            self.table, self.scale = head_kernel.quantize_rows_int4(t)
 
     @classmethod
-    def from_int8(cls, table: np.ndarray, scale: np.ndarray) -> "Head":
+    def from_quantized(cls, mode: str, table: np.ndarray, scale: np.ndarray, n: int) -> "Head":
+        """Wrap an already quantized table: int8 ``[V, n]`` + ``[V]`` scales, or int4 nibbles
+        ``[V, np/2]`` + ``[V, np/128]`` scales (``np``: ``n`` padded to 128); ``n`` the hidden size."""
         self = cls.__new__(cls)
-        self.mode, self.table, self.scale = "int8", table, scale
+        self.mode, self.table, self.scale, self.n = mode, table, scale, n
         return self
 
     @property
     def shape(self):
-        return self.table.shape
+        return (self.table.shape[0], self.n)
 
     @property
     def nbytes(self) -> int:
-        return self.table.nbytes + (self.scale.nbytes if self.mode == "int8" else 0)
+        return self.table.nbytes + (self.scale.nbytes if self.mode != "float32" else 0)
 
     def embed(self, ids: np.ndarray) -> np.ndarray:
         """Rows of the table for token ids ``[T]`` -> float32 ``[T, hidden]``."""
         if self.mode == "float32":
             return self.table[ids].astype(np.float32)
-        return self.table[ids].astype(np.float32) * self.scale[ids, None]
+        if self.mode == "int8":
+            rows = self.table[ids].astype(np.float32) * self.scale[ids, None]
+        else:
+            rows = head_kernel.dequantize_rows_int4(self.table[ids], self.scale[ids])
+        return np.ascontiguousarray(rows[:, :self.n])
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """float32 ``[T, hidden]`` -> float32 ``[T, vocab]``."""
         if self.mode == "float32":
             return x @ self.table.T
-        table, pad = self.table, (-self.table.shape[1]) % head_kernel.QK
-        if pad:  # small models: zero columns up to a whole activation block (exact)
-            if getattr(self, "_padded", None) is None:
-                self._padded = np.pad(table, ((0, 0), (0, pad)))
-            table, x = self._padded, np.pad(x, ((0, 0), (0, pad)))
+        if self.mode == "int4":
+            pad = 2 * self.table.shape[1] - self.n
+            return head_kernel.head_logits_int4(np.pad(x, ((0, 0), (0, pad))) if pad else x,
+                                                self.table, self.scale)
+        table, pad = self.table, (-self.n) % head_kernel.QK
+        if pad:  # small models only (2B4T: 2560 = 10 x 256): zero columns per call (exact)
+            table, x = np.pad(table, ((0, 0), (0, pad))), np.pad(x, ((0, 0), (0, pad)))
         return head_kernel.head_logits(x, table, self.scale)
 
     def dense(self) -> np.ndarray:
-        """The table as float32 (exact for ``float32``, dequantized for ``int8``)."""
+        """The table as float32 (exact for ``float32``, dequantized otherwise)."""
         return self.embed(np.arange(self.table.shape[0]))
 
 
