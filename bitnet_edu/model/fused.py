@@ -15,7 +15,8 @@ from numba import njit, prange
 # assume "no inf/nan" and break the -inf start of the softmax max.
 _FAST = {"reassoc", "contract", "arcp"}
 
-__all__ = ["rmsnorm_quant", "relu2_rmsnorm_quant", "attention_block", "quantize_rows_int8"]
+__all__ = ["rmsnorm_quant", "relu2_rmsnorm_quant", "attention_block", "quantize_rows_int8",
+           "vnni_operands"]
 
 
 @njit(cache=True, inline="always")
@@ -139,6 +140,12 @@ def attention_block(qkv, scales, cos, sin, kc, vc, start, n_heads, n_kv, d):
     return out
 
 
+# Decoding one token at a short context is ~20 us of attention: a parallel region (waking a
+# thread, a barrier) costs more than it saves there, and under load from other processes can
+# cost milliseconds.  Same function compiled without threads (prange runs as range).
+attention_block_serial = njit(cache=True, fastmath=_FAST)(attention_block.py_func)
+
+
 @njit(cache=True, parallel=True)
 def quantize_rows_int8(w):
     """Per-row absmax int8 of a float32 matrix ``[V, n]`` -> ``(int8 [V, n], scale float32 [V])``."""
@@ -148,3 +155,25 @@ def quantize_rows_int8(w):
     for r in prange(v):
         s[r] = _quant_row(w[r], q[r])
     return q, s
+
+
+@njit(cache=True)
+def vnni_operands(xq):
+    """The ``vnni`` kernel's activation operands in one call: int8 ``[T, k]`` -> ``(xp int8
+    [T, kp], xsum int32 [T])``, ``xp`` zero-padded to ``kp`` (a multiple of 256) and permuted
+    like :func:`bitnet_edu.kernels.vnni.permute_x` (``xp[256c + 64s + 32b + i] =
+    x[256c + 128b + 32s + i]``).  Same result as the kernel's NumPy preparation, without its
+    ~10 us of small NumPy calls (4 matmuls x 30 layers per token)."""
+    t, k = xq.shape
+    kp = (k + 255) // 256 * 256
+    xp = np.zeros((t, kp), np.int8)
+    xsum = np.zeros(t, np.int32)
+    for r in range(t):
+        s = np.int32(0)
+        for j in range(k):
+            c, o = j // 256, j % 256
+            b, o = o // 128, o % 128
+            xp[r, 256 * c + 64 * (o // 32) + 32 * b + o % 32] = xq[r, j]
+            s += np.int32(xq[r, j])
+        xsum[r] = s
+    return xp, xsum
