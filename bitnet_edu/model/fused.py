@@ -34,14 +34,16 @@ def _quant_row(y, xq_row):
     return amax / np.float32(127.0)
 
 
-@njit(cache=True)
+# No fastmath here: a reassociated sum of squares rounds differently from transformers' and
+# can flip an int8 activation at .5 (seen: one greedy token in 16 on a tiny checkpoint).
+@njit(cache=True, parallel=True)
 def rmsnorm_quant(x, w, eps):
     """RMSNorm then per-token int8: ``x`` float32 ``[T, n]`` -> ``(xq int8 [T, n], scale float32 [T])``."""
     t, n = x.shape
     xq = np.empty((t, n), np.int8)
     scale = np.empty(t, np.float32)
-    y = np.empty(n, np.float32)
-    for r in range(t):
+    for r in prange(t):
+        y = np.empty(n, np.float32)
         ss = np.float32(0.0)
         for i in range(n):
             ss += x[r, i] * x[r, i]
@@ -52,7 +54,7 @@ def rmsnorm_quant(x, w, eps):
     return xq, scale
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def relu2_rmsnorm_quant(gu, s_gate, s_up, w, eps):
     """FFN middle: ``gu`` float32 ``[T, 2F]`` = [gate | up] before their weight scales ->
     ``relu(gate)**2 * up``, ffn_sub_norm, int8: ``(xq int8 [T, F], scale float32 [T])``."""
@@ -60,8 +62,8 @@ def relu2_rmsnorm_quant(gu, s_gate, s_up, w, eps):
     f = gu.shape[1] // 2
     xq = np.empty((t, f), np.int8)
     scale = np.empty(t, np.float32)
-    y = np.empty(f, np.float32)
-    for r in range(t):
+    for r in prange(t):
+        y = np.empty(f, np.float32)
         ss = np.float32(0.0)
         for i in range(f):
             g = max(gu[r, i] * s_gate, np.float32(0.0))
@@ -140,12 +142,6 @@ def attention_block(qkv, scales, cos, sin, kc, vc, start, n_heads, n_kv, d):
     return out
 
 
-# Decoding one token at a short context is ~20 us of attention: a parallel region (waking a
-# thread, a barrier) costs more than it saves there, and under load from other processes can
-# cost milliseconds.  Same function compiled without threads (prange runs as range).
-attention_block_serial = njit(cache=True, fastmath=_FAST)(attention_block.py_func)
-
-
 @njit(cache=True, parallel=True)
 def quantize_rows_int8(w):
     """Per-row absmax int8 of a float32 matrix ``[V, n]`` -> ``(int8 [V, n], scale float32 [V])``."""
@@ -157,23 +153,41 @@ def quantize_rows_int8(w):
     return q, s
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def vnni_operands(xq):
     """The ``vnni`` kernel's activation operands in one call: int8 ``[T, k]`` -> ``(xp int8
     [T, kp], xsum int32 [T])``, ``xp`` zero-padded to ``kp`` (a multiple of 256) and permuted
-    like :func:`bitnet_edu.kernels.vnni.permute_x` (``xp[256c + 64s + 32b + i] =
-    x[256c + 128b + 32s + i]``).  Same result as the kernel's NumPy preparation, without its
-    ~10 us of small NumPy calls (4 matmuls x 30 layers per token)."""
+    like :func:`bitnet_edu.kernels.vnni.permute_x`: within each 256-chunk, run ``(s, b)`` of 32
+    values comes from ``x[128b + 32s : 128b + 32s + 32]``.  Same result as the kernel's NumPy
+    preparation, without its ~10 us of small NumPy calls (4 matmuls x 30 layers per token)."""
     t, k = xq.shape
     kp = (k + 255) // 256 * 256
     xp = np.zeros((t, kp), np.int8)
     xsum = np.zeros(t, np.int32)
-    for r in range(t):
+    for r in prange(t):
+        x = np.zeros(kp, np.int8)  # the row, zero-padded
         s = np.int32(0)
         for j in range(k):
-            c, o = j // 256, j % 256
-            b, o = o // 128, o % 128
-            xp[r, 256 * c + 64 * (o // 32) + 32 * b + o % 32] = xq[r, j]
+            x[j] = xq[r, j]
             s += np.int32(xq[r, j])
         xsum[r] = s
+        for c in range(kp // 256):
+            for run in range(8):  # run = 2 s + b
+                src = 256 * c + 128 * (run % 2) + 32 * (run // 2)
+                dst = 256 * c + 32 * run
+                for i in range(32):
+                    xp[r, dst + i] = x[src + i]
     return xp, xsum
+
+
+# One token (decode) is ~1-20 us of work per call: a parallel region (waking a thread, a
+# barrier) costs more than it saves there, and under load from other processes can cost
+# milliseconds.  The same functions compiled without threads (prange runs as range).
+def _serial(fn, **flags):
+    return njit(cache=True, **flags)(fn.py_func)
+
+
+rmsnorm_quant_1 = _serial(rmsnorm_quant)
+relu2_rmsnorm_quant_1 = _serial(relu2_rmsnorm_quant)
+attention_block_1 = _serial(attention_block, fastmath=_FAST)
+vnni_operands_1 = _serial(vnni_operands)

@@ -292,24 +292,26 @@ class BitNetModel:
         one Numba call and the kernel's loop is called directly (~25 us less per call)."""
         if packed.kernel != "vnni":
             return self.kernel.linear(packed, xq, xs, w_scale)
-        xp, xsum = fused.vnni_operands(xq)
+        xp, xsum = (fused.vnni_operands_1 if len(xq) == 1 else fused.vnni_operands)(xq)
         y = np.empty((len(xq), packed.out), np.float32)
         vnni._vnni(packed.arrays[0], xp, xsum, y, xs * np.float32(w_scale))
         return y
 
     def _layer_fast(self, i, L: LayerWeights, x, cache, start):
         c, eps = self.config, self.config.rms_norm_eps
-        xq, xs = fused.rmsnorm_quant(x, L.input_layernorm, eps)
+        one = len(x) == 1  # decode: the glue runs without threads (see fused)
+        norm_quant = fused.rmsnorm_quant_1 if one else fused.rmsnorm_quant
+        ffn_quant = fused.relu2_rmsnorm_quant_1 if one else fused.relu2_rmsnorm_quant
+        attn = fused.attention_block_1 if one and start < 1024 else fused.attention_block
+        xq, xs = norm_quant(x, L.input_layernorm, eps)
         qkv = self._linear_fast(L.qkv, xq, xs, 1.0)
-        attn = fused.attention_block_serial if len(x) == 1 and start < 1024 else fused.attention_block
         a = attn(qkv, L.qkv_scales, self._cos, self._sin, cache.k[i], cache.v[i], start,
                  c.num_attention_heads, c.num_key_value_heads, c.head_dim)
-        aq, as_ = fused.rmsnorm_quant(a, L.attn_sub_norm, eps)
+        aq, as_ = norm_quant(a, L.attn_sub_norm, eps)
         x = x + self._linear_fast(L.o, aq, as_, L.o_scale)
-        zq, zs = fused.rmsnorm_quant(x, L.post_attention_layernorm, eps)
+        zq, zs = norm_quant(x, L.post_attention_layernorm, eps)
         gu = self._linear_fast(L.gate_up, zq, zs, 1.0)
-        hq, hs = fused.relu2_rmsnorm_quant(gu, L.gate_up_scales[0], L.gate_up_scales[1],
-                                           L.ffn_sub_norm, eps)
+        hq, hs = ffn_quant(gu, L.gate_up_scales[0], L.gate_up_scales[1], L.ffn_sub_norm, eps)
         return x + self._linear_fast(L.down, hq, hs, L.down_scale)
 
     def _layer_reference(self, i, L: LayerWeights, x, cache, start, trace=None):
