@@ -9,14 +9,19 @@ Each function has a plain NumPy reference in :mod:`.layers`; tests compare them.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ..kernels import vnni
 
 # Reassociation lets LLVM vectorize float sums; not the full fastmath set, which would also
 # assume "no inf/nan" and break the -inf start of the softmax max.
 _FAST = {"reassoc", "contract", "arcp"}
 
 __all__ = ["rmsnorm_quant", "relu2_rmsnorm_quant", "attention_block", "quantize_rows_int8",
-           "vnni_operands"]
+           "vnni_operands", "vnni_gemv"]
 
 
 @njit(cache=True, inline="always")
@@ -178,6 +183,43 @@ def vnni_operands(xq):
                 for i in range(32):
                     xp[r, dst + i] = x[src + i]
     return xp, xsum
+
+
+@intrinsic
+def _prefetch(typingctx, arr, offset):
+    """Hint the CPU to bring the cache line at byte ``offset`` of C-contiguous ``arr`` into L1."""
+    def codegen(context, builder, signature, args):
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        off = context.cast(builder, args[1], signature.args[1], types.int64)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        ptr = builder.bitcast(builder.gep(a.data, [off]), i8p)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
+        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
+        return context.get_dummy_value()
+
+    return types.void(arr, offset), codegen
+
+
+AHEAD = 4  # rows prefetched ahead (measured best of 0, 4, 8, 16, 32 on the project's machine)
+
+
+@njit(cache=True, parallel=True)
+def vnni_gemv(codes, xp, xsum, y, scale):
+    """One token through the ``vnni`` row dot (``y[0, o] = (codes[o] . xp[0] - xsum) * scale``,
+    float32), with a software prefetch of the row ``AHEAD`` rows on.  A row is only 640 bytes
+    at the 2B4T shape: the hardware prefetcher alone left the GEMV at ~12 GB/s on 2 threads,
+    the explicit prefetch reaches ~19 GB/s (6912x2560-size matrices streamed from DRAM).
+    Same arithmetic and result as ``vnni._vnni`` for ``T = 1``."""
+    n, nb = codes.shape
+    for g in prange((n + 31) // 32):
+        acc = np.empty(8, np.int32)
+        for o in range(g * 32, min(g * 32 + 32, n)):
+            if o + AHEAD < n:
+                for b in range(0, nb, 64):
+                    _prefetch(codes, (o + AHEAD) * nb + b)
+            vnni._dot_1x1(codes, o, xp, 0, acc)
+            y[0, o] = np.float32(acc[0] - xsum[0]) * scale[0]
 
 
 # One token (decode) is ~1-20 us of work per call: a parallel region (waking a thread, a
