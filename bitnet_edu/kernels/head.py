@@ -38,6 +38,7 @@ __all__ = ["QK", "G4", "quantize_blocks", "numpy_head_logits", "head_logits", "q
            "dequantize_rows_int4", "numpy_head_logits_int4", "head_logits_int4"]
 
 QK = 256       # activation block: 4 x 64 bytes
+AHEAD = 4      # rows prefetched ahead: rows are streamed once from DRAM
 G4 = 128       # int4 table: weights per group (one scale each), 64 bytes of nibbles
 ROWS = 64      # table rows per parallel work item
 _F32 = ir.FloatType()
@@ -74,6 +75,22 @@ def numpy_head_logits(x: np.ndarray, table: np.ndarray, row_scale: np.ndarray) -
 
 
 # --- the intrinsic --------------------------------------------------------------------------------
+
+@intrinsic
+def prefetch(typingctx, arr, offset):
+    """Hint the CPU to bring the cache line at byte ``offset`` of C-contiguous ``arr`` into L1."""
+    def codegen(context, builder, signature, args):
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        off = context.cast(builder, args[1], signature.args[1], types.int64)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        ptr = builder.bitcast(builder.gep(a.data, [off]), i8p)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
+        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
+        return context.get_dummy_value()
+
+    return types.void(arr, offset), codegen
+
 
 @intrinsic
 def _row_dot(typingctx, table, r, xq, scale, t):
@@ -138,11 +155,21 @@ def _quantize_blocks(x):
     return xq, scale, corr
 
 
+@njit(cache=True, inline="always")
+def _prefetch_row(a, r):
+    """Prefetch row ``r`` of the C-contiguous matrix ``a`` (if it exists): the hardware
+    prefetcher alone leaves a row stream well below DRAM bandwidth here."""
+    if r < a.shape[0]:
+        for b in range(0, a.shape[1] * a.itemsize, 64):
+            prefetch(a, r * a.shape[1] * a.itemsize + b)
+
+
 @njit(cache=True, parallel=True)
 def _head(table, row_scale, xq, scale, corr, out):
     v, t = table.shape[0], xq.shape[0]
     for g in prange((v + ROWS - 1) // ROWS):
         for r in range(g * ROWS, min(g * ROWS + ROWS, v)):
+            _prefetch_row(table, r + AHEAD)
             for j in range(t):
                 out[j, r] = (_row_dot(table, r, xq, scale, j) - corr[j]) * row_scale[r]
 
@@ -257,6 +284,7 @@ def _head4(packed, scale, xq, xs, xsum, out):
     v, t = packed.shape[0], xq.shape[0]
     for g in prange((v + ROWS - 1) // ROWS):
         for r in range(g * ROWS, min(g * ROWS + ROWS, v)):
+            _prefetch_row(packed, r + AHEAD)
             for j in range(t):
                 out[j, r] = _row_dot4(packed, r, xq, xs, xsum, scale, j)
 

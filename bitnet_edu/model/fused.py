@@ -9,12 +9,10 @@ Each function has a plain NumPy reference in :mod:`.layers`; tests compare them.
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit, prange
 
 from ..kernels import vnni
+from ..kernels.head import prefetch
 
 # Reassociation lets LLVM vectorize float sums; not the full fastmath set, which would also
 # assume "no inf/nan" and break the -inf start of the softmax max.
@@ -185,22 +183,6 @@ def vnni_operands(xq):
     return xp, xsum
 
 
-@intrinsic
-def _prefetch(typingctx, arr, offset):
-    """Hint the CPU to bring the cache line at byte ``offset`` of C-contiguous ``arr`` into L1."""
-    def codegen(context, builder, signature, args):
-        a = context.make_array(signature.args[0])(context, builder, args[0])
-        off = context.cast(builder, args[1], signature.args[1], types.int64)
-        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        ptr = builder.bitcast(builder.gep(a.data, [off]), i8p)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-            ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
-        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
-        return context.get_dummy_value()
-
-    return types.void(arr, offset), codegen
-
-
 AHEAD = 4  # rows prefetched ahead (measured best of 0, 4, 8, 16, 32 on the project's machine)
 
 
@@ -217,7 +199,7 @@ def vnni_gemv(codes, xp, xsum, y, scale):
         for o in range(g * 32, min(g * 32 + 32, n)):
             if o + AHEAD < n:
                 for b in range(0, nb, 64):
-                    _prefetch(codes, (o + AHEAD) * nb + b)
+                    prefetch(codes, (o + AHEAD) * nb + b)
             vnni._dot_1x1(codes, o, xp, 0, acc)
             y[0, o] = np.float32(acc[0] - xsum[0]) * scale[0]
 
