@@ -22,23 +22,39 @@ __all__ = ["rmsnorm_quant", "relu2_rmsnorm_quant", "attention_block", "quantize_
            "vnni_operands", "vnni_gemv"]
 
 
+@njit(cache=True, fastmath={"nnan", "nsz", "reassoc"})  # exact: max does not round
+def _absmax(y):
+    amax = np.float32(1e-5)
+    for i in range(y.shape[0]):
+        amax = max(amax, abs(y[i]))
+    return amax
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def _mean_sq(y):
+    """mean(y**2) summed in float64 (vectorized: reassociation moves it by ~1e-16, far below
+    the float32 result's rounding)."""
+    ss = 0.0
+    for i in range(y.shape[0]):
+        v = np.float64(y[i])
+        ss += v * v
+    return np.float32(ss / y.shape[0])
+
+
 @njit(cache=True, inline="always")
 def _quant_row(y, xq_row):
     """Absmax int8 of one float32 row into ``xq_row``; returns the dequant scale amax/127."""
-    amax = np.float32(1e-5)
-    for i in range(y.shape[0]):
-        a = abs(y[i])
-        if a > amax:
-            amax = a
+    amax = _absmax(y)
     inv = np.float32(127.0) / amax
+    lo, hi = np.float32(-128.0), np.float32(127.0)  # float32 bounds keep the loop in float32
     for i in range(y.shape[0]):
-        r = np.rint(y[i] * inv)
-        xq_row[i] = np.int8(min(max(r, -128.0), 127.0))
+        xq_row[i] = np.int8(min(max(np.rint(y[i] * inv), lo), hi))
     return amax / np.float32(127.0)
 
 
-# No fastmath here: a reassociated sum of squares rounds differently from transformers' and
-# can flip an int8 activation at .5 (seen: one greedy token in 16 on a tiny checkpoint).
+# No fastmath on these bodies: a float32 sum of squares reassociated (or mul+add contracted)
+# rounded differently and flipped an int8 activation at .5 (seen: one greedy token in 16 on a
+# tiny checkpoint vs transformers); the float64 sum in ``_mean_sq`` is accurate either way.
 @njit(cache=True, parallel=True)
 def rmsnorm_quant(x, w, eps):
     """RMSNorm then per-token int8: ``x`` float32 ``[T, n]`` -> ``(xq int8 [T, n], scale float32 [T])``."""
@@ -47,10 +63,7 @@ def rmsnorm_quant(x, w, eps):
     scale = np.empty(t, np.float32)
     for r in prange(t):
         y = np.empty(n, np.float32)
-        ss = np.float32(0.0)
-        for i in range(n):
-            ss += x[r, i] * x[r, i]
-        inv = np.float32(1.0) / np.sqrt(ss / np.float32(n) + np.float32(eps))
+        inv = np.float32(1.0) / np.sqrt(_mean_sq(x[r]) + np.float32(eps))
         for i in range(n):
             y[i] = (x[r, i] * inv) * w[i]
         scale[r] = _quant_row(y, xq[r])
@@ -67,13 +80,10 @@ def relu2_rmsnorm_quant(gu, s_gate, s_up, w, eps):
     scale = np.empty(t, np.float32)
     for r in prange(t):
         y = np.empty(f, np.float32)
-        ss = np.float32(0.0)
         for i in range(f):
             g = max(gu[r, i] * s_gate, np.float32(0.0))
-            v = g * g * (gu[r, f + i] * s_up)
-            y[i] = v
-            ss += v * v
-        inv = np.float32(1.0) / np.sqrt(ss / np.float32(f) + np.float32(eps))
+            y[i] = g * g * (gu[r, f + i] * s_up)
+        inv = np.float32(1.0) / np.sqrt(_mean_sq(y) + np.float32(eps))
         for i in range(f):
             y[i] = (y[i] * inv) * w[i]
         scale[r] = _quant_row(y, xq[r])
