@@ -19,7 +19,7 @@ from ..kernels.head import prefetch
 _FAST = {"reassoc", "contract", "arcp"}
 
 __all__ = ["rmsnorm_quant", "relu2_rmsnorm_quant", "attention_block", "quantize_rows_int8",
-           "vnni_operands", "vnni_gemv"]
+           "vnni_operands", "vnni_linear_1"]
 
 
 @njit(cache=True, fastmath={"nnan", "nsz", "reassoc"})  # exact: max does not round
@@ -197,13 +197,20 @@ AHEAD = 4  # rows prefetched ahead (measured best of 0, 4, 8, 16, 32 on the proj
 
 
 @njit(cache=True, parallel=True)
-def vnni_gemv(codes, xp, xsum, y, scale):
-    """One token through the ``vnni`` row dot (``y[0, o] = (codes[o] . xp[0] - xsum) * scale``,
-    float32), with a software prefetch of the row ``AHEAD`` rows on.  A row is only 640 bytes
-    at the 2B4T shape: the hardware prefetcher alone left the GEMV at ~12 GB/s on 2 threads,
-    the explicit prefetch reaches ~19 GB/s (6912x2560-size matrices streamed from DRAM).
-    Same arithmetic and result as ``vnni._vnni`` for ``T = 1``."""
+def vnni_linear_1(codes, xq, x_scale, w_scale):
+    """One token through a ``vnni``-packed BitLinear in one call: ``codes`` uint8 ``[out, kp/4]``,
+    ``xq`` int8 ``[1, k]``, ``x_scale`` float32 ``[1]`` -> float32 ``[1, out]``.
+
+    The operands are prepared serially (:func:`vnni_operands`), then the rows run the kernel's
+    row dot (``vnni._dot_1x1``) with a software prefetch of the row ``AHEAD`` rows on: a row is
+    only 640 bytes at the 2B4T shape, and the hardware prefetcher alone left this GEMV at
+    ~12 GB/s on 2 threads, the explicit prefetch reaches ~19 GB/s.  Same result as
+    ``kernels.get("vnni").linear``.
+    """
+    xp, xsum = vnni_operands_1(xq)
     n, nb = codes.shape
+    y = np.empty((1, n), np.float32)
+    scale = x_scale[0] * np.float32(w_scale)
     for g in prange((n + 31) // 32):
         acc = np.empty(8, np.int32)
         for o in range(g * 32, min(g * 32 + 32, n)):
@@ -211,7 +218,8 @@ def vnni_gemv(codes, xp, xsum, y, scale):
                 for b in range(0, nb, 64):
                     prefetch(codes, (o + AHEAD) * nb + b)
             vnni._dot_1x1(codes, o, xp, 0, acc)
-            y[0, o] = np.float32(acc[0] - xsum[0]) * scale[0]
+            y[0, o] = np.float32(acc[0] - xsum[0]) * scale
+    return y
 
 
 # One token (decode) is ~1-20 us of work per call: a parallel region (waking a thread, a

@@ -288,15 +288,16 @@ class BitNetModel:
         return self.kernel.linear(packed, xq, xs, w_scale)
 
     def _linear_fast(self, packed, xq, xs, w_scale):
-        """``_linear`` without the generic checks: for ``vnni`` the operands are prepared in
-        one Numba call and the kernel's loop is called directly (~25 us less per call); one
-        token takes :func:`fused.vnni_gemv` (the same row dot plus a software prefetch)."""
+        """``_linear`` without the generic checks: for ``vnni`` the kernel's loop is called
+        directly with operands prepared in Numba (~25 us less per call); one token takes
+        :func:`fused.vnni_linear_1` (one call: operands, the same row dot, a prefetch)."""
         if packed.kernel != "vnni":
             return self.kernel.linear(packed, xq, xs, w_scale)
-        xp, xsum = (fused.vnni_operands_1 if len(xq) == 1 else fused.vnni_operands)(xq)
+        if len(xq) == 1:
+            return fused.vnni_linear_1(packed.arrays[0], xq, xs, w_scale)
+        xp, xsum = fused.vnni_operands(xq)
         y = np.empty((len(xq), packed.out), np.float32)
-        mm = fused.vnni_gemv if len(xq) == 1 else vnni._vnni  # decode: with software prefetch
-        mm(packed.arrays[0], xp, xsum, y, xs * np.float32(w_scale))
+        vnni._vnni(packed.arrays[0], xp, xsum, y, xs * np.float32(w_scale))
         return y
 
     def _layer_fast(self, i, L: LayerWeights, x, cache, start):
