@@ -1,8 +1,9 @@
 """Plotly figures the stage 1–2 notebooks (and widgets) share.
 
 Each ``*_figure`` function returns a ``plotly.graph_objects.Figure``; call ``.show()`` in a
-notebook or wrap it in ``go.FigureWidget`` to update it from a widget.  Data helpers (no
-plotting) sit next to the figure that uses them so the numbers can be printed and tested.
+notebook or wrap it in :class:`FigureWidget` (not ``go.FigureWidget``: see there) to update
+it from a widget.  Data helpers (no plotting) sit next to the figure that uses them so the
+numbers can be printed and tested.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from .memory import memory_figure as memory_per_format  # noqa: F401  (re-export
 from .quant import absmean_ternary_grouped, fake_quant_ternary, mse, sqnr_db
 
 __all__ = [
+    "FigureWidget",
     "histogram_before_after",
     "hist_data",
     "granularity_sweep",
@@ -23,6 +25,28 @@ __all__ = [
     "loss_curves",
     "memory_per_format",
 ]
+
+
+class FigureWidget(go.FigureWidget):
+    """A ``go.FigureWidget`` whose first message to the browser already holds the whole figure.
+
+    plotly's widget opens its comm (and the browser creates its model) with an empty figure
+    and sends the traces and layout in a second message.  anywidget drops every message that
+    reaches a model whose JavaScript (plotly's 5 MB bundle) took more than 2 s to load, which
+    happens on a busy machine: the plot then shows empty default axes and never updates.
+    Opening the comm only once the figure is complete makes the first render right anyway.
+    Build the figure with its real data before wrapping it, for the same reason.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self.__dict__["_open_later"] = True  # plain attribute: BaseFigure vets the names it sets
+        super().__init__(*args, **kwargs)
+        del self.__dict__["_open_later"]
+        self.open()
+
+    def open(self):
+        if not self.__dict__.get("_open_later"):
+            super().open()
 
 
 def hist_data(w, w_hat, bins: int = 81):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import ipywidgets as W
 import numpy as np
-import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..bitlinear import BitLinearInference
+from ..plots import FigureWidget
 
 __all__ = ["BitLinearStepper", "STEPS"]
 
@@ -44,33 +44,52 @@ class BitLinearStepper:
             "sub_norm": W.Checkbox(value=False, description="sub-norm (RMSNorm) first"),
         }
         self.label = W.HTML()
-        fig = make_subplots(rows=1, cols=2, column_widths=[0.45, 0.55],
-                            subplot_titles=("ternary weights W_q", "current step (one token)"))
-        fig.add_heatmap(z=[[0]], colorscale="RdBu", zmin=-1, zmax=1, showscale=False,
-                        texttemplate="%{z}", row=1, col=1)
-        fig.add_bar(x=[0], y=[0], name="value", marker_color="#1f77b4", row=1, col=2)
-        fig.add_scatter(x=[], y=[], mode="markers", name="float layer (no quantization)",
-                        marker=dict(color="black", symbol="x", size=10), row=1, col=2)
-        fig.update_yaxes(autorange="reversed", title_text="output row", row=1, col=1)
-        fig.update_xaxes(title_text="input feature", row=1, col=1)
-        fig.update_layout(height=360, legend=dict(orientation="h", y=-0.2))
-        self.figure = go.FigureWidget(fig)
+        self._compute()
+        # the figure holds its data before the browser sees it (see plots.FigureWidget)
+        self.figure = FigureWidget(self._figure())
+        self.label.value = self._explain()
         for name in ("seed", "sub_norm"):
             self.controls[name].observe(self._rebuild, names="value")
         for name in ("token", "step"):
             self.controls[name].observe(self._show, names="value")
-        self._rebuild()
         self.widget = W.VBox([W.HBox([self.controls["seed"], self.controls["token"], self.controls["sub_norm"]]),
                               self.controls["step"], self.label, self.figure])
 
-    def _rebuild(self, change=None):
-        """New weights and inputs (seed) or a new layer (sub-norm): recompute every step."""
+    def _compute(self):
+        """Weights, inputs and layer for the current seed and sub-norm; every step's values."""
         rng = np.random.default_rng(self.controls["seed"].value)
         self.weight = rng.normal(0, 1 / np.sqrt(self.in_features), (self.out_features, self.in_features)).astype(np.float32)
         self.x = rng.normal(0, 1, (self.n_tokens, self.in_features)).astype(np.float32)
         norm = np.ones(self.in_features, np.float32) if self.controls["sub_norm"].value else None
         self.layer = BitLinearInference.from_float(self.weight, norm_weight=norm)
         _, self.steps = self.layer.forward(self.x, trace=True)
+
+    def _step_data(self):
+        """``(current, ref, title)``: the chosen step's vector, the float reference (last step only)."""
+        t, k = self.controls["token"].value, self.controls["step"].value
+        s = self.steps
+        vectors = (s["input"][t], s.get("normed", s["input"])[t], s["x_int8"][t], s["acc_int32"][t], s["output"][t])
+        self.current = np.asarray(vectors[k], np.float64)
+        ref = self._float_reference(t) if k == 4 else np.array([])
+        return self.current, ref, f"step {k + 1}: {STEPS[k]} (token {t})"
+
+    def _figure(self):
+        current, ref, title = self._step_data()
+        fig = make_subplots(rows=1, cols=2, column_widths=[0.45, 0.55],
+                            subplot_titles=("ternary weights W_q", title))
+        fig.add_heatmap(z=self.layer.weight_ternary, colorscale="RdBu", zmin=-1, zmax=1, showscale=False,
+                        texttemplate="%{z}", row=1, col=1)
+        fig.add_bar(x=np.arange(current.size), y=current, name="value", marker_color="#1f77b4", row=1, col=2)
+        fig.add_scatter(x=np.arange(ref.size), y=ref, mode="markers", name="float layer (no quantization)",
+                        marker=dict(color="black", symbol="x", size=10), row=1, col=2)
+        fig.update_yaxes(autorange="reversed", title_text="output row", row=1, col=1)
+        fig.update_xaxes(title_text="input feature", row=1, col=1)
+        fig.update_layout(height=360, legend=dict(orientation="h", y=-0.2))
+        return fig
+
+    def _rebuild(self, change=None):
+        """New weights and inputs (seed) or a new layer (sub-norm): recompute every step."""
+        self._compute()
         with self.figure.batch_update():
             self.figure.data[0].z = self.layer.weight_ternary
         self._show()
@@ -80,20 +99,19 @@ class BitLinearStepper:
         return x.astype(np.float64) @ self.weight.T.astype(np.float64)
 
     def _show(self, change=None):
+        current, ref, title = self._step_data()
+        with self.figure.batch_update():
+            self.figure.data[1].update(x=np.arange(current.size), y=current)
+            self.figure.data[2].update(x=np.arange(ref.size), y=ref)
+            self.figure.layout.annotations[1].text = title
+        self.label.value = self._explain()
+
+    def _explain(self) -> str:
+        """The arithmetic of the current step, with this token's numbers."""
         t, k = self.controls["token"].value, self.controls["step"].value
         s, wq = self.steps, self.layer.weight_ternary
         xs, ws = float(s["x_scale"][t, 0]), self.layer.scale
-        vectors = (s["input"][t], s.get("normed", s["input"])[t], s["x_int8"][t], s["acc_int32"][t], s["output"][t])
-        self.current = np.asarray(vectors[k], np.float64)
-        ref = self._float_reference(t) if k == 4 else np.array([])
-        with self.figure.batch_update():
-            self.figure.data[1].update(x=np.arange(self.current.size), y=self.current)
-            self.figure.data[2].update(x=np.arange(ref.size), y=ref)
-            self.figure.layout.annotations[1].text = f"step {k + 1}: {STEPS[k]} (token {t})"
-        self.label.value = self._explain(k, t, s, wq, xs, ws)
 
-    def _explain(self, k, t, s, wq, xs, ws) -> str:
-        """The arithmetic of the current step, with this token's numbers."""
         def vec(v, fmt="{:.3f}"):
             return "[" + ", ".join(fmt.format(float(a)) for a in v) + "]"
 

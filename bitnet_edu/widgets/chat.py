@@ -15,6 +15,7 @@ import ipywidgets as W
 import plotly.graph_objects as go
 
 from ..deploy import Limits, check_request, stream_reply
+from ..plots import FigureWidget
 
 __all__ = ["ChatWidget"]
 
@@ -51,7 +52,7 @@ class ChatWidget:
         self.controls["send"].on_click(lambda _: self.send())
         self.transcript = W.HTML(layout=W.Layout(width="100%", max_height="300px", overflow="auto"))
         self.status = W.HTML()
-        self.figure = go.FigureWidget(_meter())
+        self.figure = FigureWidget(_meter())
         self.history: list = []
         self.widget = W.VBox([
             W.HBox([W.VBox([self.transcript, self.controls["prompt"],

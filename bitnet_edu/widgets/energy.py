@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .. import energy as E
+from ..plots import FigureWidget
 
 __all__ = ["EnergyCalculator", "available_shapes"]
 
@@ -77,10 +78,11 @@ class EnergyCalculator:
                                     tooltips=["1.3 nJ / 64 bit", "2.6 nJ / 64 bit"], style=style),
         }
         self.label = W.HTML()
-        self.figure = go.FigureWidget(_empty_figure())
+        self.figure = _empty_figure()  # a plain Figure until it holds data (see plots.FigureWidget)
+        self._update()
+        self.figure = FigureWidget(self.figure)
         for c in self.controls.values():
             c.observe(self._update, names="value")
-        self._update()
         self.widget = W.VBox([W.HBox([W.VBox([self.controls["model"], self.controls["context"]]),
                                       W.VBox([self.controls["head"], self.controls["dram"]])]),
                               self.figure, self.label])

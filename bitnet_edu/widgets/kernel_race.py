@@ -16,6 +16,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from .. import kernels
+from ..plots import FigureWidget
 
 __all__ = ["KernelRace", "SHAPES"]
 
@@ -61,7 +62,7 @@ class KernelRace:
                                marker_color=["#00cc96"] * (len(self.names) - 1) + ["#636efa"]))
         fig.update_layout(title="ms per call (lower is faster)", yaxis_title="ms", height=340,
                           margin=dict(l=40, r=20, t=50, b=40))
-        self.figure = go.FigureWidget(fig)
+        self.figure = FigureWidget(fig)
         self.widget = W.VBox([W.HBox([self.controls["shape"], self.controls["tokens"]]),
                               W.HBox([self.controls["threads"], self.controls["race"]]),
                               self.status, self.figure])

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import ipywidgets as W
 import numpy as np
-import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..kernels import tl1, tl2, tmac
+from ..plots import FigureWidget
 
 __all__ = ["LookupTableStepper", "lookup_steps"]
 
@@ -79,22 +79,18 @@ class LookupTableStepper:
             "seed": W.IntSlider(value=seed, min=0, max=20, description="seed"),
         }
         self.label = W.HTML()
-        fig = make_subplots(rows=1, cols=2, column_widths=[0.55, 0.45],
-                            subplot_titles=("table for this group of activations", "running sum"))
-        fig.add_bar(x=[], y=[], marker_color=[], name="table entry", row=1, col=1)
-        fig.add_scatter(x=[], y=[], mode="lines+markers", name="sum so far", row=1, col=2)
-        fig.add_scatter(x=[], y=[], mode="lines", name="exact w·x", line=dict(dash="dash", color="black"),
-                        row=1, col=2)
-        fig.update_layout(height=360, legend=dict(orientation="h", y=-0.25))
-        self.figure = go.FigureWidget(fig)
+        self._compute()
+        # the figure holds its data before the browser sees it (see plots.FigureWidget)
+        self.figure = FigureWidget(self._figure())
+        self.label.value = self._step_data()["label"]
         self.controls["seed"].observe(self._rebuild, names="value")
         self.controls["kernel"].observe(self._rebuild, names="value")
         self.controls["step"].observe(self._show, names="value")
-        self._rebuild()
         self.widget = W.VBox([W.HBox([self.controls["kernel"], self.controls["seed"]]),
                               self.controls["step"], self.label, self.figure])
 
-    def _rebuild(self, change=None):
+    def _compute(self):
+        """New ``w``, ``x`` (seed) and table walk (kernel); the step slider follows the group count."""
         rng = np.random.default_rng(self.controls["seed"].value)
         self.w = rng.integers(-1, 2, self.k).astype(np.int8)
         self.x = rng.integers(-20, 21, self.k).astype(np.int8)  # small values: readable sums
@@ -103,9 +99,9 @@ class LookupTableStepper:
         step = self.controls["step"]
         step.max = n - 1
         step.value = min(step.value, n - 1)
-        self._show()
 
-    def _show(self, change=None):
+    def _step_data(self) -> dict:
+        """Trace data (plain lists) and the label text for the current group."""
         wk, p = self.walk, self.controls["step"].value
         g = wk["group"]
         cols = slice(p * g, (p + 1) * g)
@@ -113,16 +109,42 @@ class LookupTableStepper:
         running = np.cumsum(wk["contrib"])[: p + 1] + wk["offset"] * (p == len(wk["contrib"]) - 1)
         exact = int(self.w.astype(np.int32) @ self.x.astype(np.int32))
         n = len(wk["contrib"])
-        with self.figure.batch_update():
-            bar = self.figure.data[0]
-            bar.x, bar.y = wk["labels"], wk["tables"][p].tolist()
-            bar.marker.color = ["#d62728" if i in picked else "#9ecae1" for i in range(len(wk["labels"]))]
-            self.figure.data[1].x, self.figure.data[1].y = list(range(p + 1)), running.tolist()
-            self.figure.data[2].x, self.figure.data[2].y = [0, n - 1], [exact, exact]
         looks = " + ".join(f"{f}×table[{wk['labels'][e]}]={f * int(wk['tables'][p, e])}" for e, f in wk["picks"][p])
         tail = (f" · last step adds the T-MAC offset −Σx = {wk['offset']}" if wk["offset"] and p == n - 1 else "")
-        self.label.value = (f"group {p}: x = {self.x[cols].tolist()}, w = {self.w[cols].tolist()} → {looks}"
-                            f" · running sum {int(running[-1])} (exact w·x = {exact}){tail}")
+        return {
+            "table": (wk["labels"], wk["tables"][p].tolist(),
+                      ["#d62728" if i in picked else "#9ecae1" for i in range(len(wk["labels"]))]),
+            "running": (list(range(p + 1)), running.tolist()),
+            "exact": ([0, n - 1], [exact, exact]),
+            "label": (f"group {p}: x = {self.x[cols].tolist()}, w = {self.w[cols].tolist()} → {looks}"
+                      f" · running sum {int(running[-1])} (exact w·x = {exact}){tail}"),
+        }
+
+    def _figure(self):
+        d = self._step_data()
+        fig = make_subplots(rows=1, cols=2, column_widths=[0.55, 0.45],
+                            subplot_titles=("table for this group of activations", "running sum"))
+        x, y, colors = d["table"]
+        fig.add_bar(x=x, y=y, marker_color=colors, name="table entry", row=1, col=1)
+        fig.add_scatter(x=d["running"][0], y=d["running"][1], mode="lines+markers", name="sum so far",
+                        row=1, col=2)
+        fig.add_scatter(x=d["exact"][0], y=d["exact"][1], mode="lines", name="exact w·x",
+                        line=dict(dash="dash", color="black"), row=1, col=2)
+        fig.update_layout(height=360, legend=dict(orientation="h", y=-0.25))
+        return fig
+
+    def _rebuild(self, change=None):
+        self._compute()
+        self._show()
+
+    def _show(self, change=None):
+        d = self._step_data()
+        with self.figure.batch_update():
+            bar = self.figure.data[0]
+            bar.x, bar.y, bar.marker.color = d["table"]
+            self.figure.data[1].x, self.figure.data[1].y = d["running"]
+            self.figure.data[2].x, self.figure.data[2].y = d["exact"]
+        self.label.value = d["label"]
 
     def _ipython_display_(self):
         from IPython.display import display

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import ipywidgets as W
 import numpy as np
-import plotly.graph_objects as go
 
-from ..plots import hist_data, histogram_before_after
+from ..plots import FigureWidget, hist_data, histogram_before_after
 from ..quant import absmean_ternary_grouped, mse, sqnr_db
 
 __all__ = ["QuantizationExplorer", "make_weights", "ternarize"]
@@ -87,10 +86,12 @@ class QuantizationExplorer:
         }
         self.label = W.HTML()
         self.metrics: dict = {}
-        self.figure = go.FigureWidget(histogram_before_after(np.zeros(1), np.zeros(1), bins))
+        w, q, w_hat, n_scales = self.compute()
+        # the figure holds its data before the browser sees it (see plots.FigureWidget)
+        self.figure = FigureWidget(histogram_before_after(w, w_hat, bins))
+        self._show_metrics(w, q, w_hat, n_scales)
         for c in self.controls.values():
             c.observe(self._update, names="value")
-        self._update()
         self.widget = W.VBox([W.HBox([W.VBox(list(self.controls.values())[:3]),
                                       W.VBox(list(self.controls.values())[3:])]),
                               self.label, self.figure])
@@ -107,6 +108,13 @@ class QuantizationExplorer:
 
     def _update(self, change=None):
         w, q, w_hat, n_scales = self.compute()
+        centers, a, b = hist_data(w, w_hat, self.bins)
+        with self.figure.batch_update():
+            self.figure.data[0].update(x=centers, y=a)
+            self.figure.data[1].update(x=centers, y=b)
+        self._show_metrics(w, q, w_hat, n_scales)
+
+    def _show_metrics(self, w, q, w_hat, n_scales):
         self.metrics = {
             "sqnr_db": sqnr_db(w, w_hat),
             "mse": mse(w, w_hat),
@@ -116,10 +124,6 @@ class QuantizationExplorer:
             "n_scales": n_scales,
             "bits_per_weight": 2 + 16 * n_scales / w.size,  # 2-bit codes + bf16 scales
         }
-        centers, a, b = hist_data(w, w_hat, self.bins)
-        with self.figure.batch_update():
-            self.figure.data[0].update(x=centers, y=a)
-            self.figure.data[1].update(x=centers, y=b)
         m = self.metrics
         self.label.value = (
             f"<b>SQNR</b> {m['sqnr_db']:.2f} dB &nbsp; <b>MSE</b> {m['mse']:.3e} &nbsp; "
