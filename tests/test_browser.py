@@ -2,9 +2,13 @@
 
 The test starts JupyterLab on 127.0.0.1 (free port, random token, a temp copy of the
 notebook), opens it in headless Chromium, runs all cells from the Run menu, moves the
-quantization explorer's slider with the keyboard and asserts the plotly plot redrew with
-different data. It saves a screenshot to a temp dir, and also to ``$BITNET_EDU_SCREENSHOTS``
-when that is set (the README's images come from there).
+quantization explorer's slider with the keyboard and asserts the plotly plot drew its data
+with the figure's template (read from plotly.js's ``_fullData`` / ``_fullLayout``, not from
+SVG paths: an empty plot has those too) before and after, and that the data changed. The
+gallery test checks the same for every widget and saves the README screenshots (to a temp
+dir, and to ``$BITNET_EDU_SCREENSHOTS`` when set). A third test makes anywidget drop every
+update after a figure's first message, as a busy machine does, and checks that each widget
+still draws its data. A failing test prints the browser console.
 
 Needs ``/usr/bin/chromium`` (``apt-get install -y chromium``) and ``pip install playwright``;
 never ``playwright install`` (it downloads a browser). Skips with the reason otherwise.
@@ -20,6 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -139,8 +144,24 @@ _FIND_OUTPUT = """label => {
   hit.setAttribute('data-bitnet-edu-target', '1');
   return true;
 }"""
-_PLOT_DATA = """el => Array.from(el.querySelectorAll('.js-plotly-plot g.trace path'))
-  .map(p => p.getAttribute('d')).join('|')"""
+# What each plotly plot inside ``el`` drew: traces holding data (x, y, z or an indicator's value),
+# whether the figure's template reached plotly.js, and the data itself to compare two moments.
+# An empty plot (plotly.js default axes -1..6 / -1..4, no template) has no traces and no template.
+_PLOT_STATE = """el => Array.from(el.querySelectorAll('.js-plotly-plot')).map(gd => {
+  const full = gd._fullData || [];
+  const hasData = t => ['x', 'y', 'z'].some(k => t[k] && t[k].length > 0) || Number.isFinite(t.value);
+  const plain = v => ArrayBuffer.isView(v) ? Array.from(v) : v;
+  return {traces: full.length, withData: full.filter(hasData).length,
+          template: Object.keys(gd._fullLayout?.template?.layout || {}).length > 0,
+          data: JSON.stringify((gd.data || []).map(t => ['x', 'y', 'z', 'value'].map(k => plain(t[k]))))};
+})"""
+_DRAWN = f"""el => {{
+  const plots = el ? ({_PLOT_STATE})(el) : [];
+  return plots.length > 0 && plots.every(p => p.withData > 0 && p.template);
+}}"""
+# Chromium reports unhandled promise rejections only as page errors without a reason: log them.
+_LOG_REJECTIONS = """window.addEventListener('unhandledrejection',
+  e => console.error('unhandled rejection: ' + (e.reason && e.reason.stack || e.reason)));"""
 
 
 def _ready(page, idle: bool = True):
@@ -156,53 +177,83 @@ def _ready(page, idle: bool = True):
         page.wait_for_function("() => /Idle/.test(document.querySelector('#jp-main-statusbar').innerText)")
 
 
-def test_explorer_slider_redraws_the_plot_in_chromium(lab):
+@contextmanager
+def _browser_page(url: str, tmp_path: Path, width: int, timeout_ms: int, init_script: str = ""):
+    """Headless Chromium on ``url``; on failure, save a screenshot and print the browser console."""
     from playwright.sync_api import sync_playwright
 
+    logs: list[str] = []
+    page = None
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True,
+            args=CHROMIUM_ARGS, viewport={"width": width, "height": 900})
+        try:
+            page = ctx.new_page()
+            page.on("console", lambda m: logs.append(f"console.{m.type}: {m.text}"))
+            page.on("pageerror", lambda e: logs.append(f"pageerror: {e}"))
+            page.add_init_script(_LOG_REJECTIONS + init_script)
+            page.set_default_timeout(timeout_ms)  # a cold JupyterLab on a busy 2-core box is slow
+            page.goto(url)
+            yield page
+        except BaseException:  # keep what the browser showed and said: the first things to look at
+            if page is not None:
+                page.screenshot(path=str(tmp_path / "browser_failure.png"))  # in pytest's tmp dir
+            print("--- browser console (errors and warnings) ---")
+            print("\n".join(m for m in logs if not m.startswith(("console.debug", "console.log"))) or "(none)")
+            raise
+        finally:
+            ctx.close()
+
+
+def _run_all_cells(page):
+    page.wait_for_selector(".jp-Notebook .jp-Cell")
+    _ready(page)
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    _ready(page, idle=False)
+
+
+def _plot_state(out) -> list[dict]:
+    return out.evaluate(_PLOT_STATE)
+
+
+def test_explorer_slider_redraws_the_plot_in_chromium(lab):
     url, tmp_path = lab
     shots = [tmp_path / "quant_explorer.png"]
     if os.environ.get("BITNET_EDU_SCREENSHOTS"):
         Path(os.environ["BITNET_EDU_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
         shots.append(Path(os.environ["BITNET_EDU_SCREENSHOTS"]) / "quant_explorer.png")
-    with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 900})
+    with _browser_page(url, tmp_path, width=1280, timeout_ms=180_000) as page:
+        _run_all_cells(page)
+        # notebook 01 computes before it shows the explorer: wait for a plot with a slider
+        page.wait_for_function(_FIND_OUTPUT, arg=EXPLORER_LABEL, timeout=300_000, polling=500)
+        out = page.locator("[data-bitnet-edu-target]")
+        out.scroll_into_view_if_needed()
+        target = "document.querySelector('[data-bitnet-edu-target]')"
+        try:  # the plot shows the histograms and the figure's template, not empty default axes
+            page.wait_for_function(f"() => ({_DRAWN})({target})", timeout=60_000, polling=250)
+        except Exception as e:
+            raise AssertionError(f"the explorer's plot stayed empty: {_plot_state(out)}") from e
+        before = _plot_state(out)
+
+        handle = out.locator(".noUi-handle").first
+        handle.focus()
+        for _ in range(5):  # noUiSlider moves one step per arrow key
+            handle.press("ArrowRight")
         try:
-            page = ctx.new_page()
-            page.set_default_timeout(180_000)  # a cold JupyterLab on a busy 2-core box is slow
-            page.goto(url)
-            page.wait_for_selector(".jp-Notebook .jp-Cell")
-            _ready(page)
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-            _ready(page, idle=False)
-
-            # notebook 01 computes before it shows the explorer: wait for a plot with a slider
-            page.wait_for_function(_FIND_OUTPUT, arg=EXPLORER_LABEL, timeout=300_000, polling=500)
-            out = page.locator("[data-bitnet-edu-target]")
-            out.scroll_into_view_if_needed()
-            page.wait_for_function(f"() => ({_PLOT_DATA})(document.querySelector('[data-bitnet-edu-target]')).length > 0")
-            before = out.evaluate(_PLOT_DATA)
-
-            handle = out.locator(".noUi-handle").first
-            handle.focus()
-            for _ in range(5):  # noUiSlider moves one step per arrow key
-                handle.press("ArrowRight")
             page.wait_for_function(
-                f"before => ({_PLOT_DATA})(document.querySelector('[data-bitnet-edu-target]')) !== before",
-                arg=before, timeout=60_000, polling=250)
-            after = out.evaluate(_PLOT_DATA)
-            assert after and after != before
+                f"before => ({_DRAWN})({target}) && ({_PLOT_STATE})({target}).map(p => p.data).join('|') !== before",
+                arg="|".join(p["data"] for p in before), timeout=60_000, polling=250)
+        except Exception as e:
+            raise AssertionError(f"the slider did not redraw the plot: {_plot_state(out)}") from e
+        after = _plot_state(out)
+        assert [p["data"] for p in after] != [p["data"] for p in before]
+        assert all(p["withData"] == p["traces"] == 2 and p["template"] for p in after), after
 
-            png = out.screenshot()
-            for s in shots:
-                s.write_bytes(png)
-        except Exception:  # keep what the browser showed: the first thing to look at in CI
-            page.screenshot(path=str(tmp_path / "browser_failure.png"))  # in pytest's tmp dir
-            raise
-        finally:
-            ctx.close()
+        png = out.screenshot()
+        for s in shots:
+            s.write_bytes(png)
     assert shots[0].stat().st_size > 1000
 
 
@@ -235,47 +286,76 @@ def _gallery_notebook(path: Path, gallery: dict):
     nbformat.write(nb, path)
 
 
-def test_widget_gallery_renders_and_screenshots(tmp_path):
-    """Every stage-6 gallery widget renders a plotly plot in Chromium; PNGs for the README."""
-    from playwright.sync_api import sync_playwright
+def _wait_all_drawn(page, gallery: dict) -> list:
+    """The output of each gallery cell, once its plots show data and their template."""
+    cells = page.locator(".jp-Notebook .jp-CodeCell")
+    page.wait_for_function(
+        "n => document.querySelectorAll('.jp-CodeCell .jp-OutputArea-output .js-plotly-plot .main-svg').length >= n",
+        arg=len(gallery), polling=500)
+    _ready(page)
+    outs = []
+    for i, key in enumerate(gallery):
+        out = cells.nth(i).locator(".jp-OutputArea-output").last
+        out.scroll_into_view_if_needed()
+        try:
+            out.wait_for(state="attached")
+            page.wait_for_function(_DRAWN, arg=out.element_handle(), timeout=30_000, polling=250)
+        except Exception as e:
+            raise AssertionError(f"{key}: the plot is empty or lacks its template: {_plot_state(out)}") from e
+        outs.append(out)
+    return outs
 
-    shot_dir = Path(os.environ.get("BITNET_EDU_SCREENSHOTS") or tmp_path / "shots")
-    shot_dir.mkdir(parents=True, exist_ok=True)
+
+def _gallery_of_shipped_widgets(names=None) -> dict:
     import bitnet_edu.widgets as widgets
 
     # a widget another stage has not shipped yet is left out
-    gallery = {k: src for k, src in GALLERY.items()
-               if hasattr(widgets, src.split("from bitnet_edu.widgets import ")[1].split()[0])}
+    return {k: src for k, src in GALLERY.items() if (names is None or k in names)
+            and hasattr(widgets, src.split("from bitnet_edu.widgets import ")[1].split()[0])}
+
+
+def test_widget_gallery_renders_and_screenshots(tmp_path):
+    """Every stage-6 gallery widget draws its data in Chromium; PNGs for the README."""
+    shot_dir = Path(os.environ.get("BITNET_EDU_SCREENSHOTS") or tmp_path / "shots")
+    shot_dir.mkdir(parents=True, exist_ok=True)
+    gallery = _gallery_of_shipped_widgets()
     gen = _serve(tmp_path, "gallery.ipynb", lambda p: _gallery_notebook(p, gallery))
     url, _ = next(gen)
     try:
-        with sync_playwright() as p:
-            ctx = p.chromium.launch_persistent_context(
-                str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True,
-                args=CHROMIUM_ARGS, viewport={"width": 1500, "height": 900})
-            try:
-                page = ctx.new_page()
-                page.set_default_timeout(300_000)
-                page.goto(url)
-                page.wait_for_selector(".jp-Notebook .jp-Cell")
-                _ready(page)
-                page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-                page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-                _ready(page, idle=False)
-                cells = page.locator(".jp-Notebook .jp-CodeCell")
-                page.wait_for_function(
-                    "n => document.querySelectorAll('.jp-CodeCell .jp-OutputArea-output .js-plotly-plot .main-svg').length >= n",
-                    arg=len(gallery), polling=500)
-                _ready(page)
-                for i, key in enumerate(gallery):
-                    out = cells.nth(i).locator(".jp-OutputArea-output").last
-                    out.scroll_into_view_if_needed()
-                    assert out.locator(".js-plotly-plot").count() >= 1, key
-                    (shot_dir / f"{key}.png").write_bytes(out.screenshot())
-            finally:
-                ctx.close()
+        with _browser_page(url, tmp_path, width=1500, timeout_ms=300_000) as page:
+            _run_all_cells(page)
+            for key, out in zip(gallery, _wait_all_drawn(page, gallery)):
+                (shot_dir / f"{key}.png").write_bytes(out.screenshot())
     finally:
         for _ in gen:
             pass
     for key in gallery:
         assert (shot_dir / f"{key}.png").stat().st_size > 1000
+
+
+# anywidget gives a model 2 s to load its JavaScript; past that it drops every later message
+# from the kernel to that model.  plotly's bundle is 5 MB (~1.3 s on this 2-core box at rest),
+# so a busy machine crosses the limit, and a FigureWidget that reached the browser empty and got
+# its figure in a later message stays empty.  Shrinking the limit makes that failure certain.
+_SLOW_WIDGET_LOAD = """
+window.__bitnetEduShrunkTimeouts = 0;
+const timeout = AbortSignal.timeout.bind(AbortSignal);
+AbortSignal.timeout = ms => ms === 2000 ? (window.__bitnetEduShrunkTimeouts++, timeout(1)) : timeout(ms);
+"""
+FIRST_MESSAGE_GALLERY = ("quant_explorer", "bitlinear_stepper", "lut_stepper", "energy_calculator")
+
+
+def test_widgets_draw_their_data_even_when_anywidget_drops_updates(tmp_path):
+    """Each widget's figure is complete in its first message to the browser (plots.FigureWidget)."""
+    gallery = _gallery_of_shipped_widgets(FIRST_MESSAGE_GALLERY)
+    gen = _serve(tmp_path, "first_message.ipynb", lambda p: _gallery_notebook(p, gallery))
+    url, _ = next(gen)
+    try:
+        with _browser_page(url, tmp_path, width=1500, timeout_ms=300_000, init_script=_SLOW_WIDGET_LOAD) as page:
+            _run_all_cells(page)
+            _wait_all_drawn(page, gallery)
+            # the simulation took effect: every figure's model hit the shrunken limit
+            assert page.evaluate("window.__bitnetEduShrunkTimeouts") >= len(gallery)
+    finally:
+        for _ in gen:
+            pass
