@@ -3,7 +3,8 @@
 Random ternary weights at the real shape (speed does not depend on the values).  Each thread
 count runs in a fresh subprocess so its peak RSS and cold start (process start -> model built
 and first prefill compiled) are its own.  Reported: prefill tok/s over a 128-token prompt,
-decode tok/s over 64 tokens, peak RSS; with ``--transformers`` also transformers'
+decode tok/s over 64 tokens, peak RSS, for the int8 head (the default) and the 4-bit head
+(``--head``); with ``--transformers`` also transformers'
 BitNetForCausalLM at the same shape (slow, ~5 GB: few tokens) and the ratio.
 """
 
@@ -120,15 +121,18 @@ def _child(args) -> int:
     return 0
 
 
-def _spawn(args, child: str, threads: int) -> dict:
+def _spawn(args, child: str, threads: int, head: str = "int8") -> dict:
     cmd = [sys.executable, "-m", "bitnet_edu.bench", "decode", "--child", child,
            "--threads-one", str(threads), "--prompt", str(args.prompt), "--new", str(args.new),
-           "--head", args.head, "--hf-tokens", str(args.hf_tokens)]
+           "--head", head, "--hf-tokens", str(args.hf_tokens)]
     if args.layers:
         cmd += ["--layers", str(args.layers)]
     if args.kernel:
         cmd += ["--kernel", args.kernel]
-    env = {**os.environ, "NUMBA_NUM_THREADS": str(max(threads, 1)), "OMP_NUM_THREADS": str(threads)}
+    # BLAS is not on our path (the ternary kernels and heads are Numba): one OpenBLAS thread,
+    # so its idle pool never competes with Numba's workers for the cores.
+    env = {**os.environ, "NUMBA_NUM_THREADS": str(max(threads, 1)), "OMP_NUM_THREADS": str(threads),
+           "OPENBLAS_NUM_THREADS": "1" if child == "ours" else str(threads)}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -141,7 +145,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new", type=int, default=64)
-    ap.add_argument("--head", default="int8", choices=["int8", "int4", "float32"])
+    ap.add_argument("--head", default="int8,int4",
+                    help="comma-separated heads: int8 (default model), int4 (8x smaller), float32 (exact)")
     ap.add_argument("--kernel", default=None)
     ap.add_argument("--layers", type=int, default=None, help="fewer layers (quick look; not the real shape)")
     ap.add_argument("--transformers", action="store_true", help="also time transformers (~5 GB, slow)")
@@ -152,13 +157,19 @@ def main(argv=None) -> int:
     if args.child:
         return _child(args)
     rows = []
+    heads = args.head.split(",")
+    bad = [h for h in heads if h not in ("int8", "int4", "float32")]
+    if bad:
+        ap.error(f"unknown head {bad[0]!r}: choose from int8, int4, float32")
     for t in [int(s) for s in args.threads.split(",")]:
-        rows.append(_spawn(args, "ours", t))
+        for head in heads:
+            rows.append(_spawn(args, "ours", t, head))
         if args.transformers:
             rows.append(_spawn(args, "transformers", t))
     shape = f"2B4T shape{'' if not args.layers else f' with {args.layers} layers'}"
     print(f"\n{shape}, random ternary weights, prompt {args.prompt}, decode {args.new} "
-          f"(transformers: {args.hf_tokens} decode tokens)")
+          f"(transformers: {args.hf_tokens} decode tokens); load average now "
+          f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (other processes slow 2 threads most)")
     print(f"{'engine':42s} {'thr':>3s} {'prefill tok/s':>13s} {'decode tok/s':>12s} "
           f"{'peak RSS GB':>11s} {'cold start s':>12s}")
     for r in rows:
@@ -166,6 +177,7 @@ def main(argv=None) -> int:
               f"{r['peak_rss_gb']:11.2f} {r['cold_start_s']:12.1f}")
     for t in sorted({r["threads"] for r in rows}):
         ours = [r for r in rows if r["threads"] == t and r["engine"].startswith("bitnet_edu")]
+        ours = sorted(ours, key=lambda r: -r["decode_tok_s"])
         hf = [r for r in rows if r["threads"] == t and r["engine"].startswith("transformers")]
         if ours and hf:
             print(f"decode speed-up vs transformers at {t} thread(s): "
