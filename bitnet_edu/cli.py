@@ -16,7 +16,7 @@ def _add_model_args(p):
     p.add_argument("--model", default=None, help="HF directory, .gguf file or hub id (default: shipped model)")
     p.add_argument("--revision", default=None, help="hub revision to pin")
     p.add_argument("--kernel", default=None, help="ternary kernel (bitnet_edu.kernels.available())")
-    p.add_argument("--head", default="auto", choices=["auto", "int8", "float32"])
+    p.add_argument("--head", default="auto", choices=["auto", "int8", "int4", "float32"])
 
 
 def _add_sampling_args(p):
