@@ -140,3 +140,21 @@ def test_int8_head_is_close(pair):
     exact = model.head.logits(x)
     np.testing.assert_allclose(h.logits(x), exact, atol=0.02 * np.abs(exact).max())
     assert h.nbytes < model.head.nbytes / 3.5
+
+
+def test_threads_auto_small_model_runs_on_one_thread(tmp_path, monkeypatch):
+    import numba
+
+    from bitnet_edu.model import transformer
+
+    model = load_model(write_tiny_checkpoint(tmp_path, seed=3))
+    calls = []
+    real = numba.set_num_threads
+    monkeypatch.setattr(transformer.numba, "set_num_threads", lambda n: (calls.append(n), real(n)))
+    before = numba.get_num_threads()
+    want = model.logits(IDS)
+    assert calls[0] == 1 and numba.get_num_threads() == before  # one thread inside, restored after
+    calls.clear()
+    model.threads = numba.config.NUMBA_NUM_THREADS  # explicit choice wins over auto
+    np.testing.assert_array_equal(model.logits(IDS), want)  # same numbers on any thread count
+    assert calls[0] == numba.config.NUMBA_NUM_THREADS
