@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import time
@@ -76,14 +77,18 @@ def stage4(prompt: str, max_new_tokens: int):
         return
     t0 = time.perf_counter()
     model = bitnet_edu.load_model()
-    print(f"loaded in {time.perf_counter() - t0:.2f} s")
+    print(f"loaded in {time.perf_counter() - t0:.2f} s; weights {model.memory_report()['total'] / 2**20:.1f} MiB")
+    t0 = time.perf_counter()
+    model.generate(prompt, 2, temperature=0.0)  # first run compiles the Numba glue; cached on disk after
+    print(f"warm-up (Numba compile on the first run only): {time.perf_counter() - t0:.1f} s")
     print(f"prompt: {prompt!r}\n")
-    t0, n = time.perf_counter(), 0
+    t0 = time.perf_counter()
     for piece in model.stream(prompt, max_new_tokens=max_new_tokens, temperature=0.8, top_p=0.95, seed=0):
         print(piece, end="", flush=True)
-        n += 1
     dt = time.perf_counter() - t0
-    print(f"\n\n{n} tokens in {dt:.2f} s = {n / dt:.1f} tok/s, peak memory {peak_rss_mb():.0f} MB")
+    s = model.last_stats
+    print(f"\n\n{s['new_tokens']} tokens in {dt:.2f} s: prefill {s['prefill_tok_s']:.0f} tok/s, "
+          f"decode {s['decode_tok_s']:.0f} tok/s; process peak memory {peak_rss_mb():.0f} MB")
 
 
 def stage4_2b(tokens: int = 16):
@@ -99,7 +104,12 @@ def stage4_2b(tokens: int = 16):
     out = model.generate(ids, max_new_tokens=tokens, temperature=0.0)
     dt = time.perf_counter() - t0
     print(f"decode: {len(out)} tokens in {dt:.2f} s = {len(out) / dt:.1f} tok/s "
-          f"(bitnet.cpp: ~20 tok/s on 2 cores); peak memory {peak_rss_mb():.0f} MB")
+          f"(bitnet.cpp: ~20 tok/s on 2 cores); model {model.memory_report()['total'] / 2**30:.2f} GiB, "
+          f"process peak {peak_rss_mb():.0f} MB")
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cores:
+        print(f"note: load average {load:.1f} on {cores} cores — other programs share the CPU, so this "
+              f"figure is low; `python -m bitnet_edu.bench decode` on a quiet machine gives the real one")
 
 
 def main(argv=None) -> int:
