@@ -45,6 +45,20 @@ _F32 = ir.FloatType()
 _V16xf = ir.VectorType(_F32, 16)
 
 
+def _accumulate_scaled(builder, facc, acc_i32, scale):
+    """``facc += float(acc_i32) * scale``: 16 int32 lanes, one float scale broadcast to all."""
+    splat = builder.insert_element(ir.Constant(_V16xf, None), scale, ir.Constant(_I32, 0))
+    splat = builder.shuffle_vector(splat, splat, ir.Constant(_V16x32, [0] * 16))
+    builder.store(builder.fadd(builder.load(facc), builder.fmul(builder.sitofp(acc_i32, _V16xf), splat)), facc)
+
+
+def _reduce_sum(builder, facc):
+    """Sum of the 16 float lanes of ``facc``; reassoc: a tree sum, not 16 sequential adds."""
+    red = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_F32, [_F32, _V16xf]), "llvm.vector.reduce.fadd.v16f32")
+    return builder.call(red, [ir.Constant(_F32, 0.0), builder.load(facc)], fastmath=("reassoc",))
+
+
 # --- numpy reference ------------------------------------------------------------------------------
 
 def quantize_blocks(x: np.ndarray):
@@ -117,15 +131,8 @@ def _row_dot(typingctx, table, r, xq, scale, t):
                 accs.append(_dpbusd(builder, ir.Constant(_V16x32, None), w,
                                     _load64(builder, xrow, off), vnni))
             tot = builder.add(builder.add(accs[0], accs[1]), builder.add(accs[2], accs[3]))
-            sc = builder.load(builder.gep(srow, [loop.index]))
-            splat = builder.insert_element(ir.Constant(_V16xf, None), sc, ir.Constant(_I32, 0))
-            splat = builder.shuffle_vector(splat, splat, ir.Constant(_V16x32, [0] * 16))
-            f = builder.fmul(builder.sitofp(tot, _V16xf), splat)
-            builder.store(builder.fadd(builder.load(facc), f), facc)
-        red = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_F32, [_F32, _V16xf]), "llvm.vector.reduce.fadd.v16f32")
-        # reassoc: a tree sum, not 16 sequential adds
-        return builder.call(red, [ir.Constant(_F32, 0.0), builder.load(facc)], fastmath=("reassoc",))
+            _accumulate_scaled(builder, facc, tot, builder.load(builder.gep(srow, [loop.index])))
+        return _reduce_sum(builder, facc)
 
     return types.float32(table, r, xq, scale, t), codegen
 
@@ -268,13 +275,8 @@ def _row_dot4(typingctx, packed, r, xq, xs, xsum, scale, t):
                           _load64(builder, xrow, builder.add(xoff, i64(64))), vnni)
             d = builder.fmul(builder.load(builder.gep(drow, [loop.index])), builder.load(
                 builder.gep(srow, [builder.udiv(loop.index, i64(QK // G4))])))
-            splat = builder.insert_element(ir.Constant(_V16xf, None), d, ir.Constant(_I32, 0))
-            splat = builder.shuffle_vector(splat, splat, ir.Constant(_V16x32, [0] * 16))
-            f = builder.fmul(builder.sitofp(acc, _V16xf), splat)
-            builder.store(builder.fadd(builder.load(facc), f), facc)
-        red = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_F32, [_F32, _V16xf]), "llvm.vector.reduce.fadd.v16f32")
-        return builder.call(red, [ir.Constant(_F32, 0.0), builder.load(facc)], fastmath=("reassoc",))
+            _accumulate_scaled(builder, facc, acc, d)
+        return _reduce_sum(builder, facc)
 
     return types.float32(packed, r, xq, xs, xsum, scale, t), codegen
 
