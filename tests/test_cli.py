@@ -7,7 +7,7 @@ from bitnet_edu.cli import main
 
 def test_generate_prints_text(tmp_path, capsys):
     pytest.importorskip("transformers")
-    from bitnet_edu.model.tiny import write_tiny_checkpoint
+    from tiny_checkpoint import write_tiny_checkpoint
     d = write_tiny_checkpoint(tmp_path / "m")
     assert main(["generate", "--model", str(d), "Hello", "-n", "4", "--seed", "0"]) == 0
     out, err = capsys.readouterr()

@@ -19,7 +19,7 @@ from bitnet_edu.export import to_gguf  # noqa: E402
 from bitnet_edu.gguf import GGUFReader, read_gguf_checkpoint  # noqa: E402
 from bitnet_edu.model.checkpoint import read_hf_checkpoint  # noqa: E402
 from bitnet_edu.model.loading import load_model  # noqa: E402
-from bitnet_edu.model.tiny import write_tiny_checkpoint  # noqa: E402
+from tiny_checkpoint import write_tiny_checkpoint  # noqa: E402
 
 # GQA ratio 2, head_dim 32, 2 layers, vocab 305 (not a power of two)
 SHAPE = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,

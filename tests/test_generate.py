@@ -6,7 +6,7 @@ import pytest
 from bitnet_edu.generate import (apply_repetition_penalty, chat_prompt, sample_next, top_k_filter,
                                  top_p_filter)
 from bitnet_edu.model.loading import load_model
-from bitnet_edu.model.tiny import write_tiny_checkpoint
+from tiny_checkpoint import write_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

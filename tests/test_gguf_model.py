@@ -13,7 +13,7 @@ from bitnet_edu.gguf import (GGUFError, GGUFReader, TensorData, Value, gguf_mode
 from bitnet_edu.gguf.container import T_STRING
 from bitnet_edu.model.checkpoint import expected_tensors
 from bitnet_edu.model.config import BitNetConfig
-from bitnet_edu.model.tiny import tiny_tokenizer
+from tiny_checkpoint import tiny_tokenizer
 
 TEXTS = ["Hello world! The quick brown fox.", "<|begin_of_text|>User: hi<|eot_id|>Assistant:",
          " 1234567  \n\n\tx  y", "naïve café — 東京 🚀", "I've been 'told' he's there"]

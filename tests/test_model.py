@@ -18,7 +18,7 @@ pytest.importorskip("accelerate")  # transformers' bitnet quantizer requires it
 
 from bitnet_edu.model import BitNetConfig, read_hf_checkpoint  # noqa: E402
 from bitnet_edu.model.loading import load_model  # noqa: E402
-from bitnet_edu.model.tiny import write_tiny_checkpoint  # noqa: E402
+from tiny_checkpoint import write_tiny_checkpoint  # noqa: E402
 
 # (name, overrides): GQA ratio 3 / head_dim 16 (default); MHA; GQA 5 with head_dim 24
 SHAPES = {

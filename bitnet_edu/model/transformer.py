@@ -394,17 +394,17 @@ class BitNetModel:
         ``stop`` (token ids and/or strings; the model's eos ids by default).  Speed figures of
         the last call are in ``model.last_stats``.
         """
-        from ..generate import generate
+        from .generation import generate
         return generate(self, prompt, max_new_tokens, **kwargs)
 
     def stream(self, prompt, max_new_tokens: int = 32, **kwargs):
         """Like :meth:`generate` for one prompt, yielding pieces (text or ids) as they are made."""
-        from ..generate import stream
+        from .generation import stream
         return stream(self, prompt, max_new_tokens, **kwargs)
 
     def chat(self, messages, max_new_tokens: int = 128, **kwargs) -> str:
         """Reply to ``[{"role": "user", "content": ...}, ...]`` with the 2B4T chat template."""
-        from ..generate import chat_prompt
+        from .generation import chat_prompt
         return self.generate(chat_prompt(self, messages), max_new_tokens, **kwargs)
 
     def __repr__(self) -> str:

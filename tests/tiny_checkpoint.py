@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..quant import absmean_ternary
+from bitnet_edu.quant import absmean_ternary
 
 __all__ = ["write_tiny_checkpoint", "tiny_tokenizer", "TINY_DEFAULTS", "CHAT_TEMPLATE"]
 
