@@ -20,6 +20,7 @@ LAYERS = {
     "config": 0,          # BitNetConfig + PRESETS: the one model-shape type
     "norm": 0,            # the one NumPy RMSNorm
     "tokenizer": 0,
+    "numba_cache": 0,     # where compiled kernels are cached (keyed on their sources)
     "quant": 1,
     "memory": 1.5, "energy": 1.5,    # arithmetic on a config
     "packing": 2,

@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import importlib
 
-from ._base import Kernel, Packed  # noqa: F401
-from .reference import reference_matmul  # noqa: F401
+from .. import numba_cache
+
+numba_cache.configure()  # before any cached kernel is defined: one cache per source version
+
+from ._base import Kernel, Packed  # noqa: E402,F401
+from .reference import reference_matmul  # noqa: E402,F401
 
 # name -> module; order = the order of the lesson
 _MODULES = {
