@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import get_batch
+from .model import zero_fraction
 
 __all__ = ["TrainConfig", "lr_at", "weight_decay_at", "train", "evaluate", "train_step",
            "make_optimizer", "save_checkpoint", "load_checkpoint"]
@@ -155,8 +156,6 @@ def train(model, train_data, val_data, tc: TrainConfig, out_dir=None, resume: bo
     History keys: ``step, loss, lr, weight_decay`` (every step), ``val_step, val_loss,
     zero_fraction`` (every eval; zero fraction of the ternary weights, NaN for a float model).
     """
-    from .ptq import zero_fraction  # imported here: ptq imports this module
-
     torch.set_num_threads(tc.threads)
     opt = make_optimizer(model, tc)
     history, start = _new_history(), 0

@@ -7,7 +7,8 @@ Per layer (names as in the HF checkpoint, so export is a renaming)::
 
 then ``norm`` and logits ``= normed @ embed_tokens.T`` (tied embeddings).  Attention uses rotary
 position embeddings (NeoX "rotate half", ``emb = cat(freqs, freqs)``) and grouped-query attention.
-No biases anywhere.
+No biases anywhere.  The shape is a :class:`~bitnet_edu.config.BitNetConfig` (HF field names):
+:class:`ModelConfig` is that type plus the ``quantized`` switch and the old short names.
 
 The seven projections of each layer are :class:`~bitnet_edu.bitlinear.BitLinear` (QAT: ternary
 weights and int8 activations in the forward, straight-through gradients) or, with
@@ -18,45 +19,89 @@ the float model has them too and ``replace_linears`` turns it into exactly the Q
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..bitlinear import BitLinear, RMSNorm
+from ..config import BitNetConfig
+from ..quant import absmean_ternary
 
-__all__ = ["ModelConfig", "BitNetLM", "rope_cos_sin", "apply_rope"]
+__all__ = ["ModelConfig", "OLD_NAMES", "BitNetLM", "rope_cos_sin", "apply_rope", "ternary_codes",
+           "zero_fraction"]
+
+#: ModelConfig's short names (training's spelling before the one config type) -> BitNetConfig field.
+#: ``vocab_size`` and ``rope_theta`` are spelled the same in both.
+OLD_NAMES = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+             "n_kv_heads": "num_key_value_heads", "ffn_dim": "intermediate_size",
+             "max_seq_len": "max_position_embeddings", "eps": "rms_norm_eps"}
+_POSITIONAL = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len",
+               "rope_theta", "eps", "quantized")  # the old dataclass's field order
+# the old ModelConfig defaults; bos/eos are unknown until a tokenizer exists (export sets them)
+_DEFAULTS = dict(vocab_size=4096, hidden_size=256, num_hidden_layers=6, num_attention_heads=8,
+                 num_key_value_heads=2, intermediate_size=704, max_position_embeddings=256,
+                 rope_theta=10000.0,  # 2B4T uses 5e5 for 4096 positions; 1e4 suits 256
+                 bos_token_id=None, eos_token_id=None)
 
 
-@dataclass
-class ModelConfig:
-    """Shape of the model; ``to_hf()`` gives the matching HF ``config.json`` keys."""
+def _alias(field_name: str) -> property:
+    return property(lambda self: getattr(self, field_name), doc=f"``{field_name}`` (old name)")
 
-    vocab_size: int = 4096
-    dim: int = 256
-    n_layers: int = 6
-    n_heads: int = 8
-    n_kv_heads: int = 2
-    ffn_dim: int = 704
-    max_seq_len: int = 256
-    rope_theta: float = 10000.0  # 2B4T uses 5e5 for 4096 positions; 1e4 suits 256
-    eps: float = 1e-5
-    quantized: bool = True  # BitLinear (QAT) or nn.Linear (full precision)
 
-    def __post_init__(self):
-        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
-            raise ValueError(f"dim={self.dim} must divide by n_heads={self.n_heads}, "
-                             f"which must divide by n_kv_heads={self.n_kv_heads}")
-        if (self.dim // self.n_heads) % 2:
-            raise ValueError(f"head_dim={self.dim // self.n_heads} must be even for RoPE")
+@dataclass(init=False)
+class ModelConfig(BitNetConfig):
+    """A :class:`~bitnet_edu.config.BitNetConfig` for training, plus ``quantized``.
 
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
+    ``quantized``: the projections are BitLinear (QAT) or ``nn.Linear`` (full precision).
+    Accepts the old keyword names as well as the HF ones (mapping in :data:`OLD_NAMES`; an old
+    name wins over its HF name, so ``dataclasses.replace(cfg, dim=128)`` works) and keeps the old
+    defaults (a 6-layer, 256-wide model).  The old names stay readable (``cfg.dim``, ...).
+    ``to_dict()`` gives the HF ``config.json`` keys only.
+    """
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    quantized: bool = True
+
+    def __init__(self, *args, **kwargs):
+        if len(args) > len(_POSITIONAL):
+            raise TypeError(f"ModelConfig takes at most {len(_POSITIONAL)} positional arguments")
+        for name, value in zip(_POSITIONAL, args):
+            if name in kwargs:
+                raise TypeError(f"ModelConfig got multiple values for {name!r}")
+            kwargs[name] = value
+        quantized = kwargs.pop("quantized", True)
+        if "dim" in kwargs or "n_heads" in kwargs:
+            kwargs.pop("head_dim", None)  # the old names mean head_dim = dim // n_heads
+        for old, new in OLD_NAMES.items():
+            if old in kwargs:
+                kwargs[new] = kwargs.pop(old)
+        kw = {**_DEFAULTS, **kwargs}
+        if kw.get("head_dim") is None and kw["hidden_size"] % kw["num_attention_heads"]:
+            raise ValueError(f"dim={kw['hidden_size']} must divide by "
+                             f"n_heads={kw['num_attention_heads']}")
+        super().__init__(**kw)
+        self.quantized = bool(quantized)
+
+    dim = _alias("hidden_size")
+    n_layers = _alias("num_hidden_layers")
+    n_heads = _alias("num_attention_heads")
+    n_kv_heads = _alias("num_key_value_heads")
+    ffn_dim = _alias("intermediate_size")
+    max_seq_len = _alias("max_position_embeddings")
+    eps = _alias("rms_norm_eps")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """From HF ``config.json`` keys or the old names (a ``training.json``'s ``model_config``)."""
+        return super().from_dict({OLD_NAMES.get(k, k): v for k, v in d.items()})
+
+    @classmethod
+    def from_config(cls, cfg: BitNetConfig, quantized: bool = True) -> "ModelConfig":
+        """Every ``BitNetConfig`` field of ``cfg``, plus ``quantized``."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(BitNetConfig)},
+                   quantized=quantized)
 
 
 def rope_cos_sin(seq_len: int, head_dim: int, theta: float, start: int = 0):
@@ -76,18 +121,21 @@ def apply_rope(x, cos, sin):
 
 
 def _linear(cfg: ModelConfig, n_in: int, n_out: int) -> nn.Module:
-    return BitLinear(n_in, n_out, eps=cfg.eps) if cfg.quantized else nn.Linear(n_in, n_out, bias=False)
+    if cfg.quantized:
+        return BitLinear(n_in, n_out, eps=cfg.rms_norm_eps)
+    return nn.Linear(n_in, n_out, bias=False)
 
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_heads, self.n_kv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.q_proj = _linear(cfg, cfg.dim, cfg.n_heads * self.hd)
-        self.k_proj = _linear(cfg, cfg.dim, cfg.n_kv_heads * self.hd)
-        self.v_proj = _linear(cfg, cfg.dim, cfg.n_kv_heads * self.hd)
-        self.attn_sub_norm = RMSNorm(cfg.dim, cfg.eps)
-        self.o_proj = _linear(cfg, cfg.dim, cfg.dim)
+        h, self.hd = cfg.hidden_size, cfg.head_dim
+        self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.q_proj = _linear(cfg, h, self.n_heads * self.hd)
+        self.k_proj = _linear(cfg, h, self.n_kv * self.hd)
+        self.v_proj = _linear(cfg, h, self.n_kv * self.hd)
+        self.attn_sub_norm = RMSNorm(self.n_heads * self.hd, cfg.rms_norm_eps)
+        self.o_proj = _linear(cfg, self.n_heads * self.hd, h)
 
     def forward(self, x, cos, sin):
         B, T, _ = x.shape
@@ -104,10 +152,11 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = _linear(cfg, cfg.dim, cfg.ffn_dim)
-        self.up_proj = _linear(cfg, cfg.dim, cfg.ffn_dim)
-        self.ffn_sub_norm = RMSNorm(cfg.ffn_dim, cfg.eps)
-        self.down_proj = _linear(cfg, cfg.ffn_dim, cfg.dim)
+        h, f = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = _linear(cfg, h, f)
+        self.up_proj = _linear(cfg, h, f)
+        self.ffn_sub_norm = RMSNorm(f, cfg.rms_norm_eps)
+        self.down_proj = _linear(cfg, f, h)
 
     def forward(self, x):
         return self.down_proj(self.ffn_sub_norm(F.relu(self.gate_proj(x)).square() * self.up_proj(x)))
@@ -116,9 +165,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.dim, cfg.eps)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = Attention(cfg)
-        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin):
@@ -127,14 +176,31 @@ class Block(nn.Module):
 
 
 class BitNetLM(nn.Module):
-    """Token ids ``[B, T]`` int64 -> logits ``[B, T, vocab]`` float32 (and the loss if targets given)."""
+    """Token ids ``[B, T]`` int64 -> logits ``[B, T, vocab]`` float32 (and the loss if targets given).
 
-    def __init__(self, cfg: ModelConfig):
+    Args:
+        cfg: the shape, a :class:`~bitnet_edu.config.BitNetConfig` (e.g. a recipe's
+            :class:`ModelConfig`, or ``BitNetConfig.preset(...)``); embeddings must be tied.
+        quantized: BitLinear projections (QAT) or ``nn.Linear`` (full precision); default
+            ``cfg.quantized`` for a ModelConfig, else True.
+
+    ``self.cfg`` is ``cfg`` itself when it is a ModelConfig with that ``quantized``, otherwise a
+    ModelConfig with the same BitNetConfig fields (so ``cfg.quantized`` always tells the truth).
+    """
+
+    def __init__(self, cfg: BitNetConfig, *, quantized: bool | None = None):
         super().__init__()
+        if quantized is None:
+            quantized = getattr(cfg, "quantized", True)
+        if not (isinstance(cfg, ModelConfig) and cfg.quantized == bool(quantized)):
+            cfg = ModelConfig.from_config(cfg, quantized=bool(quantized))
+        if not cfg.tie_word_embeddings:
+            raise ValueError("BitNetLM ties the output head to the embedding "
+                             "(tie_word_embeddings=False is not supported)")
         self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.dim, cfg.eps)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.apply(self._init)
 
     @staticmethod
@@ -144,8 +210,10 @@ class BitNetLM(nn.Module):
 
     def forward(self, idx, targets=None):
         T = idx.shape[1]
-        if T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {T} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
+        n = self.cfg.max_position_embeddings
+        if T > n:
+            raise ValueError(f"sequence of {T} tokens exceeds max_seq_len "
+                             f"(max_position_embeddings) = {n}")
         cos, sin = rope_cos_sin(T, self.cfg.head_dim, self.cfg.rope_theta)
         x = self.embed_tokens(idx)
         for layer in self.layers:
@@ -156,7 +224,8 @@ class BitNetLM(nn.Module):
         return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """Parameters (the tied embedding once): ``cfg.n_params``, what the tensors hold."""
+        return self.cfg.n_params
 
     def bitlinears(self):
         """``(name, BitLinear)`` pairs, in state-dict order."""
@@ -170,10 +239,25 @@ class BitNetLM(nn.Module):
         No KV cache: the window is recomputed each step (fine for a few M parameters).
         """
         for _ in range(max_new_tokens):
-            logits = self(idx[:, -self.cfg.max_seq_len:])[:, -1] / max(temperature, 1e-6)
+            logits = self(idx[:, -self.cfg.max_position_embeddings:])[:, -1] / max(temperature, 1e-6)
             if top_k is not None:
                 kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
             nxt = torch.multinomial(F.softmax(logits, -1), 1, generator=generator)
             idx = torch.cat([idx, nxt], dim=1)
         return idx
+
+
+def ternary_codes(model) -> np.ndarray:
+    """Every BitLinear weight rounded to {-1, 0, +1} (each with its own absmean), int8, flattened."""
+    layers = [m for m in model.modules() if isinstance(m, BitLinear)]
+    if not layers:
+        return np.zeros(0, np.int8)
+    return np.concatenate([absmean_ternary(m.weight.detach().float().numpy(), m.eps)[0].ravel()
+                           for m in layers])
+
+
+def zero_fraction(model) -> float:
+    """Fraction of ternary weights that are 0 (NaN for a float model, which has none)."""
+    q = ternary_codes(model)
+    return float(np.mean(q == 0)) if q.size else float("nan")

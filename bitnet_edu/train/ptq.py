@@ -9,14 +9,14 @@ is dramatic: the float model never had a reason to make its weights ternary-frie
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
-import numpy as np
 import torch
 
-from ..bitlinear import BitLinear, replace_linears
-from ..quant import absmean_ternary
+from ..bitlinear import replace_linears
+from ..config import BitNetConfig
 from .loop import TrainConfig, evaluate, train
-from .model import BitNetLM, ModelConfig
+from .model import BitNetLM, ternary_codes, zero_fraction
 
 __all__ = ["post_training_quantize", "zero_fraction", "ternary_codes", "compare_ptq_qat"]
 
@@ -26,34 +26,20 @@ def post_training_quantize(model: BitNetLM) -> BitNetLM:
     weights, ternary + int8 in the forward).  The embedding and norms stay as they are, exactly
     as in a QAT model."""
     q = replace_linears(copy.deepcopy(model), skip=())
-    q.cfg = ModelConfig(**{**model.cfg.to_dict(), "quantized": True})
+    q.cfg = replace(model.cfg, quantized=True)
     return q
 
 
-def ternary_codes(model: BitNetLM) -> np.ndarray:
-    """Every BitLinear weight rounded to {-1, 0, +1} (each with its own absmean), int8, flattened."""
-    layers = [m for m in model.modules() if isinstance(m, BitLinear)]
-    if not layers:
-        return np.zeros(0, np.int8)
-    return np.concatenate([absmean_ternary(m.weight.detach().float().numpy(), m.eps)[0].ravel()
-                           for m in layers])
-
-
-def zero_fraction(model: BitNetLM) -> float:
-    """Fraction of ternary weights that are 0 (NaN for a float model, which has none)."""
-    q = ternary_codes(model)
-    return float(np.mean(q == 0)) if q.size else float("nan")
-
-
-def compare_ptq_qat(mcfg: ModelConfig, tc: TrainConfig, train_data, val_data, progress: bool = False) -> dict:
-    """Train a float and a QAT model of the same shape, same seed, same batches; quantize the float
+def compare_ptq_qat(mcfg: BitNetConfig, tc: TrainConfig, train_data, val_data,
+                    progress: bool = False) -> dict:
+    """Train a float and a QAT model of shape ``mcfg``, same seed, same batches; quantize the float
     one after training.  Returns ``{"fp", "ptq", "qat"}`` validation losses, the float and QAT
     histories, and the three models.
     """
     models, hist = {}, {}
     for kind, quantized in (("fp", False), ("qat", True)):
         torch.manual_seed(tc.seed)
-        models[kind] = BitNetLM(ModelConfig(**{**mcfg.to_dict(), "quantized": quantized}))
+        models[kind] = BitNetLM(mcfg, quantized=quantized)
         hist[kind] = train(models[kind], train_data, val_data, tc, progress=progress)
     models["ptq"] = post_training_quantize(models["fp"])
     val = {k: evaluate(m, val_data, tc) for k, m in models.items()}

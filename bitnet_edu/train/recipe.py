@@ -26,7 +26,7 @@ __all__ = ["Recipe", "CONFIGS", "prepare_data", "perplexity", "sample", "run"]
 
 @dataclass
 class Recipe:
-    model: ModelConfig
+    model: ModelConfig  # a BitNetConfig (HF names) with quantized=True
     train: TrainConfig
     data_fraction: float = 1.0  # share of the corpus used (evenly spaced chapters)
     prompt: str = "And God said"
@@ -35,17 +35,20 @@ class Recipe:
 
 CONFIGS = {
     "micro": Recipe(
-        ModelConfig(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=176, max_seq_len=64),
+        ModelConfig(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, intermediate_size=176, max_position_embeddings=64),
         TrainConfig(steps=200, batch_size=16, seq_len=32, lr=2e-2, lr_stage2=6e-3, lr_min=2e-4, warmup=20,
                     eval_every=25, eval_iters=4),
         data_fraction=0.05),
     "mini": Recipe(
-        ModelConfig(vocab_size=1024, dim=128, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=384, max_seq_len=128),
+        ModelConfig(vocab_size=1024, hidden_size=128, num_hidden_layers=3, num_attention_heads=4,
+                    num_key_value_heads=2, intermediate_size=384, max_position_embeddings=128),
         TrainConfig(steps=400, batch_size=16, seq_len=64, lr=1e-2, lr_stage2=3e-3, lr_min=1e-4, warmup=30,
                     eval_every=50, eval_iters=6),
         data_fraction=0.25),
     "tiny": Recipe(
-        ModelConfig(vocab_size=2048, dim=256, n_layers=4, n_heads=8, n_kv_heads=2, ffn_dim=640, max_seq_len=256),
+        ModelConfig(vocab_size=2048, hidden_size=256, num_hidden_layers=4, num_attention_heads=8,
+                    num_key_value_heads=2, intermediate_size=640, max_position_embeddings=256),
         TrainConfig(steps=450, batch_size=8, seq_len=256, lr=3e-3, lr_stage2=1e-3, lr_min=5e-5, warmup=40,
                     eval_every=50, eval_iters=8)),
 }
@@ -129,7 +132,7 @@ def run(name: str = "tiny", out_dir=None, export_dir=None, resume: bool = False,
         "val_tokens": int(len(val_ids)),
         "final_train_loss": float(np.mean(hist["loss"][-20:])),
         "final_val_loss": hist["val_loss"][-1],
-        "val_perplexity": perplexity(model, val_ids, r.model.max_seq_len),
+        "val_perplexity": perplexity(model, val_ids, r.model.max_position_embeddings),
         "zero_fraction": hist["zero_fraction"][-1],
         "train_seconds": hist["seconds"],
         "safetensors_bytes": packed_bytes(export_dir),
@@ -148,7 +151,8 @@ def run(name: str = "tiny", out_dir=None, export_dir=None, resume: bool = False,
 
 def write_model_card(directory, s: dict) -> Path:
     """``MODEL_CARD.md`` from a :func:`run` summary."""
-    m, t = s["model_config"], s["train_config"]
+    m = ModelConfig.from_dict(s["model_config"])  # HF keys, or the old names (older summaries)
+    t = s["train_config"]
     threads_note = "" if t["threads"] == 2 else (
         f" (`--threads {t['threads']}`: the 2-core machine was shared with other jobs, where one thread ran"
         " faster; the thread count changes only the float summation order)")
@@ -169,17 +173,17 @@ It is a teaching model: it writes King-James-flavoured English, not sense.
   (31,102 verses, 1,189 chapters, about 4.1 M characters).
 - One document per chapter; every {VAL_EVERY}th chapter held out for validation.
   {s['train_tokens']:,} training / {s['val_tokens']:,} validation tokens.
-- Tokenizer: byte-level BPE with {m['vocab_size']} tokens trained on the training split
+- Tokenizer: byte-level BPE with {m.vocab_size} tokens trained on the training split
   (`tokenizers`), `<|endoftext|>` (id 0) separates chapters and serves as bos/eos.
 
 ## Model
 | key | value |
 |---|---|
-| hidden / FFN | {m['dim']} / {m['ffn_dim']} |
-| layers | {m['n_layers']} |
-| heads / kv heads | {m['n_heads']} / {m['n_kv_heads']} (head_dim {m['dim'] // m['n_heads']}) |
-| context | {m['max_seq_len']} |
-| rope_theta | {m['rope_theta']:g} |
+| hidden / FFN | {m.hidden_size} / {m.intermediate_size} |
+| layers | {m.num_hidden_layers} |
+| heads / kv heads | {m.num_attention_heads} / {m.num_key_value_heads} (head_dim {m.head_dim}) |
+| context | {m.max_position_embeddings} |
+| rope_theta | {m.rope_theta:g} |
 | parameters | {s['parameters']:,} |
 
 ## Training
