@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .norm import rms_norm  # the one NumPy RMSNorm (re-exported: bitlinear.rms_norm)
 from .packing import pack_hf, unpack_hf
 from .quant import absmax_int8, absmean_ternary
 
@@ -156,13 +157,6 @@ else:  # pragma: no cover
 
 
 # --- NumPy inference form ----------------------------------------------------------------------
-
-def rms_norm(x, weight=None, eps: float = EPS) -> np.ndarray:
-    """RMSNorm in float32 over the last axis: ``x / sqrt(mean(x²) + eps) * weight``."""
-    x = np.asarray(x, np.float32)
-    y = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + np.float32(eps))
-    return y if weight is None else y * np.asarray(weight, np.float32)
-
 
 class BitLinearInference:
     """A frozen BitLinear: 2-bit packed ternary weights + one float scale, NumPy forward.

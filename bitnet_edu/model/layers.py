@@ -8,15 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..norm import rms_norm  # the one NumPy RMSNorm, re-exported here for the model code
+
 __all__ = ["rms_norm", "quantize_act", "rope_tables", "rotate_half", "apply_rope", "attention",
            "relu2_glu", "KVCache"]
-
-
-def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """``x / sqrt(mean(x**2) + eps) * weight`` over the last axis, float32 (as transformers does)."""
-    x = np.asarray(x, np.float32)
-    var = np.mean(x * x, axis=-1, keepdims=True)
-    return (x / np.sqrt(var + np.float32(eps))) * weight
 
 
 def quantize_act(x: np.ndarray):
