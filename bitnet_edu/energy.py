@@ -36,6 +36,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .config import PRESETS, BitNetConfig
+
 __all__ = ["ENERGY_PJ", "DRAM_PJ_PER_64BIT", "SEED_CLAIM", "FORMATS", "SHAPES", "Format", "Shape",
            "TokenCost", "token_cost", "kv_cache_bytes", "reduction", "claim_comparison"]
 
@@ -72,50 +74,31 @@ FORMATS = {
 }
 
 
-@dataclass(frozen=True)
 class Shape:
-    """The sizes of a decoder-only transformer that decide its per-token traffic."""
+    """The old name of the shape type: calling it builds a :class:`~bitnet_edu.config.BitNetConfig`.
 
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
+    ``Shape(hidden, intermediate, layers, heads, kv_heads, head_dim, vocab)`` (the old fields,
+    in order) gives a BitNetConfig with those sizes; the costs below read ``linear_params``,
+    ``head_params`` and ``kv_values_per_position`` from it.
+    """
 
-    @property
-    def linear_params(self) -> int:
-        """Weights of all q/k/v/o and gate/up/down projections (the ternary ones in BitNet)."""
-        h, q, kv = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim
-        return self.layers * (2 * h * q + 2 * h * kv + 3 * h * self.intermediate)
+    def __new__(cls, hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int,
+                head_dim: int, vocab: int) -> BitNetConfig:
+        return BitNetConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+                            num_hidden_layers=layers, num_attention_heads=heads,
+                            num_key_value_heads=kv_heads, head_dim=head_dim)
 
-    @property
-    def head_params(self) -> int:
-        """The output head ``vocab x hidden`` (tied to the embedding in 2B4T)."""
-        return self.vocab * self.hidden
-
-    @property
-    def kv_values_per_position(self) -> int:
-        """Key and value entries stored per token of context, over all layers."""
-        return 2 * self.layers * self.kv_heads * self.head_dim
-
-    @classmethod
-    def from_config(cls, cfg) -> "Shape":
-        """From a :class:`bitnet_edu.model.config.BitNetConfig` or a ``config.json`` dict."""
-        get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
-        heads = get("num_attention_heads")
-        head_dim = get("head_dim") or get("hidden_size") // heads
-        return cls(get("hidden_size"), get("intermediate_size"), get("num_hidden_layers"), heads,
-                   get("num_key_value_heads") or heads, head_dim, get("vocab_size"))
+    @staticmethod
+    def from_config(cfg) -> BitNetConfig:
+        """The shape of a :class:`~bitnet_edu.config.BitNetConfig`, a ``config.json`` dict or any
+        object with those attribute names (:meth:`BitNetConfig.from_shape`)."""
+        return BitNetConfig.from_shape(cfg)
 
 
-SHAPES = {
-    "BitNet b1.58 2B4T": Shape(2560, 6912, 30, 20, 5, 128, 128256),
-    "LLaMA-2 7B shape": Shape(4096, 11008, 32, 32, 32, 128, 32000),
-    "LLaMA-2 13B shape": Shape(5120, 13824, 40, 40, 40, 128, 32000),
-    "LLaMA-2 70B shape": Shape(8192, 28672, 80, 64, 8, 128, 32000),
-}
+#: The shapes the lessons compare, from :data:`bitnet_edu.config.PRESETS` (sizes only).
+SHAPES = {label: BitNetConfig.from_shape(PRESETS[name]) for label, name in (
+    ("BitNet b1.58 2B4T", "2b4t"), ("LLaMA-2 7B shape", "llama2-7b"),
+    ("LLaMA-2 13B shape", "llama2-13b"), ("LLaMA-2 70B shape", "llama2-70b"))}
 
 
 @dataclass(frozen=True)
@@ -142,7 +125,7 @@ class TokenCost:
         return self.total_pj * 1e-9
 
 
-def kv_cache_bytes(shape: Shape, context: int, bits: float = 16) -> float:
+def kv_cache_bytes(shape: BitNetConfig, context: int, bits: float = 16) -> float:
     """Bytes of the KV cache holding ``context`` tokens: 2 · layers · kv_heads · head_dim · context."""
     if context < 0:
         raise ValueError(f"context must be >= 0, got {context}")
@@ -157,8 +140,8 @@ def _dram_pj_per_byte(dram) -> float:
     return float(dram)
 
 
-def token_cost(shape: Shape, fmt: str = "ternary", *, context: int = 0, head_bits: float = 16,
-               kv_bits: float = 16, dram="low") -> TokenCost:
+def token_cost(shape: BitNetConfig, fmt: str = "ternary", *, context: int = 0,
+               head_bits: float = 16, kv_bits: float = 16, dram="low") -> TokenCost:
     """Cost of decoding one token with ``context`` tokens already in the KV cache.
 
     ``fmt`` is a key of :data:`FORMATS` (the linear layers' format); the fp16 baseline keeps its
@@ -171,7 +154,8 @@ def token_cost(shape: Shape, fmt: str = "ternary", *, context: int = 0, head_bit
     kv_bytes = kv_cache_bytes(shape, context, kv_bits)
     fp16_mac = ENERGY_PJ["fp16_mult"] + ENERGY_PJ["fp16_add"]
     head_mac = fp16_mac if head_bits > 8 else FORMATS["int8"].op_pj
-    attn_macs = 2 * shape.heads * shape.head_dim * context * shape.layers  # q·k and p·v
+    # q·k and p·v, fp16 MACs: per query head, head dimension, cached position and layer
+    attn_macs = 2 * shape.num_attention_heads * shape.head_dim * context * shape.num_hidden_layers
     compute = shape.linear_params * f.op_pj + shape.head_params * head_mac + attn_macs * fp16_mac
     memory = (weight_bytes + kv_bytes) * _dram_pj_per_byte(dram)
     return TokenCost(fmt, weight_bytes, kv_bytes, memory, compute)
@@ -182,7 +166,8 @@ def reduction(base: float, new: float) -> float:
     return 1.0 - new / base
 
 
-def claim_comparison(shape: Shape, *, context: int = 0, head_bits: float = 16, dram="low") -> dict:
+def claim_comparison(shape: BitNetConfig, *, context: int = 0, head_bits: float = 16,
+                     dram="low") -> dict:
     """Ternary-vs-fp16 energy reduction three ways, beside the seed's 55-82 % claim.
 
     Returns ``{"arithmetic only": r, "weights + KV traffic": r, "total": r,

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 
+from .config import LINEAR_KINDS, SHAPE_KEYS, BitNetConfig
+
 __all__ = [
     "BITNET_2B4T",
     "LINEAR_KINDS",
@@ -31,20 +33,9 @@ __all__ = [
 
 GB = 10**9
 
-#: The shape of microsoft/bitnet-b1.58-2B-4T (its config.json, see shared/FORMATS.md).
-BITNET_2B4T = {
-    "vocab_size": 128256,
-    "hidden_size": 2560,
-    "intermediate_size": 6912,
-    "num_hidden_layers": 30,
-    "num_attention_heads": 20,
-    "num_key_value_heads": 5,
-    "head_dim": 128,
-    "tie_word_embeddings": True,
-}
-
-#: The per-layer linears: the only tensors BitNet stores as ternary.
-LINEAR_KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+#: The shape of microsoft/bitnet-b1.58-2B-4T (its config.json, see docs/formats.md): the
+#: :data:`~bitnet_edu.config.SHAPE_KEYS` of the ``"2b4t"`` preset.
+BITNET_2B4T = {k: getattr(BitNetConfig.preset("2b4t"), k) for k in SHAPE_KEYS}
 
 #: Storage cost of one weight (bytes).  "log2(3)" is the information content, a lower bound.
 BYTES_PER_WEIGHT = {
@@ -59,68 +50,43 @@ BYTES_PER_WEIGHT = {
 _TERNARY = {"ternary 2-bit", "ternary base-3", "ternary log2(3)"}
 
 
-def _get(cfg, key, default=None):
-    """Read a config field from a dict or an object with attributes (e.g. a BitNetConfig)."""
-    if isinstance(cfg, dict):
-        value = cfg.get(key, default)
-    else:
-        value = getattr(cfg, key, default)
-    if value is None:
-        raise ValueError(f"config has no {key!r}")
-    return value
-
-
-def _shape(config) -> dict:
-    """The integer sizes a count needs, from a dict or config object (default: 2B4T)."""
-    cfg = BITNET_2B4T if config is None else config
-    h, n_heads = int(_get(cfg, "hidden_size")), int(_get(cfg, "num_attention_heads"))
-    head_dim = int(_get(cfg, "head_dim", h // n_heads))
-    return {
-        "h": h, "i": int(_get(cfg, "intermediate_size")), "layers": int(_get(cfg, "num_hidden_layers")),
-        "vocab": int(_get(cfg, "vocab_size")), "q": n_heads * head_dim,
-        "kv": int(_get(cfg, "num_key_value_heads")) * head_dim,  # grouped-query attention: k, v narrower
-        "tied": bool(_get(cfg, "tie_word_embeddings", True)),
-    }
+def _config(config) -> BitNetConfig:
+    """The shape to count (:meth:`BitNetConfig.from_shape`; default: 2B4T)."""
+    return BitNetConfig.from_shape(BITNET_2B4T if config is None else config)
 
 
 def param_counts(config=None) -> dict:
     """Number of parameters of each tensor kind, summed over all layers.
 
     Args:
-        config: dict or config object with ``vocab_size, hidden_size, intermediate_size,
-            num_hidden_layers, num_attention_heads, num_key_value_heads`` (``head_dim`` and
+        config: a :class:`~bitnet_edu.config.BitNetConfig`, or a dict / object with
+            ``vocab_size, hidden_size, intermediate_size, num_hidden_layers,
+            num_attention_heads`` (``num_key_value_heads``, ``head_dim`` and
             ``tie_word_embeddings`` optional).  Default: :data:`BITNET_2B4T`.
 
     Returns:
         dict kind -> int: ``embedding``, the seven :data:`LINEAR_KINDS`, ``norms`` (the four
         RMSNorm weights per layer plus the final norm) and ``lm_head`` (0 when tied).
     """
-    d = _shape(config)
-    h, i, q, kv = d["h"], d["i"], d["q"], d["kv"]
-    per_layer = {"q_proj": q * h, "k_proj": kv * h, "v_proj": kv * h, "o_proj": h * q,
-                 "gate_proj": i * h, "up_proj": i * h, "down_proj": h * i}
-    counts = {"embedding": d["vocab"] * h}
-    counts.update({k: d["layers"] * v for k, v in per_layer.items()})
-    # input_layernorm, post_attention_layernorm [h]; attn_sub_norm [q]; ffn_sub_norm [i]; final norm [h]
-    counts["norms"] = d["layers"] * (2 * h + q + i) + h
-    counts["lm_head"] = 0 if d["tied"] else d["vocab"] * h
-    return counts
+    c = _config(config).param_counts()
+    return {k: c[k] for k in ("embedding", *LINEAR_KINDS, "norms", "lm_head")}
 
 
 def count_summary(config=None) -> dict:
     """Totals: ``linear, embedding, norms, lm_head, total`` parameters, plus ``n_linear_tensors``,
     ``n_linear_rows`` and ``embedding_rows`` (what per-tensor / per-row scales are counted on)."""
-    c, d = param_counts(config), _shape(config)
-    linear = sum(c[k] for k in LINEAR_KINDS)
+    cfg = _config(config)
+    c = cfg.param_counts()
+    rows_per_layer = sum(out for out, _ in cfg.linear_shapes().values())
     return {
-        "linear": linear,
+        "linear": c["linear"],
         "embedding": c["embedding"],
         "norms": c["norms"],
         "lm_head": c["lm_head"],
-        "total": linear + c["embedding"] + c["norms"] + c["lm_head"],
-        "n_linear_tensors": d["layers"] * len(LINEAR_KINDS),
-        "n_linear_rows": d["layers"] * (d["q"] + 2 * d["kv"] + d["h"] + 2 * d["i"] + d["h"]),  # output rows
-        "embedding_rows": d["vocab"] * (1 if d["tied"] else 2),
+        "total": c["total"],
+        "n_linear_tensors": c["scales"],  # one weight scale per linear tensor
+        "n_linear_rows": cfg.num_hidden_layers * rows_per_layer,  # output rows
+        "embedding_rows": cfg.vocab_size * (1 if cfg.tie_word_embeddings else 2),
     }
 
 

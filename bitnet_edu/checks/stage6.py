@@ -36,13 +36,14 @@ def check_kv_cache_bytes(kv_cache_bytes):
     for name, s in _SHAPES.items():
         for context, bits in [(0, 16), (1, 16), (4096, 16), (1000, 32), (7, 8)]:
             what = f"{name}, context={context}, bits={bits}"
-            got = _number(kv_cache_bytes(s.layers, s.kv_heads, s.head_dim, context, bits), what)
+            layers, kv_heads, heads = s.num_hidden_layers, s.num_key_value_heads, s.num_attention_heads
+            got = _number(kv_cache_bytes(layers, kv_heads, s.head_dim, context, bits), what)
             want = energy.kv_cache_bytes(s, context, bits)
             if got == want / 2 and context:
                 raise AssertionError(f"{what}: got {got:.0f}, half of {want:.0f} — keys AND values are cached")
-            if context and got == want * s.heads / s.kv_heads and s.heads != s.kv_heads:
+            if context and got == want * heads / kv_heads and heads != kv_heads:
                 raise AssertionError(f"{what}: got {got:.0f}; with grouped-query attention only the "
-                                     f"{s.kv_heads} key/value heads are cached, not all {s.heads} heads")
+                                     f"{kv_heads} key/value heads are cached, not all {heads} heads")
             if not np.isclose(got, want, rtol=1e-9, atol=0):
                 raise AssertionError(f"{what}: expected {want:.0f} bytes, got {got:.0f}")
 

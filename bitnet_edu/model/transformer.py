@@ -238,7 +238,8 @@ class BitNetModel:
     @property
     def n_params(self) -> int:
         """Number of parameters (the tied embedding counted once, weight scales included)."""
-        return int(sum(np.prod(s) for s in expected_tensors(self.config).values()))
+        counts = self.config.param_counts()
+        return counts["total"] + counts["scales"]
 
     def memory_report(self) -> dict:
         """Bytes held by each part of the model (what the notebook's budget table shows)."""
