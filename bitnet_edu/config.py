@@ -1,4 +1,4 @@
-"""The model's shape and constants: :class:`BitNetConfig`, the one model-shape type, and its presets.
+"""The model's shape and constants: :class:`BitNetConfig` (the one model-shape type) and presets.
 
 Field names follow the Hugging Face ``config.json`` (the 2B4T config table is in
 ``docs/formats.md``).  The engine, training, :mod:`bitnet_edu.memory`, :mod:`bitnet_edu.energy`,
@@ -75,8 +75,8 @@ class BitNetConfig:
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(f"num_attention_heads={self.num_attention_heads} must be a multiple of "
-                             f"num_key_value_heads={self.num_key_value_heads}")
+            raise ValueError(f"num_attention_heads={self.num_attention_heads} must be a multiple "
+                             f"of num_key_value_heads={self.num_key_value_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
         if self.hidden_act != "relu2":
@@ -171,6 +171,14 @@ class BitNetConfig:
         return {"q_proj": (q, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, q),
                 "gate_proj": (f, h), "up_proj": (f, h), "down_proj": (h, f)}
 
+    def matrix_shapes(self) -> dict[tuple[int, int], tuple[str, ...]]:
+        """The distinct projection shapes ``(out, in)`` -> the kinds that have it, in layer order
+        (2B4T: q/o, k/v, gate/up, down — the four matrices a kernel benchmark races)."""
+        groups: dict[tuple[int, int], tuple[str, ...]] = {}
+        for kind, shape in self.linear_shapes().items():
+            groups[shape] = groups.get(shape, ()) + (kind,)
+        return groups
+
     def param_counts(self) -> dict[str, int]:
         """Parameters of each tensor kind, summed over all layers.
 
@@ -183,11 +191,12 @@ class BitNetConfig:
         shapes = self.linear_shapes()
         counts = {"embedding": self.vocab_size * h}
         counts.update({k: n * o * i for k, (o, i) in shapes.items()})
-        # input_layernorm, post_attention_layernorm [h]; attn_sub_norm [q]; ffn_sub_norm [f]; norm [h]
+        # input_layernorm, post_attention_layernorm [h]; attn_sub_norm [q]; ffn_sub_norm [f];
+        # the final norm [h]
         counts["norms"] = n * (2 * h + shapes["o_proj"][1] + self.intermediate_size) + h
         counts["lm_head"] = 0 if self.tie_word_embeddings else self.vocab_size * h
         counts["linear"] = sum(counts[k] for k in LINEAR_KINDS)
-        counts["total"] = counts["linear"] + counts["embedding"] + counts["norms"] + counts["lm_head"]
+        counts["total"] = sum(counts[k] for k in ("linear", "embedding", "norms", "lm_head"))
         counts["scales"] = n * len(LINEAR_KINDS)
         return counts
 

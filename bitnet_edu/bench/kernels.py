@@ -29,8 +29,10 @@ import numpy as np
 from numba import njit, prange
 
 from .. import kernels as K
+from ..config import BitNetConfig
 
-SHAPES_2B4T = [(2560, 2560), (640, 2560), (6912, 2560), (2560, 6912)]  # (out, in)
+#: (out, in) of the 2B4T projections: q/o, k/v, gate/up, down
+SHAPES_2B4T = list(BitNetConfig.preset("2b4t").matrix_shapes())
 QUICK_SHAPES = [(512, 512), (1024, 1024)]
 MAX_EST_S = 3.0  # skip a GEMM whose estimate (GEMV time x T) exceeds this
 

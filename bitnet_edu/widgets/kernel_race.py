@@ -16,14 +16,15 @@ import numpy as np
 import plotly.graph_objects as go
 
 from .. import kernels
+from ..config import BitNetConfig
 from ..plots import FigureWidget
 
 __all__ = ["KernelRace", "SHAPES"]
 
-#: the four 2B4T matrix shapes (out, in) and small ones for a quick race
-SHAPES = {"2560×2560 (q, o)": (2560, 2560), "640×2560 (k, v)": (640, 2560),
-          "6912×2560 (gate, up)": (6912, 2560), "2560×6912 (down)": (2560, 6912),
-          "256×512 (tiny)": (256, 512)}
+#: the four 2B4T matrix shapes (out, in), labelled with their projections, and a small one
+SHAPES = {f"{o}×{i} ({', '.join(k.split('_')[0] for k in kinds)})": (o, i)
+          for (o, i), kinds in BitNetConfig.preset("2b4t").matrix_shapes().items()}
+SHAPES["256×512 (tiny)"] = (256, 512)
 
 
 def _best_ms(fn, repeat: int) -> float:
