@@ -2,6 +2,9 @@
 
 A kernel module only has to say how to lay the ternary weights out (``_pack``) and how to run
 its Numba loop (``_run``); input checks, GEMV/GEMM shapes and the fused float rescale live here.
+A kernel may also override what the model engine calls on its hot path (``linear_fast``,
+``linear_1``), the inverse of its layout (``unpack``) and ``random_packed``; the defaults here
+are generic and exact.  :class:`I2SKernel` is the shared base of the I2_S layouts.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..packing import check_ternary
+from ..packing import I2S_BLOCK, check_ternary, pack_i2s, unpack_i2s
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,17 @@ class Kernel:
         arrays = tuple(np.ascontiguousarray(a) for a in self._pack(w))
         return Packed(self.name, int(w.shape[0]), int(w.shape[1]), arrays)
 
+    def unpack(self, packed: Packed) -> np.ndarray:
+        """The inverse of :meth:`pack`: int8 ``[out, in]`` of -1/0/+1, exactly the packed ``w``.
+
+        Generic version: the product with the identity matrix, 256 columns at a time (any
+        layout :meth:`matmul` runs); kernels override it with a direct decode of their layout.
+        """
+        self._check_packed(packed)
+        eye = np.eye(packed.k, dtype=np.int8)
+        cols = [self.matmul(packed, eye[j:j + 256]) for j in range(0, packed.k, 256)]
+        return np.ascontiguousarray(np.concatenate(cols).T.astype(np.int8))
+
     def matmul(self, packed: Packed, x) -> np.ndarray:
         """Exact integer product: x int8 ``[in]`` -> int32 ``[out]``; ``[T, in]`` -> ``[T, out]``."""
         x2, squeeze = self._check(packed, x)
@@ -88,14 +102,40 @@ class Kernel:
         self._run(packed.arrays, x2, y, s)
         return y[0] if squeeze else y
 
+    # -- the model engine's paths: no input checks, same float32 bits as linear -----------------
+    def linear_fast(self, packed: Packed, xq: np.ndarray, x_scale: np.ndarray,
+                    w_scale: float) -> np.ndarray:
+        """:meth:`linear` for inputs known to be right: ``xq`` int8 ``[T, in]`` C-contiguous,
+        ``x_scale`` float32 ``[T]``, ``w_scale`` a float -> float32 ``[T, out]``, bit for bit
+        what :meth:`linear` returns.  A kernel overrides it to skip the generic checks and
+        NumPy preparation; this default is :meth:`linear` itself."""
+        return self.linear(packed, xq, x_scale, w_scale)
+
+    def linear_1(self, packed: Packed, xq: np.ndarray, x_scale: np.ndarray,
+                 w_scale: float) -> np.ndarray:
+        """One token (decode): ``xq`` int8 ``[1, in]`` C-contiguous, ``x_scale`` float32 ``[1]``
+        -> float32 ``[1, out]``, bit for bit what :meth:`linear` returns.  Default:
+        :meth:`linear_fast`."""
+        return self.linear_fast(packed, xq, x_scale, w_scale)
+
+    def random_packed(self, rng: np.random.Generator, out: int, cols: int) -> Packed:
+        """Random ternary weights ``[out, cols]`` (each of -1/0/+1 with probability ~1/3) in
+        this layout, for speed and memory lessons.  Default: :meth:`pack` of a random int8
+        matrix; layouts that allow it draw their bytes directly (no ``[out, cols]`` matrix)."""
+        return self.pack(rng.integers(-1, 2, size=(out, cols), dtype=np.int8))
+
     # -- checks ---------------------------------------------------------------------------------
-    def _check(self, packed, x):
+    def _check_packed(self, packed):
         if not isinstance(packed, Packed):
             raise ValueError(f"packed must come from kernels.get({self.name!r}).pack(w), "
                              f"got {type(packed).__name__}")
         if packed.kernel != self.name:
             raise ValueError(f"weights were packed by kernel {packed.kernel!r}, "
                              f"not {self.name!r}: use the same kernel for pack and matmul")
+        return packed
+
+    def _check(self, packed, x):
+        self._check_packed(packed)
         x = np.asarray(x)
         if x.dtype != np.int8:
             raise ValueError(f"x must be int8 (quantize with absmax_int8), got dtype {x.dtype}")
@@ -126,3 +166,38 @@ def pad_cols(a: np.ndarray, multiple: int) -> np.ndarray:
         return a
     widths = [(0, 0)] * (a.ndim - 1) + [(0, pad)]
     return np.pad(a, widths)
+
+
+# A byte of four 2-bit codes c = w + 1 is valid when no code is 3: 3**4 = 81 such bytes.  Random
+# bytes mapped onto them give random ternary weights (13 of the 81 come 4 times in 256, the
+# others 3 times: a bias that does not matter for speed and memory lessons).
+_VALID = np.array([b for b in range(256) if all((b >> s) & 3 != 3 for s in (0, 2, 4, 6))],
+                  np.uint8)
+_CODE_BYTE = _VALID[np.arange(256) % 81]
+
+
+class I2SKernel(Kernel):
+    """A layout of one uint8 array ``[out, kp/4]``: the I2_S bytes of
+    :func:`bitnet_edu.packing.pack_i2s` (codes ``c = w + 1``, four per byte) of each row,
+    zero-padded to ``kp``, a multiple of :attr:`block` weights."""
+
+    block = I2S_BLOCK
+
+    def _pack(self, w):
+        wp = pad_cols(w, self.block)  # zero weights in the padding: exact
+        return (pack_i2s(wp).reshape(w.shape[0], -1),)
+
+    def unpack(self, packed: Packed) -> np.ndarray:
+        """The inverse of :meth:`pack` by decoding the codes: int8 ``[out, in]``."""
+        codes = self._check_packed(packed).arrays[0]
+        w = unpack_i2s(codes.reshape(-1), (packed.out, codes.shape[1] * 4))
+        return np.ascontiguousarray(w[:, :packed.k])
+
+    def random_packed(self, rng: np.random.Generator, out: int, cols: int) -> Packed:
+        """Random ternary ``[out, cols]`` drawn as code bytes when ``cols`` is a multiple of
+        :attr:`block` (no padding): 2 B weights stay 0.5 GB the whole time.  Other widths
+        go through :meth:`pack`."""
+        if cols % self.block:
+            return super().random_packed(rng, out, cols)
+        raw = np.frombuffer(rng.bytes(out * cols // 4), np.uint8).reshape(out, cols // 4)
+        return Packed(self.name, out, cols, (np.take(_CODE_BYTE, raw),))

@@ -32,7 +32,9 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .vnni import _I32, _V16x32, _V64x8, _dpbusd, _load64, has_vnni
+from .intrinsics import (I32, V16x32, V16xf, V64x8, accumulate_scaled, dpbusd, has_vnni, load64,
+                         prefetch_row, reduce_sum, target_features)
+from .intrinsics import prefetch  # noqa: F401  (its old home; kept importable)
 
 __all__ = ["QK", "G4", "quantize_blocks", "numpy_head_logits", "head_logits", "quantize_rows_int4",
            "dequantize_rows_int4", "numpy_head_logits_int4", "head_logits_int4"]
@@ -41,22 +43,6 @@ QK = 256       # activation block: 4 x 64 bytes
 AHEAD = 4      # rows prefetched ahead: rows are streamed once from DRAM
 G4 = 128       # int4 table: weights per group (one scale each), 64 bytes of nibbles
 ROWS = 64      # table rows per parallel work item
-_F32 = ir.FloatType()
-_V16xf = ir.VectorType(_F32, 16)
-
-
-def _accumulate_scaled(builder, facc, acc_i32, scale):
-    """``facc += float(acc_i32) * scale``: 16 int32 lanes, one float scale broadcast to all."""
-    splat = builder.insert_element(ir.Constant(_V16xf, None), scale, ir.Constant(_I32, 0))
-    splat = builder.shuffle_vector(splat, splat, ir.Constant(_V16x32, [0] * 16))
-    builder.store(builder.fadd(builder.load(facc), builder.fmul(builder.sitofp(acc_i32, _V16xf), splat)), facc)
-
-
-def _reduce_sum(builder, facc):
-    """Sum of the 16 float lanes of ``facc``; reassoc: a tree sum, not 16 sequential adds."""
-    red = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(_F32, [_F32, _V16xf]), "llvm.vector.reduce.fadd.v16f32")
-    return builder.call(red, [ir.Constant(_F32, 0.0), builder.load(facc)], fastmath=("reassoc",))
 
 
 # --- numpy reference ------------------------------------------------------------------------------
@@ -91,26 +77,10 @@ def numpy_head_logits(x: np.ndarray, table: np.ndarray, row_scale: np.ndarray) -
 # --- the intrinsic --------------------------------------------------------------------------------
 
 @intrinsic
-def prefetch(typingctx, arr, offset):
-    """Hint the CPU to bring the cache line at byte ``offset`` of C-contiguous ``arr`` into L1."""
-    def codegen(context, builder, signature, args):
-        a = context.make_array(signature.args[0])(context, builder, args[0])
-        off = context.cast(builder, args[1], signature.args[1], types.int64)
-        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        ptr = builder.bitcast(builder.gep(a.data, [off]), i8p)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-            ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
-        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
-        return context.get_dummy_value()
-
-    return types.void(arr, offset), codegen
-
-
-@intrinsic
 def _row_dot(typingctx, table, r, xq, scale, t):
     """float32 ``sum_b scale[t, b] * sum_{i in b} (table[r, i] + 128) * xq[t, i]``."""
     def codegen(context, builder, signature, args):
-        vnni = has_vnni(context.codegen().magic_tuple()[2])
+        vnni = has_vnni(target_features(context))
         i64 = ir.IntType(64)
         ta, xa, sa = (context.make_array(signature.args[i])(context, builder, args[i])
                       for i in (0, 2, 3))
@@ -120,19 +90,19 @@ def _row_dot(typingctx, table, r, xq, scale, t):
         trow = builder.gep(ta.data, [builder.mul(r64, n)])
         xrow = builder.gep(xa.data, [builder.mul(t64, n)])
         srow = builder.gep(sa.data, [builder.mul(t64, nb)])
-        flip = ir.Constant(_V64x8, [0x80] * 64)
-        facc = cgutils.alloca_once_value(builder, ir.Constant(_V16xf, None))
+        flip = ir.Constant(V64x8, [0x80] * 64)
+        facc = cgutils.alloca_once_value(builder, ir.Constant(V16xf, None))
         with cgutils.for_range(builder, nb) as loop:
             base = builder.mul(loop.index, i64(QK))
             accs = []
             for s in range(QK // 64):  # 4 independent vpdpbusd chains
                 off = builder.add(base, i64(64 * s))
-                w = builder.xor(_load64(builder, trow, off), flip)
-                accs.append(_dpbusd(builder, ir.Constant(_V16x32, None), w,
-                                    _load64(builder, xrow, off), vnni))
+                w = builder.xor(load64(builder, trow, off), flip)
+                accs.append(dpbusd(builder, ir.Constant(V16x32, None), w,
+                                   load64(builder, xrow, off), vnni))
             tot = builder.add(builder.add(accs[0], accs[1]), builder.add(accs[2], accs[3]))
-            _accumulate_scaled(builder, facc, tot, builder.load(builder.gep(srow, [loop.index])))
-        return _reduce_sum(builder, facc)
+            accumulate_scaled(builder, facc, tot, builder.load(builder.gep(srow, [loop.index])))
+        return reduce_sum(builder, facc)
 
     return types.float32(table, r, xq, scale, t), codegen
 
@@ -162,21 +132,12 @@ def _quantize_blocks(x):
     return xq, scale, corr
 
 
-@njit(cache=True, inline="always")
-def _prefetch_row(a, r):
-    """Prefetch row ``r`` of the C-contiguous matrix ``a`` (if it exists): the hardware
-    prefetcher alone leaves a row stream well below DRAM bandwidth here."""
-    if r < a.shape[0]:
-        for b in range(0, a.shape[1] * a.itemsize, 64):
-            prefetch(a, r * a.shape[1] * a.itemsize + b)
-
-
 @njit(cache=True, parallel=True)
 def _head(table, row_scale, xq, scale, corr, out):
     v, t = table.shape[0], xq.shape[0]
     for g in prange((v + ROWS - 1) // ROWS):
         for r in range(g * ROWS, min(g * ROWS + ROWS, v)):
-            _prefetch_row(table, r + AHEAD)
+            prefetch_row(table, r + AHEAD)
             for j in range(t):
                 out[j, r] = (_row_dot(table, r, xq, scale, j) - corr[j]) * row_scale[r]
 
@@ -250,7 +211,7 @@ def numpy_head_logits_int4(x: np.ndarray, packed: np.ndarray, scale: np.ndarray)
 def _row_dot4(typingctx, packed, r, xq, xs, xsum, scale, t):
     """float32 ``sum_g scale[r, g] * xs[t, g // 2] * sum_{i in g} (u_i - 8) * xq[t, i]``."""
     def codegen(context, builder, signature, args):
-        vnni = has_vnni(context.codegen().magic_tuple()[2])
+        vnni = has_vnni(target_features(context))
         i64 = ir.IntType(64)
         pa, xa, sa, ma, da = (context.make_array(signature.args[i])(context, builder, args[i])
                               for i in (0, 2, 3, 4, 5))
@@ -263,20 +224,20 @@ def _row_dot4(typingctx, packed, r, xq, xs, xsum, scale, t):
         srow = builder.gep(sa.data, [builder.mul(t64, nb)])
         mrow = builder.gep(ma.data, [builder.mul(t64, ng)])
         drow = builder.gep(da.data, [builder.mul(r64, ng)])
-        low, four = ir.Constant(_V64x8, [15] * 64), ir.Constant(_V64x8, [4] * 64)
-        facc = cgutils.alloca_once_value(builder, ir.Constant(_V16xf, None))
+        low, four = ir.Constant(V64x8, [15] * 64), ir.Constant(V64x8, [4] * 64)
+        facc = cgutils.alloca_once_value(builder, ir.Constant(V16xf, None))
         with cgutils.for_range(builder, ng) as loop:
-            v = _load64(builder, prow, builder.mul(loop.index, i64(64)))
+            v = load64(builder, prow, builder.mul(loop.index, i64(64)))
             corr = builder.load(builder.gep(mrow, [loop.index]))          # -8 * sum(x in g)
-            acc = builder.insert_element(ir.Constant(_V16x32, None), corr, ir.Constant(_I32, 0))
+            acc = builder.insert_element(ir.Constant(V16x32, None), corr, ir.Constant(I32, 0))
             xoff = builder.mul(loop.index, i64(G4))
-            acc = _dpbusd(builder, acc, builder.and_(v, low), _load64(builder, xrow, xoff), vnni)
-            acc = _dpbusd(builder, acc, builder.lshr(v, four),
-                          _load64(builder, xrow, builder.add(xoff, i64(64))), vnni)
+            acc = dpbusd(builder, acc, builder.and_(v, low), load64(builder, xrow, xoff), vnni)
+            acc = dpbusd(builder, acc, builder.lshr(v, four),
+                         load64(builder, xrow, builder.add(xoff, i64(64))), vnni)
             d = builder.fmul(builder.load(builder.gep(drow, [loop.index])), builder.load(
                 builder.gep(srow, [builder.udiv(loop.index, i64(QK // G4))])))
-            _accumulate_scaled(builder, facc, acc, d)
-        return _reduce_sum(builder, facc)
+            accumulate_scaled(builder, facc, acc, d)
+        return reduce_sum(builder, facc)
 
     return types.float32(packed, r, xq, xs, xsum, scale, t), codegen
 
@@ -286,7 +247,7 @@ def _head4(packed, scale, xq, xs, xsum, out):
     v, t = packed.shape[0], xq.shape[0]
     for g in prange((v + ROWS - 1) // ROWS):
         for r in range(g * ROWS, min(g * ROWS + ROWS, v)):
-            _prefetch_row(packed, r + AHEAD)
+            prefetch_row(packed, r + AHEAD)
             for j in range(t):
                 out[j, r] = _row_dot4(packed, r, xq, xs, xsum, scale, j)
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..packing import I2S_BLOCK, pack_i2s
-from ._base import Kernel, pad_cols
+from ..packing import I2S_BLOCK
+from ._base import I2SKernel, pad_cols
 
 SHIFTS = (6, 4, 2, 0)  # bit shift of the value at offsets 0, 32, 64, 96 inside a block
 GEMM_MIN_T = 16         # from this many tokens on, decode + sgemm beats T GEMV passes
@@ -126,14 +126,11 @@ def prepare_x(x: np.ndarray, multiple: int = I2S_BLOCK):
     return x16, x.astype(np.int32).sum(axis=1).astype(np.int32)
 
 
-class MadKernel(Kernel):
+class MadKernel(I2SKernel):
     name = "mad"
     summary = "I2_S: 2-bit codes (w+1) x int8 multiply-add, minus sum(x) (2 bits per weight)"
     fast_gemm = True
-
-    def _pack(self, w):
-        wp = pad_cols(w, I2S_BLOCK)  # zero weights in the padding: exact
-        return (pack_i2s(wp).reshape(w.shape[0], -1),)
+    block = I2S_BLOCK  # rows padded to whole I2_S blocks
 
     def _run(self, arrays, x, y, scale):
         kp = arrays[0].shape[1] * 4

@@ -6,7 +6,7 @@ but the multiply-add is the instruction bitnet.cpp's I2_S kernel uses on x86:
 4 products into one of 16 int32 lanes.  Plain Numba code never emits it (see PERFORMANCE.md),
 so :func:`_make_dot` builds ``numba.extending.intrinsic`` functions that write the inner loop
 in LLVM IR and call ``llvm.x86.avx512.vpdpbusd.512`` on ``<16 x i32>`` vectors (512-bit zmm
-registers).
+registers), with the helpers of :mod:`.intrinsics`.
 
 Layout: the I2_S bytes of :func:`bitnet_edu.packing.pack_i2s`, each row zero-padded to a
 multiple of 256 weights.  One 64-byte load takes two I2_S blocks (b0, b1) of 128 weights::
@@ -32,15 +32,18 @@ without saturation; a row sum is at most 2 * 128 * in (far below 2**31).
 
 CPU support: the intrinsic emits ``vpdpbusd`` only when the target Numba compiles for has
 ``avx512vnni`` (:func:`has_vnni`); elsewhere it emits the same arithmetic in portable LLVM IR
-(int16 products, summed into int32), so the kernel works, just slower, on every CPU.  The
-choice is made at compile time from Numba's own target features, which are part of Numba's
-cache key, so a cached machine code for one CPU is never loaded on another.
+(int16 products, summed into int32), so the kernel works, just slower, on every CPU
+(:func:`bitnet_edu.kernels.intrinsics.dpbusd`).
 
 GEMV (decode): ``prange`` over groups of rows, one row at a time, 4 accumulators (one per
 slice) so 4 ``vpdpbusd`` chains overlap.  GEMM (prefill): a register tile of ``TILE`` rows x
 ``TOKENS`` tokens: each decoded chunk feeds ``TOKENS`` tokens and each activation load feeds
 ``TILE`` rows (32 ``vpdpbusd`` per 2 code loads and 16 activation loads), activations of the
 token group stay in L1, the group's codes in L2.
+
+The model's fast paths skip the generic checks: :meth:`VnniKernel.linear_fast` prepares the
+activation operands in one Numba call (:func:`operands`) and calls the kernel loop directly;
+:meth:`VnniKernel.linear_1` (one token, decode) is one Numba call, :func:`gemv_1`.
 """
 
 from __future__ import annotations
@@ -49,28 +52,19 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.core.registry import cpu_target
 from numba.extending import intrinsic
 
-from ..packing import pack_i2s
-from ._base import Kernel, pad_cols
+from ._base import I2SKernel, pad_cols
+from .intrinsics import I32, V16x32, V64x8, dpbusd, has_vnni, load64, prefetch_row, target_features
+
+__all__ = ["KERNEL", "VnniKernel", "has_vnni", "permute_x", "numpy_matmul", "operands",
+           "operands_1", "gemv_1"]
 
 BLOCK = 256   # weights per 64-byte chunk (two I2_S blocks)
 TILE, TOKENS = 2, 4  # GEMM register tile: 2 rows x 4 tokens = 8 accumulators, 8 decoded slices
 ROWS = 32           # rows per parallel work item (their codes stay in L2 while tokens stream)
 SHIFTS = (6, 4, 2, 0)
-_VNNI = "llvm.x86.avx512.vpdpbusd.512"
-
-_I8, _I32 = ir.IntType(8), ir.IntType(32)
-_V64x8, _V16x32 = ir.VectorType(_I8, 64), ir.VectorType(_I32, 16)
-
-
-def has_vnni(features: str | None = None) -> bool:
-    """True if Numba compiles for a CPU with AVX-512 VNNI (``features``: an LLVM feature string,
-    default: the one Numba's CPU target uses, i.e. the host unless NUMBA_CPU_FEATURES is set)."""
-    if features is None:
-        features = cpu_target.target_context.codegen().magic_tuple()[2]
-    return "+avx512vnni" in features.split(",")
+AHEAD = 4  # decode GEMV: rows prefetched ahead (measured best of 0, 4, 8, 16, 32)
 
 
 # --- numpy versions ------------------------------------------------------------------------------
@@ -100,37 +94,6 @@ def numpy_matmul(codes: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 # --- the intrinsic -------------------------------------------------------------------------------
 
-def _dpbusd(builder, acc, u8, s8, vnni):
-    """acc <16 x i32> += sum of 4 consecutive u8 x s8 products (u8, s8: <64 x i8>)."""
-    if vnni:
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-            _V16x32, [_V16x32] * 3), _VNNI)
-        return builder.call(fn, [acc, builder.bitcast(u8, _V16x32), builder.bitcast(s8, _V16x32)])
-    # Portable: view the bytes as 32 int16 words; the low and high byte of each word are two
-    # operands (codes zero-extended, activations sign-extended by shifts), their two products
-    # summed in int16 (|sum| <= 2 * 2 * 128), widened to int32 and folded into 16 lanes.  The
-    # lanes group other products than vpdpbusd's: harmless, only the sum of all lanes is used.
-    i16 = ir.IntType(16)
-    v32x16 = ir.VectorType(i16, 32)
-
-    def splat(v):
-        return ir.Constant(v32x16, [v] * 32)
-
-    cw, xw = builder.bitcast(u8, v32x16), builder.bitcast(s8, v32x16)
-    x_lo = builder.ashr(builder.shl(xw, splat(8)), splat(8))
-    lo = builder.mul(builder.and_(cw, splat(0xFF)), x_lo)
-    hi = builder.mul(builder.lshr(cw, splat(8)), builder.ashr(xw, splat(8)))
-    p = builder.sext(builder.add(lo, hi), ir.VectorType(_I32, 32))
-    halves = [builder.shuffle_vector(p, p, ir.Constant(ir.VectorType(_I32, 16),
-                                                       list(range(h, h + 16)))) for h in (0, 16)]
-    return builder.add(acc, builder.add(*halves))
-
-
-def _load64(builder, base, offset):
-    ptr = builder.bitcast(builder.gep(base, [offset]), _V64x8.as_pointer())
-    return builder.load(ptr, align=1)
-
-
 def _make_dot(rows: int, tokens: int):
     """An intrinsic ``dot(codes, o, xp, t0, acc)`` for a ``rows x tokens`` tile:
     ``acc[r * tokens + j] = sum_k c[o + r, k] * x[t0 + j, k]`` (int32), codes uint8 ``[out, kp/4]``,
@@ -143,7 +106,7 @@ def _make_dot(rows: int, tokens: int):
     split = max(1, 4 // (rows * tokens))  # accumulators per (row, token)
 
     def codegen(context, builder, signature, args):
-        vnni = has_vnni(context.codegen().magic_tuple()[2])
+        vnni = has_vnni(target_features(context))
         i64 = ir.IntType(64)
         ca, xa, oa = (context.make_array(signature.args[i])(context, builder, args[i])
                       for i in (0, 2, 4))
@@ -154,24 +117,24 @@ def _make_dot(rows: int, tokens: int):
                 for r in range(rows)]
         xrow = [builder.gep(xa.data, [builder.mul(builder.add(t0, i64(j)), kp)])
                 for j in range(tokens)]
-        zero = ir.Constant(_V16x32, None)
+        zero = ir.Constant(V16x32, None)
         acc = [[[cgutils.alloca_once_value(builder, zero) for _ in range(split)]
                 for _ in range(tokens)] for _ in range(rows)]
         with cgutils.for_range(builder, builder.udiv(nbytes, i64(64))) as loop:
             cs = []
             for r in range(rows):
-                v = _load64(builder, crow[r], builder.mul(loop.index, i64(64)))
-                cs.append([builder.and_(builder.lshr(v, ir.Constant(_V64x8, [s] * 64)),
-                                        ir.Constant(_V64x8, [3] * 64)) for s in SHIFTS])
+                v = load64(builder, crow[r], builder.mul(loop.index, i64(64)))
+                cs.append([builder.and_(builder.lshr(v, ir.Constant(V64x8, [s] * 64)),
+                                        ir.Constant(V64x8, [3] * 64)) for s in SHIFTS])
             for j in range(tokens):
                 for s in range(len(SHIFTS)):
                     off = builder.add(builder.mul(loop.index, i64(BLOCK)), i64(64 * s))
-                    xv = _load64(builder, xrow[j], off)
+                    xv = load64(builder, xrow[j], off)
                     for r in range(rows):
                         a = acc[r][j][s % split]
-                        builder.store(_dpbusd(builder, builder.load(a), cs[r][s], xv, vnni), a)
+                        builder.store(dpbusd(builder, builder.load(a), cs[r][s], xv, vnni), a)
         reduce = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_I32, [_V16x32]), "llvm.vector.reduce.add.v16i32")
+            builder.module, ir.FunctionType(I32, [V16x32]), "llvm.vector.reduce.add.v16i32")
         for r in range(rows):
             for j in range(tokens):
                 tot = builder.load(acc[r][j][0])
@@ -230,19 +193,90 @@ def _vnni(codes, xp, xsum, y, scale):
                 _store(y, scale, xsum, oo, t, acc[0])
 
 
-class VnniKernel(Kernel):
+# --- the model's fast paths ----------------------------------------------------------------------
+
+@njit(cache=True, parallel=True)
+def operands(xq):
+    """The kernel's activation operands in one call: int8 ``[T, k]`` -> ``(xp int8 [T, kp],
+    xsum int32 [T])``, ``xp`` zero-padded to ``kp`` (a multiple of 256) and permuted like
+    :func:`permute_x`: within each 256-chunk, run ``(s, b)`` of 32 values comes from
+    ``x[128b + 32s : 128b + 32s + 32]``.  Same result as :meth:`VnniKernel._run`'s NumPy
+    preparation, without its ~10 us of small NumPy calls (4 matmuls x 30 layers per token)."""
+    t, k = xq.shape
+    kp = (k + 255) // 256 * 256
+    xp = np.zeros((t, kp), np.int8)
+    xsum = np.zeros(t, np.int32)
+    for r in prange(t):
+        x = np.zeros(kp, np.int8)  # the row, zero-padded
+        s = np.int32(0)
+        for j in range(k):
+            x[j] = xq[r, j]
+            s += np.int32(xq[r, j])
+        xsum[r] = s
+        for c in range(kp // 256):
+            for run in range(8):  # run = 2 s + b
+                src = 256 * c + 128 * (run % 2) + 32 * (run // 2)
+                dst = 256 * c + 32 * run
+                for i in range(32):
+                    xp[r, dst + i] = x[src + i]
+    return xp, xsum
+
+
+# One token is a few us of operand work: a parallel region (waking a thread, a barrier) costs
+# more than it saves there, so decode takes the same function compiled without threads.
+operands_1 = njit(cache=True)(operands.py_func)
+
+
+@njit(cache=True, parallel=True)
+def gemv_1(codes, xq, x_scale, w_scale):
+    """One token through a ``vnni``-packed BitLinear in one call: ``codes`` uint8 ``[out, kp/4]``,
+    ``xq`` int8 ``[1, k]``, ``x_scale`` float32 ``[1]``, ``w_scale`` a float -> float32
+    ``[1, out]``, the same bits as :meth:`VnniKernel.linear`.
+
+    The operands are prepared serially (:func:`operands_1`), then the rows run the kernel's row
+    dot with a software prefetch of the row ``AHEAD`` rows on: a row is only 640 bytes at the
+    2B4T shape, and the hardware prefetcher alone left this GEMV at ~12 GB/s on 2 threads, the
+    explicit prefetch reaches ~19 GB/s.
+    """
+    xp, xsum = operands_1(xq)
+    n = codes.shape[0]
+    y = np.empty((1, n), np.float32)
+    scale = x_scale[0] * np.float32(w_scale)
+    for g in prange((n + 31) // 32):
+        acc = np.empty(8, np.int32)
+        for o in range(g * 32, min(g * 32 + 32, n)):
+            prefetch_row(codes, o + AHEAD)
+            _dot_1x1(codes, o, xp, 0, acc)
+            y[0, o] = np.float32(acc[0] - xsum[0]) * scale
+    return y
+
+
+class VnniKernel(I2SKernel):
+    """I2_S rows padded to :data:`BLOCK` = 256 weights; :meth:`linear_fast` and
+    :meth:`linear_1` are the model's unchecked fast paths."""
+
     name = "vnni"
     summary = "I2_S bytes decoded in registers, u8 x s8 vpdpbusd (AVX-512 VNNI), minus sum(x)"
     fast_gemm = True  # tokens share the decode, 4 at a time
-
-    def _pack(self, w):
-        wp = pad_cols(w, BLOCK)  # zero weights in the padding: exact
-        return (pack_i2s(wp).reshape(w.shape[0], -1),)
+    block = BLOCK     # one 64-byte load = two I2_S blocks
 
     def _run(self, arrays, x, y, scale):
         xp = permute_x(pad_cols(x, BLOCK))
         xsum = x.astype(np.int32).sum(axis=1).astype(np.int32)
         _vnni(arrays[0], xp, xsum, y, scale)
+
+    def linear_fast(self, packed, xq, x_scale, w_scale):
+        """:meth:`linear` without checks, operands from :func:`operands`: ``xq`` int8
+        ``[T, in]`` C-contiguous, ``x_scale`` float32 ``[T]`` -> float32 ``[T, out]``."""
+        xp, xsum = operands(xq)
+        y = np.empty((len(xq), packed.out), np.float32)
+        _vnni(packed.arrays[0], xp, xsum, y, x_scale * np.float32(w_scale))
+        return y
+
+    def linear_1(self, packed, xq, x_scale, w_scale):
+        """One token in one Numba call (:func:`gemv_1`): ``xq`` int8 ``[1, in]``, ``x_scale``
+        float32 ``[1]`` -> float32 ``[1, out]``."""
+        return gemv_1(packed.arrays[0], xq, x_scale, w_scale)
 
 
 KERNEL = VnniKernel()
