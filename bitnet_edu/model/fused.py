@@ -4,6 +4,8 @@ At 20+ tokens/s the ternary matmuls take ~40 ms per token; the remaining steps a
 (a 2560-vector norm, 20 heads of attention) but as separate NumPy calls they would add
 several ms over 30 layers, so each group of steps is one Numba call here.
 Each function has a plain NumPy reference in :mod:`.layers`; tests compare them.
+The ternary matmuls themselves, with their fast paths, belong to the kernels
+(``Kernel.linear_fast`` / ``Kernel.linear_1``).
 """
 
 from __future__ import annotations
@@ -11,15 +13,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..kernels import vnni
-from ..kernels.head import prefetch
-
 # Reassociation lets LLVM vectorize float sums; not the full fastmath set, which would also
 # assume "no inf/nan" and break the -inf start of the softmax max.
 _FAST = {"reassoc", "contract", "arcp"}
 
-__all__ = ["rmsnorm_quant", "relu2_rmsnorm_quant", "attention_block", "quantize_rows_int8",
-           "vnni_operands", "vnni_linear_1"]
+__all__ = ["rmsnorm_quant", "relu2_rmsnorm_quant", "attention_block", "quantize_rows_int8"]
 
 
 @njit(cache=True, fastmath={"nnan", "nsz", "reassoc"})  # exact: max does not round
@@ -166,62 +164,6 @@ def quantize_rows_int8(w):
     return q, s
 
 
-@njit(cache=True, parallel=True)
-def vnni_operands(xq):
-    """The ``vnni`` kernel's activation operands in one call: int8 ``[T, k]`` -> ``(xp int8
-    [T, kp], xsum int32 [T])``, ``xp`` zero-padded to ``kp`` (a multiple of 256) and permuted
-    like :func:`bitnet_edu.kernels.vnni.permute_x`: within each 256-chunk, run ``(s, b)`` of 32
-    values comes from ``x[128b + 32s : 128b + 32s + 32]``.  Same result as the kernel's NumPy
-    preparation, without its ~10 us of small NumPy calls (4 matmuls x 30 layers per token)."""
-    t, k = xq.shape
-    kp = (k + 255) // 256 * 256
-    xp = np.zeros((t, kp), np.int8)
-    xsum = np.zeros(t, np.int32)
-    for r in prange(t):
-        x = np.zeros(kp, np.int8)  # the row, zero-padded
-        s = np.int32(0)
-        for j in range(k):
-            x[j] = xq[r, j]
-            s += np.int32(xq[r, j])
-        xsum[r] = s
-        for c in range(kp // 256):
-            for run in range(8):  # run = 2 s + b
-                src = 256 * c + 128 * (run % 2) + 32 * (run // 2)
-                dst = 256 * c + 32 * run
-                for i in range(32):
-                    xp[r, dst + i] = x[src + i]
-    return xp, xsum
-
-
-AHEAD = 4  # rows prefetched ahead (measured best of 0, 4, 8, 16, 32 on the project's machine)
-
-
-@njit(cache=True, parallel=True)
-def vnni_linear_1(codes, xq, x_scale, w_scale):
-    """One token through a ``vnni``-packed BitLinear in one call: ``codes`` uint8 ``[out, kp/4]``,
-    ``xq`` int8 ``[1, k]``, ``x_scale`` float32 ``[1]`` -> float32 ``[1, out]``.
-
-    The operands are prepared serially (:func:`vnni_operands`), then the rows run the kernel's
-    row dot (``vnni._dot_1x1``) with a software prefetch of the row ``AHEAD`` rows on: a row is
-    only 640 bytes at the 2B4T shape, and the hardware prefetcher alone left this GEMV at
-    ~12 GB/s on 2 threads, the explicit prefetch reaches ~19 GB/s.  Same result as
-    ``kernels.get("vnni").linear``.
-    """
-    xp, xsum = vnni_operands_1(xq)
-    n, nb = codes.shape
-    y = np.empty((1, n), np.float32)
-    scale = x_scale[0] * np.float32(w_scale)
-    for g in prange((n + 31) // 32):
-        acc = np.empty(8, np.int32)
-        for o in range(g * 32, min(g * 32 + 32, n)):
-            if o + AHEAD < n:
-                for b in range(0, nb, 64):
-                    prefetch(codes, (o + AHEAD) * nb + b)
-            vnni._dot_1x1(codes, o, xp, 0, acc)
-            y[0, o] = np.float32(acc[0] - xsum[0]) * scale
-    return y
-
-
 # One token (decode) is ~1-20 us of work per call: a parallel region (waking a thread, a
 # barrier) costs more than it saves there, and under load from other processes can cost
 # milliseconds.  The same functions compiled without threads (prange runs as range).
@@ -232,4 +174,3 @@ def _serial(fn, **flags):
 rmsnorm_quant_1 = _serial(rmsnorm_quant)
 relu2_rmsnorm_quant_1 = _serial(relu2_rmsnorm_quant)
 attention_block_1 = _serial(attention_block, fastmath=_FAST)
-vnni_operands_1 = _serial(vnni_operands)

@@ -1,9 +1,9 @@
 """``random_model``: a full-size BitNet with random ternary weights, built in seconds.
 
-For speed and memory lessons only (its text is noise).  The packed bytes are drawn directly:
-a byte of four 2-bit codes is valid when no code is 3, and there are 3**4 = 81 such bytes,
-so random bytes mapped onto those 81 give uniformly random ternary weights without ever
-building a float (or int8) matrix — 2 B weights stay 0.5 GB the whole time.
+For speed and memory lessons only (its text is noise).  Each kernel draws its own layout
+(``Kernel.random_packed``): the 2-bit layouts of ``mad`` and ``vnni`` draw their code bytes
+directly, without ever building a float (or int8) matrix — 2 B weights stay 0.5 GB the whole
+time.
 """
 
 from __future__ import annotations
@@ -15,20 +15,6 @@ from .config import PRESETS, BitNetConfig
 from .transformer import BitNetModel, Head, LayerWeights
 
 __all__ = ["random_model"]
-
-_VALID = np.array([b for b in range(256) if all((b >> s) & 3 != 3 for s in (0, 2, 4, 6))], np.uint8)
-_LUT = _VALID[np.arange(256) % 81]  # byte -> a valid byte (the slight bias is irrelevant here)
-
-
-def _random_packed(k, rng, out: int, cols: int) -> kernels.Packed:
-    """Random ternary ``[out, cols]`` in kernel ``k``'s layout, straight as bytes when the
-    layout is one uint8 array of 2-bit codes; otherwise through ``k.pack``."""
-    probe = k.pack(np.zeros((4, cols), np.int8)).arrays
-    if (len(probe) == 1 and probe[0].dtype == np.uint8 and probe[0].shape == (4, cols // 4)
-            and (probe[0] == 0x55).all()):
-        raw = np.frombuffer(rng.bytes(out * cols // 4), np.uint8).reshape(out, cols // 4)
-        return kernels.Packed(k.name, out, cols, (np.take(_LUT, raw),))
-    return k.pack(rng.integers(-1, 2, size=(out, cols), dtype=np.int8))
 
 
 def random_model(shape="2b4t", seed: int = 0, *, kernel: str | None = None, head: str = "int8",
@@ -60,10 +46,10 @@ def random_model(shape="2b4t", seed: int = 0, *, kernel: str | None = None, head
     layers = []
     for _ in range(cfg.num_hidden_layers):
         layers.append(LayerWeights(
-            qkv=_random_packed(k, rng, nq + 2 * nkv, h), qkv_scales=scales(3),
-            o=_random_packed(k, rng, h, nq), o_scale=float(scales(1)[0]),
-            gate_up=_random_packed(k, rng, 2 * f, h), gate_up_scales=scales(2),
-            down=_random_packed(k, rng, h, f), down_scale=float(scales(1)[0]),
+            qkv=k.random_packed(rng, nq + 2 * nkv, h), qkv_scales=scales(3),
+            o=k.random_packed(rng, h, nq), o_scale=float(scales(1)[0]),
+            gate_up=k.random_packed(rng, 2 * f, h), gate_up_scales=scales(2),
+            down=k.random_packed(rng, h, f), down_scale=float(scales(1)[0]),
             input_layernorm=ones(h, np.float32), post_attention_layernorm=ones(h, np.float32),
             attn_sub_norm=ones(nq, np.float32), ffn_sub_norm=ones(f, np.float32)))
     v = cfg.vocab_size

@@ -24,8 +24,6 @@ import numpy as np
 
 from .. import kernels
 from ..kernels import head as head_kernel
-from ..kernels import vnni
-from ..packing import unpack_i2s
 from . import fused
 from .checkpoint import LINEARS, NORMS, expected_tensors
 from .config import BitNetConfig
@@ -223,16 +221,8 @@ class BitNetModel:
         return cfg.to_dict(), w
 
     def unpack(self, p: kernels.Packed) -> np.ndarray:
-        """A packed matrix back to int8 ``[out, in]`` (exact)."""
-        if p.kernel == "naive":
-            return p.arrays[0].copy()
-        if p.kernel == "mad":
-            codes = p.arrays[0]
-            return unpack_i2s(codes.reshape(-1), (p.out, codes.shape[1] * 4))[:, :p.k]
-        # any other layout: multiply by the identity, column block by column block
-        k = kernels.get(p.kernel)
-        cols = [k.matmul(p, np.eye(p.k, dtype=np.int8)[j:j + 256]) for j in range(0, p.k, 256)]
-        return np.concatenate(cols).T.astype(np.int8)
+        """A packed matrix back to int8 ``[out, in]`` (exact): its kernel's ``unpack``."""
+        return kernels.get(p.kernel).unpack(p)
 
     # ---- sizes --------------------------------------------------------------------------------
     @property
@@ -310,17 +300,12 @@ class BitNetModel:
         return self.kernel.linear(packed, xq, xs, w_scale)
 
     def _linear_fast(self, packed, xq, xs, w_scale):
-        """``_linear`` without the generic checks: for ``vnni`` the kernel's loop is called
-        directly with operands prepared in Numba (~25 us less per call); one token takes
-        :func:`fused.vnni_linear_1` (one call: operands, the same row dot, a prefetch)."""
-        if packed.kernel != "vnni":
-            return self.kernel.linear(packed, xq, xs, w_scale)
+        """``_linear`` through the kernel's unchecked paths (``xq`` and ``xs`` come from the
+        fused glue, already int8 C-contiguous and float32): ``linear_1`` for one token
+        (decode), ``linear_fast`` for many; same float32 bits as ``linear``."""
         if len(xq) == 1:
-            return fused.vnni_linear_1(packed.arrays[0], xq, xs, w_scale)
-        xp, xsum = fused.vnni_operands(xq)
-        y = np.empty((len(xq), packed.out), np.float32)
-        vnni._vnni(packed.arrays[0], xp, xsum, y, xs * np.float32(w_scale))
-        return y
+            return self.kernel.linear_1(packed, xq, xs, w_scale)
+        return self.kernel.linear_fast(packed, xq, xs, w_scale)
 
     def _layer_fast(self, i, L: LayerWeights, x, cache, start):
         c, eps = self.config, self.config.rms_norm_eps
