@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .checkpoint import iter_hf_checkpoint
+from ..formats.gguf import iter_gguf_checkpoint
+from ..formats.hf import iter_hf_checkpoint, read_generation_config, read_tokenizer
 from .transformer import BitNetModel
 
 __all__ = ["load_model", "HUB_ID", "GOOD_REVISION_HINT"]
@@ -64,45 +65,30 @@ def _auto_head(head: str, config: dict) -> str:
 
 
 def _load_hf_dir(p: Path, kernel, head, progress) -> BitNetModel:
-    from ..tokenizer import load_tokenizer
-
-    it = iter_hf_checkpoint(p)
+    it = iter_hf_checkpoint(p, blocks=True)
     config, _ = next(it)
-    head = _auto_head(head, config)
-    n = int(config.get("num_hidden_layers", 0))
-    show = n > 8 if progress is None else progress
-    with _progress_bar(f"loading {p.name}", n, show) as bar:
-        def tick(i, total):
-            bar.update(1)
-        model = BitNetModel.from_checkpoint(config, it, kernel=kernel, head=head,
-                                            tokenizer=load_tokenizer(p), progress=tick)
-    _apply_generation_config(model, p)
-    return model
-
-
-def _apply_generation_config(model, p: Path) -> None:
-    """Stop ids from ``generation_config.json`` (2B4T: [128001, 128009]) override config.json's."""
-    import json
-
-    g = p / "generation_config.json"
-    if g.exists():
-        eos = json.loads(g.read_text()).get("eos_token_id")
-        if eos is not None:
-            model.config.eos_token_id = eos
+    # stop ids from generation_config.json (2B4T: [128001, 128009]) override config.json's
+    eos = read_generation_config(p).get("eos_token_id")
+    if eos is not None:
+        config = {**config, "eos_token_id": eos}
+    return _load(p.name, config, it, read_tokenizer(p), kernel, head, progress)
 
 
 def _load_gguf(p: Path, kernel, head, progress) -> BitNetModel:
-    try:
-        from ..gguf import read_gguf_checkpoint
-    except ImportError as e:
-        raise ValueError(f"{p}: GGUF support (bitnet_edu.gguf) is not available: {e}") from None
-    config, weights, tokenizer = read_gguf_checkpoint(p)
-    head = _auto_head(head, config)
+    it = iter_gguf_checkpoint(p, blocks=True)
+    config, tokenizer = next(it)
+    return _load(p.name, config, it, tokenizer, kernel, head, progress)
+
+
+def _load(name: str, config: dict, tensors, tokenizer, kernel, head, progress) -> BitNetModel:
+    """The one build path of every format: the stream of canonical tensors into the model,
+    layer by layer, with a progress bar (default: only for models with more than 8 layers)."""
     n = int(config.get("num_hidden_layers", 0))
     show = n > 8 if progress is None else progress
-    with _progress_bar(f"loading {p.name}", n, show) as bar:
-        return BitNetModel.from_checkpoint(config, weights, kernel=kernel, head=head,
-                                           tokenizer=tokenizer, progress=lambda i, t: bar.update(1))
+    with _progress_bar(f"loading {name}", n, show) as bar:
+        return BitNetModel.from_checkpoint(config, tensors, kernel=kernel,
+                                           head=_auto_head(head, config), tokenizer=tokenizer,
+                                           progress=lambda i, total: bar.update(1))
 
 
 def _download(repo_id: str, revision: str | None) -> Path:

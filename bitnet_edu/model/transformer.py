@@ -25,7 +25,7 @@ import numpy as np
 from .. import kernels
 from ..kernels import head as head_kernel
 from . import fused
-from .checkpoint import LINEARS, NORMS, expected_tensors
+from ..formats.schema import LINEARS, NORMS, RowBlocks, expected_tensors
 from .config import BitNetConfig
 from .layers import KVCache, apply_rope, attention, quantize_act, relu2_glu, rms_norm, rope_tables
 
@@ -158,9 +158,12 @@ class BitNetModel:
     @classmethod
     def from_checkpoint(cls, config: dict, weights, *, kernel: str | None = None, head: str = "int8",
                         tokenizer=None, progress=None) -> "BitNetModel":
-        """Build from the canonical form: ``config`` dict, ``weights`` a dict or an iterable of
-        ``(name, array)`` (consumed one tensor at a time; each layer is packed as soon as its
-        tensors are complete, so peak memory stays near the packed size)."""
+        """Build from the canonical form (:mod:`bitnet_edu.formats.schema`): ``config`` dict,
+        ``weights`` a dict or an iterable of ``(name, array)`` (consumed one tensor at a time;
+        each layer is packed as soon as its tensors are complete, and an embedding given as
+        :class:`~bitnet_edu.formats.schema.RowBlocks` is quantized block by block, so peak
+        memory stays near the model's own).  Every loader (HF directory, GGUF) builds through
+        here."""
         cfg = BitNetConfig.from_dict(config) if isinstance(config, dict) else config
         kname = kernel or kernels.DEFAULT
         k = kernels.get(kname)
@@ -170,15 +173,30 @@ class BitNetModel:
         layers: list = [None] * cfg.num_hidden_layers
         top: dict = {}
         seen = set()
+
+        def head_of(t):
+            """A Head, quantized block by block when ``t`` comes as RowBlocks (every mode
+            quantizes rows independently: the same table as from the whole array)."""
+            if not isinstance(t, RowBlocks) or head == "float32":
+                return Head(np.asarray(t, np.float32), head)
+            table = scale = None
+            for r, x in t.blocks():
+                part = Head(x, head)
+                if table is None:
+                    table = np.empty((t.shape[0], *part.table.shape[1:]), part.table.dtype)
+                    scale = np.empty((t.shape[0], *part.scale.shape[1:]), part.scale.dtype)
+                table[r:r + len(x)], scale[r:r + len(x)] = part.table, part.scale
+            return Head.from_quantized(head, table, scale, t.shape[1])
+
         for name, a in items:
             if name not in want:
                 continue  # extra tensors (e.g. rotary buffers) are ignored
-            a = np.asarray(a)
+            a = a if isinstance(a, RowBlocks) else np.asarray(a)
             if tuple(a.shape) != tuple(want[name]):
                 raise ValueError(f"tensor {name!r}: expected shape {want[name]}, got {a.shape}")
             seen.add(name)
             if not name.startswith("model.layers."):
-                top[name] = a
+                top[name] = head_of(a) if name != "model.norm.weight" else a
                 continue
             i = int(name.split(".")[2])
             d = pending.setdefault(i, {})
@@ -190,35 +208,57 @@ class BitNetModel:
         missing = [n for n in want if n not in seen]
         if missing:
             raise ValueError(f"missing tensor {missing[0]!r} ({len(missing)} missing in all)")
-        emb = Head(np.asarray(top["model.embed_tokens.weight"], np.float32), head)
-        lm = None if cfg.tie_word_embeddings else Head(np.asarray(top["lm_head.weight"], np.float32), head)
+        emb, lm = top["model.embed_tokens.weight"], top.get("lm_head.weight")
         return cls(cfg, layers, emb, top["model.norm.weight"], kname, tokenizer, lm)
+
+    def iter_checkpoint(self, *, blocks: bool = False):
+        """Yield the canonical ``(name, array)`` one tensor at a time, in the schema's order
+        (:func:`~bitnet_edu.formats.schema.expected_tensors`): int8 ternary linears, each
+        followed by its float32 ``[1]`` scale, float32 others.  Only one packed matrix is
+        unpacked at a time, so writers (``to_gguf``, ``write_hf_checkpoint``) stream.
+
+        The embedding (and an untied ``lm_head``) is float32, dequantized for an int8/int4 head;
+        ``blocks=True`` gives it as :class:`~bitnet_edu.formats.schema.RowBlocks` instead, rows
+        decoded a block at a time (the 2B4T table is 1.3 GB as float32).
+        """
+        cfg = self.config
+        hq, hkv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+        f = cfg.intermediate_size
+
+        def table(h):
+            if not blocks:
+                return h.dense()
+            return RowBlocks(h.shape, lambda a, b: h.embed(np.arange(a, b)))
+
+        def linear(name, q, s):
+            yield name + ".weight", np.ascontiguousarray(q, np.int8)
+            yield name + ".weight_scale", np.array([s], np.float32)
+
+        yield "model.embed_tokens.weight", table(self.head)
+        yield "model.norm.weight", self.norm.copy()
+        if self.lm_head is not self.head:
+            yield "lm_head.weight", table(self.lm_head)
+        for i, L in enumerate(self.layers):
+            p = f"model.layers.{i}."
+            qkv = self.unpack(L.qkv)  # q, k, v (and gate, up) share one packed matrix
+            yield from linear(p + "self_attn.q_proj", qkv[:hq], L.qkv_scales[0])
+            yield from linear(p + "self_attn.k_proj", qkv[hq:hq + hkv], L.qkv_scales[1])
+            yield from linear(p + "self_attn.v_proj", qkv[hq + hkv:], L.qkv_scales[2])
+            del qkv
+            yield from linear(p + "self_attn.o_proj", self.unpack(L.o), L.o_scale)
+            gu = self.unpack(L.gate_up)
+            yield from linear(p + "mlp.gate_proj", gu[:f], L.gate_up_scales[0])
+            yield from linear(p + "mlp.up_proj", gu[f:], L.gate_up_scales[1])
+            del gu
+            yield from linear(p + "mlp.down_proj", self.unpack(L.down), L.down_scale)
+            for name in NORMS:
+                yield p + name + ".weight", getattr(L, name.split(".")[-1]).copy()
 
     def to_checkpoint(self) -> tuple[dict, dict]:
         """Canonical ``(config_dict, weights)``: int8 ternary linears, float32 ``[1]`` scales,
-        float32 others (with an int8 head the embedding is the dequantized table)."""
-        cfg = self.config
-        hq, hkv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-        w = {"model.embed_tokens.weight": self.head.dense(), "model.norm.weight": self.norm.copy()}
-        if self.lm_head is not self.head:
-            w["lm_head.weight"] = self.lm_head.dense()
-        for i, L in enumerate(self.layers):
-            p = f"model.layers.{i}."
-            qkv = self.unpack(L.qkv)
-            gu = self.unpack(L.gate_up)
-            parts = {"self_attn.q_proj": (qkv[:hq], L.qkv_scales[0]),
-                     "self_attn.k_proj": (qkv[hq:hq + hkv], L.qkv_scales[1]),
-                     "self_attn.v_proj": (qkv[hq + hkv:], L.qkv_scales[2]),
-                     "self_attn.o_proj": (self.unpack(L.o), L.o_scale),
-                     "mlp.gate_proj": (gu[:cfg.intermediate_size], L.gate_up_scales[0]),
-                     "mlp.up_proj": (gu[cfg.intermediate_size:], L.gate_up_scales[1]),
-                     "mlp.down_proj": (self.unpack(L.down), L.down_scale)}
-            for name, (q, s) in parts.items():
-                w[p + name + ".weight"] = np.ascontiguousarray(q, np.int8)
-                w[p + name + ".weight_scale"] = np.array([s], np.float32)
-            for name in NORMS:
-                w[p + name + ".weight"] = getattr(L, name.split(".")[-1]).copy()
-        return cfg.to_dict(), w
+        float32 others (with an int8 head the embedding is the dequantized table);
+        ``dict(iter_checkpoint())``."""
+        return self.config.to_dict(), dict(self.iter_checkpoint())
 
     def unpack(self, p: kernels.Packed) -> np.ndarray:
         """A packed matrix back to int8 ``[out, in]`` (exact): its kernel's ``unpack``."""
