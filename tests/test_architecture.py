@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "bitnet_edu"
 
 # lower number = lower layer.  Half steps sit beside a layer: they may use it, it never uses them.
 LAYERS = {
-    "__init__": 0,        # lazy names only (importlib), DEFAULT_MODEL
+    "__init__": -1,       # __version__, DEFAULT_MODEL; its other names load lazily (importlib)
     "config": 0,          # BitNetConfig + PRESETS: the one model-shape type
     "norm": 0,            # the one NumPy RMSNorm
     "tokenizer": 0,
