@@ -13,7 +13,8 @@ __all__ = ["rms_norm"]
 def rms_norm(x, weight=None, eps: float = 1e-5) -> np.ndarray:
     """``x / sqrt(mean(x**2) + eps) * weight`` over the last axis, float32 (as transformers does).
 
-    ``x`` float ``[..., n]``; ``weight`` ``[n]`` or None (no scaling).  Returns float32 ``[..., n]``.
+    ``x`` float ``[..., n]``; ``weight`` ``[n]`` or None (no scaling).  Returns float32
+    ``[..., n]``.
     """
     x = np.asarray(x, np.float32)
     y = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + np.float32(eps))

@@ -35,9 +35,10 @@ __all__ = ["ModelConfig", "OLD_NAMES", "BitNetLM", "rope_cos_sin", "apply_rope",
 
 #: ModelConfig's short names (training's spelling before the one config type) -> BitNetConfig field.
 #: ``vocab_size`` and ``rope_theta`` are spelled the same in both.
-OLD_NAMES = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
-             "n_kv_heads": "num_key_value_heads", "ffn_dim": "intermediate_size",
-             "max_seq_len": "max_position_embeddings", "eps": "rms_norm_eps"}
+OLD_NAMES = {"dim": "hidden_size", "n_layers": "num_hidden_layers",
+             "n_heads": "num_attention_heads", "n_kv_heads": "num_key_value_heads",
+             "ffn_dim": "intermediate_size", "max_seq_len": "max_position_embeddings",
+             "eps": "rms_norm_eps"}
 _POSITIONAL = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len",
                "rope_theta", "eps", "quantized")  # the old dataclass's field order
 # the old ModelConfig defaults; bos/eos are unknown until a tokenizer exists (export sets them)
@@ -94,7 +95,8 @@ class ModelConfig(BitNetConfig):
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        """From HF ``config.json`` keys or the old names (a ``training.json``'s ``model_config``)."""
+        """From HF ``config.json`` keys or the old names (an older ``training.json``'s
+        ``model_config``)."""
         return super().from_dict({OLD_NAMES.get(k, k): v for k, v in d.items()})
 
     @classmethod
@@ -176,7 +178,7 @@ class Block(nn.Module):
 
 
 class BitNetLM(nn.Module):
-    """Token ids ``[B, T]`` int64 -> logits ``[B, T, vocab]`` float32 (and the loss if targets given).
+    """Token ids ``[B, T]`` int64 -> logits ``[B, T, vocab]`` float32 (and the loss with targets).
 
     Args:
         cfg: the shape, a :class:`~bitnet_edu.config.BitNetConfig` (e.g. a recipe's
@@ -239,7 +241,8 @@ class BitNetLM(nn.Module):
         No KV cache: the window is recomputed each step (fine for a few M parameters).
         """
         for _ in range(max_new_tokens):
-            logits = self(idx[:, -self.cfg.max_position_embeddings:])[:, -1] / max(temperature, 1e-6)
+            window = idx[:, -self.cfg.max_position_embeddings:]
+            logits = self(window)[:, -1] / max(temperature, 1e-6)
             if top_k is not None:
                 kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -249,7 +252,7 @@ class BitNetLM(nn.Module):
 
 
 def ternary_codes(model) -> np.ndarray:
-    """Every BitLinear weight rounded to {-1, 0, +1} (each with its own absmean), int8, flattened."""
+    """Every BitLinear weight rounded to {-1, 0, +1} (each with its own absmean), int8, flat."""
     layers = [m for m in model.modules() if isinstance(m, BitLinear)]
     if not layers:
         return np.zeros(0, np.int8)
