@@ -152,7 +152,8 @@ def test_from_shape_reads_dicts_and_objects():
              "rope_scaling": {"rope_type": "llama3"}}  # non-shape keys are ignored
     cfg = BitNetConfig.from_shape(llama)
     assert cfg.num_key_value_heads == 32 and cfg.head_dim == 128  # no GQA when not given
-    assert cfg == BitNetConfig.from_shape(BitNetConfig.preset("llama2-7b", tie_word_embeddings=True))
+    tied_7b = BitNetConfig.preset("llama2-7b", tie_word_embeddings=True)
+    assert cfg == BitNetConfig.from_shape(tied_7b)
 
     class Obj:
         pass
