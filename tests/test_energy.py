@@ -17,7 +17,7 @@ def test_horowitz_table_values():
 
 
 def test_2b4t_parameter_counts():
-    # FORMATS.md: about 2,083 M ternary weights and a 328 M-entry tied head
+    # docs/formats.md: about 2,083 M ternary weights and a 328 M-entry tied head
     assert B2.linear_params == 30 * (2 * 2560 * 2560 + 2 * 2560 * 640 + 3 * 2560 * 6912) == 2_084_044_800
     assert B2.head_params == 128256 * 2560
     assert B2.kv_values_per_position == 2 * 30 * 5 * 128

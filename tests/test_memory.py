@@ -6,7 +6,7 @@ import pytest
 
 from bitnet_edu import memory
 
-PACKED_FILE, BF16_FILE = 1_178_623_988, 4_825_679_400  # real model.safetensors sizes (FORMATS.md)
+PACKED_FILE, BF16_FILE = 1_178_623_988, 4_825_679_400  # real model.safetensors sizes (docs/formats.md)
 
 
 def test_2b4t_counts_per_kind():
