@@ -23,11 +23,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _shape(proj: str) -> tuple[int, int]:
+    """(out, in) of one 2B4T projection, from the presets table."""
+    from .config import BitNetConfig
+    return BitNetConfig.preset("2b4t").linear_shapes()[proj]
+
+
 def stage1(rng):
     from .quant import error_report
 
-    _rule("Stage 1: absmean ternary quantization of one 2560x2560 layer")
-    w = (rng.standard_normal((2560, 2560)) * 0.02).astype(np.float32)
+    shape = _shape("q_proj")
+    _rule(f"Stage 1: absmean ternary quantization of one {shape[0]}x{shape[1]} layer (2B4T q_proj)")
+    w = (rng.standard_normal(shape) * 0.02).astype(np.float32)
     r = error_report(w)
     print(f"scale = mean|W| = {r['scale']:.5f}")
     print(f"levels: -1 {r['minus_one_fraction']:.1%}   0 {r['zero_fraction']:.1%}   +1 {r['plus_one_fraction']:.1%}")
@@ -59,8 +66,9 @@ def stage3():
     from .bench.kernels import run
 
     th = numba.get_num_threads()
-    _rule(f"Stage 3: ternary kernels vs numpy float32 (6912x2560 GEMV, {th} threads)")
-    res = run(shapes=[(6912, 2560)], threads=(th,), tokens=(1,), names=["naive", "mad", kernels.DEFAULT],
+    shape = _shape("gate_proj")
+    _rule(f"Stage 3: ternary kernels vs numpy float32 ({shape[0]}x{shape[1]} GEMV, {th} threads)")
+    res = run(shapes=[shape], threads=(th,), tokens=(1,), names=["naive", "mad", kernels.DEFAULT],
               cold_mb=64, repeat=3, compile_cost=False, torch_bf16=False, log=lambda s: None)
     for r in res["rows"]:
         print(f"  {r['kernel']:6s} {r['ms']:7.3f} ms  {r['bits_per_weight']:4.2f} bits/weight  "
