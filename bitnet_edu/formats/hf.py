@@ -161,6 +161,7 @@ def _linear(name, st: SafetensorsFile, files: dict, mode: str, shape):
         s = np.array([scale], np.float32)
     check_zero_linear(name, q)
     yield name, q
+    del q  # before the scale: the consumer may pack and free the weight then
     yield sname, s
 
 

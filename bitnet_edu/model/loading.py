@@ -85,10 +85,32 @@ def _load(name: str, config: dict, tensors, tokenizer, kernel, head, progress) -
     layer by layer, with a progress bar (default: only for models with more than 8 layers)."""
     n = int(config.get("num_hidden_layers", 0))
     show = n > 8 if progress is None else progress
+    trim = _heap_trimmer()
+
+    def layer_done(i, total):
+        bar.update(1)
+        trim()
+
     with _progress_bar(f"loading {name}", n, show) as bar:
         return BitNetModel.from_checkpoint(config, tensors, kernel=kernel,
                                            head=_auto_head(head, config), tokenizer=tokenizer,
-                                           progress=lambda i, total: bar.update(1))
+                                           progress=layer_done)
+
+
+def _heap_trimmer():
+    """A callable that hands freed heap pages back to the OS (glibc's ``malloc_trim``).
+
+    Each layer's unpacked temporaries are freed, but glibc keeps the pages of holes between
+    the packed arrays resident; trimming after each layer keeps a 2B4T load ~40 MB lower.
+    A no-op where the C library has no ``malloc_trim`` (macOS, Windows, musl)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return lambda: None
+    return lambda: trim(0)
 
 
 def _download(repo_id: str, revision: str | None) -> Path:

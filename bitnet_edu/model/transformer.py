@@ -25,7 +25,7 @@ import numpy as np
 from .. import kernels
 from ..kernels import head as head_kernel
 from . import fused
-from ..formats.schema import LINEARS, NORMS, RowBlocks, expected_tensors
+from ..formats.schema import NORMS, RowBlocks, expected_tensors
 from .config import BitNetConfig
 from .layers import KVCache, apply_rope, attention, quantize_act, relu2_glu, rms_norm, rope_tables
 
@@ -169,7 +169,8 @@ class BitNetModel:
         k = kernels.get(kname)
         want = expected_tensors(cfg)
         items = weights.items() if isinstance(weights, dict) else weights
-        pending: dict[int, dict] = {}
+        pending: dict[int, _LayerBuilder] = {}
+        shapes = {n.split(".", 3)[3]: s for n, s in want.items() if n.startswith("model.layers.0.")}
         layers: list = [None] * cfg.num_hidden_layers
         top: dict = {}
         seen = set()
@@ -199,10 +200,11 @@ class BitNetModel:
                 top[name] = head_of(a) if name != "model.norm.weight" else a
                 continue
             i = int(name.split(".")[2])
-            d = pending.setdefault(i, {})
-            d[name.split(".", 3)[3]] = a
-            if len(d) == 2 * len(LINEARS) + len(NORMS):
-                layers[i] = _pack_layer(k, pending.pop(i), name)
+            if i not in pending:
+                pending[i] = _LayerBuilder(k, shapes)
+            layer = pending[i]
+            if layer.add(name.split(".", 3)[3], a, name):
+                layers[i] = pending.pop(i).build()
                 if progress:
                     progress(i + 1, cfg.num_hidden_layers)
         missing = [n for n in want if n not in seen]
@@ -440,23 +442,64 @@ class BitNetModel:
                 f"kernel {self.kernel_name!r}, head {self.head.mode})")
 
 
-def _pack_layer(k, d: dict, where: str) -> LayerWeights:
-    """Pack one layer's canonical tensors (keys relative to ``model.layers.N.``)."""
-    def w(name):
-        return d[name + ".weight"]
+# packed matrices of a layer: linears sharing an input are packed as one (one kernel call)
+_GROUPS = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+           "o": ("self_attn.o_proj",), "gate_up": ("mlp.gate_proj", "mlp.up_proj"),
+           "down": ("mlp.down_proj",)}
+_GROUP_OF = {n: g for g, names in _GROUPS.items() for n in names}
 
-    def s(name):
-        return float(np.asarray(d[name + ".weight_scale"], np.float32).reshape(-1)[0])
 
-    qkv = np.concatenate([w("self_attn.q_proj"), w("self_attn.k_proj"), w("self_attn.v_proj")])
-    gu = np.concatenate([w("mlp.gate_proj"), w("mlp.up_proj")])
-    for name in LINEARS:
-        if w(name).dtype != np.int8:
-            raise ValueError(f"{where}: {name}.weight must be int8 ternary, got {w(name).dtype}")
-    norm = {n.split(".")[-1]: np.asarray(w(n), np.float32) for n in NORMS}
-    return LayerWeights(
-        qkv=k.pack(qkv),
-        qkv_scales=np.array([s("self_attn.q_proj"), s("self_attn.k_proj"), s("self_attn.v_proj")], np.float32),
-        o=k.pack(w("self_attn.o_proj")), o_scale=s("self_attn.o_proj"),
-        gate_up=k.pack(gu), gate_up_scales=np.array([s("mlp.gate_proj"), s("mlp.up_proj")], np.float32),
-        down=k.pack(w("mlp.down_proj")), down_scale=s("mlp.down_proj"), **norm)
+class _LayerBuilder:
+    """One layer's canonical tensors as they stream in (names relative to ``model.layers.N.``).
+
+    The int8 weights of a group are copied into one buffer as they come, and the group is packed
+    as soon as its weights and scales are all there, so a streaming load holds at most one
+    group unpacked (the 2B4T's gate+up: 35 MB) instead of a whole layer.
+    """
+
+    def __init__(self, k, shapes: dict):
+        self.k, self.shapes = k, shapes  # shapes: every tensor of a layer, relative names
+        self.buffers: dict[str, np.ndarray] = {}
+        self.packed: dict = {}
+        self.seen: set = set()
+        self.other: dict = {}  # scales and norms
+
+    def add(self, rel: str, a: np.ndarray, where: str) -> bool:
+        """Take one tensor; True once the layer is complete."""
+        lin = rel[:-len(".weight")] if rel.endswith(".weight") else None
+        if lin in _GROUP_OF:
+            if a.dtype != np.int8:
+                raise ValueError(f"{where} must be int8 ternary, got {a.dtype}")
+            group = _GROUP_OF[lin]
+            names = _GROUPS[group]
+            if len(names) == 1:
+                self.buffers[group] = a
+            else:
+                rows = [self.shapes[n + ".weight"][0] for n in names]
+                if group not in self.buffers:
+                    self.buffers[group] = np.empty((sum(rows), a.shape[1]), np.int8)
+                r0 = sum(rows[:names.index(lin)])
+                self.buffers[group][r0:r0 + len(a)] = a
+        else:
+            self.other[rel] = a
+        self.seen.add(rel)
+        for group, names in _GROUPS.items():
+            if group not in self.packed and all(n + ".weight" in self.seen and
+                                                n + ".weight_scale" in self.seen for n in names):
+                self.packed[group] = self.k.pack(self.buffers.pop(group))
+        return len(self.seen) == len(self.shapes)
+
+    def build(self) -> LayerWeights:
+        d = self.other
+
+        def s(name):
+            return float(np.asarray(d[name + ".weight_scale"], np.float32).reshape(-1)[0])
+
+        norm = {n.split(".")[-1]: np.asarray(d[n + ".weight"], np.float32) for n in NORMS}
+        p = self.packed
+        return LayerWeights(
+            qkv=p["qkv"], o=p["o"], gate_up=p["gate_up"], down=p["down"],
+            qkv_scales=np.array([s("self_attn.q_proj"), s("self_attn.k_proj"),
+                                 s("self_attn.v_proj")], np.float32),
+            o_scale=s("self_attn.o_proj"), down_scale=s("mlp.down_proj"),
+            gate_up_scales=np.array([s("mlp.gate_proj"), s("mlp.up_proj")], np.float32), **norm)

@@ -160,6 +160,8 @@ def iter_gguf_checkpoint(path, progress: bool = False, *, blocks: bool = False):
     reader = GGUFReader(path)
     config = config_from_gguf(reader.metadata)
     tokenizer = tokenizer_from_gguf(reader.metadata)
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type"):
+        reader.metadata.pop(key, None)  # now in the tokenizer: 2B4T's are ~40 MB of Python strings
     names = {}
     for gname in reader.tensors:
         try:
@@ -191,6 +193,7 @@ def iter_gguf_checkpoint(path, progress: bool = False, *, blocks: bool = False):
             q, scale = _linear(reader, gname, name)
             check_zero_linear(name, q)
             yield name, q
+            del q  # before the scale: the consumer may pack and free the weight then
             yield name + "_scale", scale
         elif blocks and len(want[name]) == 2 and reader.tensors[gname].ggml_type in _FLOAT_TYPES:
             yield name, RowBlocks(want[name], lambda a, b, g=gname: reader.float32(g, rows=(a, b)))
