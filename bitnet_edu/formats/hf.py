@@ -76,10 +76,11 @@ def _quant_mode(config: dict, raw: dict) -> str:
     qc = config.get("quantization_config") or {}
     if qc:
         if qc.get("quant_method", "bitnet") != "bitnet":
-            raise ValueError(f"quantization_config.quant_method={qc.get('quant_method')!r} is not 'bitnet'")
+            raise ValueError(f"quantization_config.quant_method={qc.get('quant_method')!r} is "
+                             "not 'bitnet'")
         if qc.get("linear_class", "autobitlinear") != "autobitlinear":
-            raise ValueError(f"linear_class={qc.get('linear_class')!r}: only 'autobitlinear' (the 2B4T "
-                             "convention: weight_scale multiplies) is supported")
+            raise ValueError(f"linear_class={qc.get('linear_class')!r}: only 'autobitlinear' "
+                             "(the 2B4T convention: weight_scale multiplies) is supported")
         return qc.get("quantization_mode", "offline")
     return "offline" if any(k.endswith("_scale") for k in raw) else "online"
 
@@ -129,7 +130,8 @@ def _check_float(name, st: SafetensorsFile, shape) -> None:
     if st.shape(name) != tuple(shape):
         raise ValueError(f"tensor {name!r}: expected shape {tuple(shape)}, got {st.shape(name)}")
     if st.dtype(name) not in _FLOATS:
-        raise ValueError(f"tensor {name!r}: expected a float dtype (BF16/F16/F32), got {st.dtype(name)}")
+        raise ValueError(f"tensor {name!r}: expected a float dtype (BF16/F16/F32), got "
+                         f"{st.dtype(name)}")
 
 
 def _widen(a: np.ndarray, dtype: str) -> np.ndarray:
@@ -154,7 +156,8 @@ def _linear(name, st: SafetensorsFile, files: dict, mode: str, shape):
         s = files[sname].read(sname)
         s = _widen(s, files[sname].dtype(sname)).reshape(-1)
         if s.size != 1 or not np.isfinite(s[0]):
-            raise ValueError(f"tensor {sname!r}: expected one finite scale, got shape {s.shape} {s[:3]}")
+            raise ValueError(f"tensor {sname!r}: expected one finite scale, got shape {s.shape} "
+                             f"{s[:3]}")
     else:
         _check_float(name, st, shape)
         q, scale = absmean_ternary(_widen(st.read(name), st.dtype(name)))

@@ -60,7 +60,8 @@ def safetensors_header(path) -> tuple[dict, int]:
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise ValueError(f"{path}: truncated safetensors file ({size} bytes, need 8 for the header length)")
+            raise ValueError(f"{path}: truncated safetensors file ({size} bytes, need 8 for the "
+                             "header length)")
         (n,) = struct.unpack("<Q", head)
         if n > _MAX_HEADER or 8 + n > size:
             raise ValueError(f"{path}: corrupt safetensors header length {n} at byte offset 0 "
@@ -68,7 +69,8 @@ def safetensors_header(path) -> tuple[dict, int]:
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: corrupt safetensors JSON header (bytes 8..{8 + n}): {e}") from None
+            raise ValueError(f"{path}: corrupt safetensors JSON header (bytes 8..{8 + n}): "
+                             f"{e}") from None
     if not isinstance(header, dict):
         raise ValueError(f"{path}: safetensors header is not a JSON object")
     header.pop("__metadata__", None)
@@ -77,13 +79,14 @@ def safetensors_header(path) -> tuple[dict, int]:
         try:
             dtype, shape, (b, end) = e["dtype"], [int(s) for s in e["shape"]], e["data_offsets"]
         except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{path}: tensor {name!r} has a malformed header entry {e!r}") from None
+            raise ValueError(f"{path}: tensor {name!r} has a malformed header entry "
+                             f"{e!r}") from None
         if dtype not in _DTYPES:
             raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}")
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(_DTYPES[dtype]).itemsize
         if not (0 <= b <= end) or end - b != nbytes:
-            raise ValueError(f"{path}: tensor {name!r} ({dtype} {shape}) needs {nbytes} bytes but its "
-                             f"data_offsets are [{b}, {end}]")
+            raise ValueError(f"{path}: tensor {name!r} ({dtype} {shape}) needs {nbytes} bytes "
+                             f"but its data_offsets are [{b}, {end}]")
         if end > data_len:
             raise ValueError(f"{path}: truncated file: tensor {name!r} ends at byte offset "
                              f"{data_start + end} but the file has only {size} bytes")

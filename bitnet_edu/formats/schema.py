@@ -71,8 +71,8 @@ def expected_tensors(cfg: BitNetConfig) -> dict[str, tuple]:
 def check_zero_linear(name: str, q: np.ndarray) -> None:
     """Warn when a linear layer is all zeros (a known defect of some 2B4T hub revisions)."""
     if not q.any():
-        warnings.warn(f"linear weight {name} is entirely zero: this checkpoint revision is probably "
-                      "damaged (see microsoft/BitNet issue #608); pin an older --revision",
+        warnings.warn(f"linear weight {name} is entirely zero: this checkpoint revision is "
+                      "probably damaged (see microsoft/BitNet issue #608); pin an older --revision",
                       stacklevel=3)
 
 

@@ -5,7 +5,8 @@ The code lives in :mod:`bitnet_edu.formats.hf` (reading and writing HF directori
 """
 
 from ..formats.hf import iter_hf_checkpoint, read_hf_checkpoint  # noqa: F401
-from ..formats.schema import LINEARS, NORMS, check_zero_linear, expected_tensors, is_linear  # noqa: F401
+from ..formats.schema import (LINEARS, NORMS, check_zero_linear, expected_tensors,  # noqa: F401
+                              is_linear)
 
 __all__ = ["read_hf_checkpoint", "iter_hf_checkpoint", "expected_tensors", "LINEARS", "NORMS",
            "is_linear", "check_zero_linear"]

@@ -156,8 +156,8 @@ class BitNetModel:
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, config: dict, weights, *, kernel: str | None = None, head: str = "int8",
-                        tokenizer=None, progress=None) -> "BitNetModel":
+    def from_checkpoint(cls, config: dict, weights, *, kernel: str | None = None,
+                        head: str = "int8", tokenizer=None, progress=None) -> "BitNetModel":
         """Build from the canonical form (:mod:`bitnet_edu.formats.schema`): ``config`` dict,
         ``weights`` a dict or an iterable of ``(name, array)`` (consumed one tensor at a time;
         each layer is packed as soon as its tensors are complete, and an embedding given as

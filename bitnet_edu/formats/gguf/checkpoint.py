@@ -33,8 +33,8 @@ _BLOCK = {
     "ffn_norm": "post_attention_layernorm", "attn_sub_norm": "self_attn.attn_sub_norm",
     "ffn_sub_norm": "mlp.ffn_sub_norm",
 }
-_GLOBAL = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
-           "output.weight": "lm_head.weight"}
+_GLOBAL = {"token_embd.weight": "model.embed_tokens.weight",
+           "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
 _BLOCK_INV = {v: k for k, v in _BLOCK.items()}
 _GLOBAL_INV = {v: k for k, v in _GLOBAL.items()}
 _GGUF_BLK = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
@@ -54,7 +54,8 @@ _FLOAT_TYPES = (GGML_F32, GGML_F16, GGML_BF16)
 
 
 def gguf_to_hf_name(name: str) -> str:
-    """``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight`` (ValueError if unknown)."""
+    """``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight`` (ValueError if
+    unknown)."""
     if name in _GLOBAL:
         return _GLOBAL[name]
     m = _GGUF_BLK.fullmatch(name)
@@ -98,11 +99,13 @@ def config_from_gguf(meta: dict) -> dict:
     tokens = meta.get("tokenizer.ggml.tokens")
     if "vocab_size" not in cfg and isinstance(tokens, list):
         cfg["vocab_size"] = len(tokens)
-    bos, eos, eot, pad = (meta.get(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos", "eot", "padding"))
+    bos, eos, eot, pad = (meta.get(f"tokenizer.ggml.{k}_token_id")
+                          for k in ("bos", "eos", "eot", "padding"))
     for k, v in (("bos", bos), ("eos", eos), ("eot", eot), ("padding", pad)):
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
             raise GGUFError(f"metadata tokenizer.ggml.{k}_token_id={v!r} is not a token id")
-    cfg.update(bos_token_id=bos, eos_token_id=[eos, eot] if eot is not None and eos is not None else eos,
+    cfg.update(bos_token_id=bos,
+               eos_token_id=[eos, eot] if eot is not None and eos is not None else eos,
                pad_token_id=pad, hidden_act="relu2",
                tie_word_embeddings=True, model_type="bitnet", architectures=["BitNetForCausalLM"])
     return cfg
@@ -171,8 +174,8 @@ def iter_gguf_checkpoint(path, progress: bool = False, *, blocks: bool = False):
     if "lm_head.weight" in names:
         config["tie_word_embeddings"] = False
     if config["num_hidden_layers"] > len(names):  # also bounds the work of listing expected names
-        raise GGUFError(f"{reader.path}: block_count={config['num_hidden_layers']} but the file has only "
-                        f"{len(names)} tensors")
+        raise GGUFError(f"{reader.path}: block_count={config['num_hidden_layers']} but the file "
+                        f"has only {len(names)} tensors")
     want = {n: tuple(s) for n, s in _expected_shapes(config).items() if not n.endswith("_scale")}
     missing = [n for n in want if n not in names]
     if missing:
@@ -185,7 +188,8 @@ def iter_gguf_checkpoint(path, progress: bool = False, *, blocks: bool = False):
     for name, shape in want.items():
         if reader.tensors[names[name]].shape != shape:
             raise GGUFError(f"{reader.path}: tensor {names[name]!r} has shape "
-                            f"{reader.tensors[names[name]].shape}, expected {shape} from the metadata")
+                            f"{reader.tensors[names[name]].shape}, expected {shape} from the "
+                            "metadata")
     yield config, tokenizer
     for name in _progress(list(want), progress, "reading GGUF"):
         gname = names[name]

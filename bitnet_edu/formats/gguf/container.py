@@ -159,7 +159,8 @@ class _Cursor:
 
     def array(self, what: str, depth: int):
         if depth >= MAX_NESTING:
-            raise GGUFError(f"{what}: arrays nested deeper than {MAX_NESTING} at byte offset {self.pos}")
+            raise GGUFError(f"{what}: arrays nested deeper than {MAX_NESTING} at byte offset "
+                            f"{self.pos}")
         etype = self.unpack("<I", f"element type of {what}")
         count = self.unpack("<Q", f"length of {what}")
         if etype in _NP:
@@ -169,7 +170,8 @@ class _Cursor:
             self.pos += count * itemsize
             return a
         if etype not in (T_STRING, T_ARRAY):
-            raise GGUFError(f"{what}: unknown array element type {etype} at byte offset {self.pos - 12}")
+            raise GGUFError(f"{what}: unknown array element type {etype} at byte offset "
+                            f"{self.pos - 12}")
         # each string or array element takes at least 8 or 12 bytes: bound the count first
         self.need(count * (8 if etype == T_STRING else 12), f"{what} ({count} elements)")
         return [self.value(etype, f"{what}[{i}]", depth + 1) for i in range(count)]
@@ -199,7 +201,8 @@ class GGUFReader:
     def _parse(self, c: _Cursor) -> None:
         magic = bytes(self._map[:4])
         if magic != MAGIC:
-            raise GGUFError(f"bad magic {magic!r} at byte offset 0 (expected b'GGUF'): not a GGUF file")
+            raise GGUFError(f"bad magic {magic!r} at byte offset 0 (expected b'GGUF'): not a "
+                            "GGUF file")
         c.pos = 4
         self.version = c.unpack("<I", "version")
         if self.version not in VERSIONS:
@@ -211,7 +214,8 @@ class GGUFReader:
         # smallest record: a KV is 8+4+1 bytes, a tensor info 8+4+8+4+8
         if n_kv * 13 + n_tensors * 32 > c.size - c.pos:
             raise GGUFError(f"absurd counts at byte offset 8: {n_tensors} tensors and {n_kv} "
-                            f"metadata entries cannot fit in {c.size} bytes (truncated or corrupt file)")
+                            f"metadata entries cannot fit in {c.size} bytes (truncated or "
+                            "corrupt file)")
         self.metadata, self.types = {}, {}
         for i in range(n_kv):
             start = c.pos
@@ -263,13 +267,15 @@ class GGUFReader:
             for d in dims:
                 n *= d
             if n > size * 4:  # even 2-bit codes need n/4 bytes: this cannot be in the file
-                raise GGUFError(f"{where}: dims {dims} hold {n} values, more than the file can store")
+                raise GGUFError(f"{where}: dims {dims} hold {n} values, more than the file can "
+                                "store")
             try:
                 nbytes = tensor_nbytes(ggml_type, n)
             except GGUFError as e:
                 raise GGUFError(f"{where}: {e}") from None
             if ggml_type == GGML_I2_S and n % 128:
-                raise GGUFError(f"{where}: I2_S needs a multiple of 128 values, dims {dims} have {n}")
+                raise GGUFError(f"{where}: I2_S needs a multiple of 128 values, dims {dims} "
+                                f"have {n}")
             if offset % self.alignment:
                 raise GGUFError(f"{where}: data offset {offset} is not a multiple of the "
                                 f"alignment {self.alignment}")
@@ -339,7 +345,8 @@ class GGUFReader:
         try:
             q = unpack_i2s(raw, t.shape)
         except ValueError as e:
-            raise GGUFError(f"{self.path}: tensor {name!r} at byte offset {t.offset}: {e}") from None
+            raise GGUFError(f"{self.path}: tensor {name!r} at byte offset {t.offset}: "
+                            f"{e}") from None
         scale = float(raw[t.nbytes - I2S_TRAILER:t.nbytes - I2S_TRAILER + 4].view(np.float32)[0])
         if not np.isfinite(scale):
             raise GGUFError(f"{self.path}: tensor {name!r}: scale {scale} is not finite")
@@ -395,7 +402,8 @@ def _typed(key: str, v) -> Value:
             return Value(T_ARRAY, list(v), T_STRING)
         if all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in v):
             return Value(T_ARRAY, np.asarray(v, np.int32), T_INT32)
-    raise ValueError(f"metadata {key!r}: cannot infer a GGUF type for {type(v).__name__}; use Value")
+    raise ValueError(f"metadata {key!r}: cannot infer a GGUF type for {type(v).__name__}; "
+                     "use Value")
 
 
 def _pack_string(s: str) -> bytes:
@@ -471,7 +479,8 @@ class GGUFWriter:
             self._file.write(b.data)
             done += b.size
         if done != self._sizes[name]:
-            raise ValueError(f"tensor {name!r}: got {done} bytes, its header says {self._sizes[name]}")
+            raise ValueError(f"tensor {name!r}: got {done} bytes, its header says "
+                             f"{self._sizes[name]}")
         self._file.write(b"\0" * ((-done) % self.alignment))
         self._next += 1
 
@@ -480,7 +489,8 @@ class GGUFWriter:
         try:
             if exc_type is None:
                 if self._next != len(self._order):
-                    raise ValueError(f"{self.path}: tensor {self._order[self._next]!r} was never written")
+                    raise ValueError(f"{self.path}: tensor {self._order[self._next]!r} was "
+                                     "never written")
                 os.replace(self._tmp, self.path)
         finally:
             if self._tmp.exists():
@@ -503,7 +513,8 @@ def write_gguf(path, metadata: dict, tensors: dict, *, alignment: int = DEFAULT_
     :class:`GGUFWriter` writes tensors that are not all in memory at once.
     """
     path = Path(path)
-    tensors = {k: v if isinstance(v, TensorData) else TensorData.from_array(v) for k, v in tensors.items()}
+    tensors = {k: v if isinstance(v, TensorData) else TensorData.from_array(v)
+               for k, v in tensors.items()}
     for name, t in tensors.items():
         nbytes = tensor_nbytes(t.ggml_type, int(np.prod(t.shape)))
         if t.data.nbytes != nbytes:

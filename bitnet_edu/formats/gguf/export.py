@@ -110,7 +110,8 @@ def _converted(want: dict, tensors):
     for name, a in in_order(tensors, list(want)):
         shape = a.shape if hasattr(a, "shape") else np.shape(a)
         if not is_scale(name) and tuple(shape) != tuple(want[name]):
-            raise ValueError(f"tensor {name!r}: expected shape {tuple(want[name])}, got {tuple(shape)}")
+            raise ValueError(f"tensor {name!r}: expected shape {tuple(want[name])}, got "
+                             f"{tuple(shape)}")
         if is_linear(name):
             weight = (name, a)  # the scale comes next
         elif is_scale(name):

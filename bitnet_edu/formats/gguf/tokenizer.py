@@ -50,15 +50,17 @@ def tokenizer_from_gguf(meta: dict):
 
     kind = meta.get("tokenizer.ggml.model")
     if kind != "gpt2":
-        raise GGUFError(f"tokenizer.ggml.model={kind!r} is not supported (only 'gpt2' byte-level BPE)")
+        raise GGUFError(f"tokenizer.ggml.model={kind!r} is not supported (only 'gpt2' "
+                        "byte-level BPE)")
     tokens, merges = meta.get("tokenizer.ggml.tokens"), meta.get("tokenizer.ggml.merges")
     for key, v in (("tokens", tokens), ("merges", merges)):
-        if not isinstance(v, list) or not all(isinstance(x, str) for x in v) or (key == "tokens" and not v):
+        if (not isinstance(v, list) or not all(isinstance(x, str) for x in v)
+                or (key == "tokens" and not v)):
             raise GGUFError(f"tokenizer.ggml.{key} must be a (non-empty) array of strings")
     types = meta.get("tokenizer.ggml.token_type", np.full(len(tokens), NORMAL))
     if not isinstance(types, np.ndarray) or types.shape != (len(tokens),):
-        raise GGUFError(f"tokenizer.ggml.token_type must be a numeric array with one entry per token "
-                        f"({len(tokens)})")
+        raise GGUFError(f"tokenizer.ggml.token_type must be a numeric array with one entry per "
+                        f"token ({len(tokens)})")
     pairs = [m.split(" ") for m in merges]
     bad = next((m for m, p in zip(merges, pairs) if len(p) != 2), None)
     if bad is not None:
@@ -77,10 +79,12 @@ def tokenizer_from_gguf(meta: dict):
     tok.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
                             for i in np.flatnonzero(types == CONTROL)])
     tok.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
-                    for i in np.flatnonzero(types == USER_DEFINED) if not _PAD.fullmatch(tokens[i])])
+                    for i in np.flatnonzero(types == USER_DEFINED)
+                    if not _PAD.fullmatch(tokens[i])])
     bos = meta.get("tokenizer.ggml.bos_token_id")
     if bos is not None and (not isinstance(bos, int) or not 0 <= bos < len(tokens)):
-        raise GGUFError(f"tokenizer.ggml.bos_token_id={bos!r} is not a token id (0..{len(tokens) - 1})")
+        raise GGUFError(f"tokenizer.ggml.bos_token_id={bos!r} is not a token id "
+                        f"(0..{len(tokens) - 1})")
     if meta.get("tokenizer.ggml.add_bos_token", True) is True and bos is not None:
         tok.post_processor = processors.TemplateProcessing(
             single=f"{tokens[bos]} $A", pair=f"{tokens[bos]} $A {tokens[bos]} $B",
@@ -106,7 +110,8 @@ def _adds_bos(tok, bos) -> bool:
     if bos is None:
         return False
     with_special = tok.encode("a").ids
-    return with_special[:1] == [bos] and with_special[1:] == tok.encode("a", add_special_tokens=False).ids
+    plain = tok.encode("a", add_special_tokens=False).ids
+    return with_special[:1] == [bos] and with_special[1:] == plain
 
 
 def tokenizer_to_gguf(tok, *, vocab_size: int, bos_token_id, eos_token_id, pad_token_id=None,
@@ -125,7 +130,8 @@ def tokenizer_to_gguf(tok, *, vocab_size: int, bos_token_id, eos_token_id, pad_t
     pre = _pre_name(spec.get("pre_tokenizer"))
     by_id = {i: t for t, i in tok.get_vocab(with_added_tokens=True).items()}
     if max(by_id) >= vocab_size:
-        raise ValueError(f"tokenizer has token id {max(by_id)} but the model vocab_size is {vocab_size}")
+        raise ValueError(f"tokenizer has token id {max(by_id)} but the model vocab_size is "
+                         f"{vocab_size}")
     added = tok.get_added_tokens_decoder()
     tokens, types = [], np.full(vocab_size, NORMAL, np.int32)
     for i in range(vocab_size):
@@ -168,7 +174,8 @@ def placeholder_vocab_gguf(vocab_size: int, *, bos_token_id=None, eos_token_id=N
     meta = {
         "tokenizer.ggml.model": Value(T_STRING, "gpt2"),
         "tokenizer.ggml.pre": Value(T_STRING, "llama-bpe"),
-        "tokenizer.ggml.tokens": Value(T_ARRAY, [f"<tok_{i}>" for i in range(vocab_size)], T_STRING),
+        "tokenizer.ggml.tokens": Value(T_ARRAY, [f"<tok_{i}>" for i in range(vocab_size)],
+                                       T_STRING),
         "tokenizer.ggml.token_type": Value(T_ARRAY, np.full(vocab_size, NORMAL, np.int32), T_INT32),
         "tokenizer.ggml.merges": Value(T_ARRAY, [], T_STRING),
     }
