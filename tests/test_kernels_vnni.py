@@ -152,3 +152,24 @@ def test_cache_works_with_the_intrinsic():
         first = _subprocess(_EXACT, NUMBA_CACHE_DIR=d).split()
         second = _subprocess(_EXACT, NUMBA_CACHE_DIR=d).split()
     assert first[1] == "0" and int(second[1]) >= 1
+
+
+_TWIN = """
+import numpy as np
+from bitnet_edu.kernels import vnni
+f = vnni.operands_1 if {serial} else vnni.operands
+xp, xsum = f(np.arange(600, dtype=np.int64).astype(np.int8).reshape(2, 300))
+assert np.array_equal(xp, vnni.permute_x(np.pad(np.arange(600).astype(np.int8).reshape(2, 300),
+                                                ((0, 0), (0, 212)))))
+print(sum(f.stats.cache_hits.values()))
+"""
+
+
+def test_serial_twin_has_its_own_cache_entry():
+    """The one-token operands (compiled without threads) and the parallel ones are cached apart:
+    after the serial twin is compiled and saved, the parallel function still compiles itself
+    instead of loading the twin's machine code (Numba's cache key ignores ``parallel``)."""
+    with tempfile.TemporaryDirectory() as d:
+        runs = [_subprocess(_TWIN.format(serial=s), NUMBA_CACHE_DIR=d).split()[-1]
+                for s in (True, False, False)]
+    assert runs == ["0", "0", "1"]

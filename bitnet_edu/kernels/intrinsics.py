@@ -9,7 +9,9 @@ inside ``numba.extending.intrinsic`` functions.  The pieces they share live here
   CPU has AVX-512 VNNI (:func:`has_vnni`), portable LLVM IR with the same sum elsewhere;
 * :func:`load64`, :func:`accumulate_scaled`, :func:`reduce_sum`: IR helpers for a codegen;
 * :func:`prefetch` (a Numba intrinsic) and :func:`prefetch_row` (a Numba function) for the
-  row streams of decode, which the hardware prefetcher alone leaves below DRAM bandwidth.
+  row streams of decode, which the hardware prefetcher alone leaves below DRAM bandwidth;
+* :func:`serial_twin`: a parallel Numba function compiled again without threads, for the
+  single-token calls of decode.
 
 The VNNI choice is made at compile time from Numba's own target features
 (:func:`target_features`), which are part of Numba's cache key, so a machine code cached for
@@ -18,6 +20,8 @@ one CPU is never loaded on another.
 
 from __future__ import annotations
 
+import types as pytypes
+
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -25,7 +29,8 @@ from numba.core.registry import cpu_target
 from numba.extending import intrinsic
 
 __all__ = ["I8", "I32", "F32", "V64x8", "V16x32", "V16xf", "target_features", "has_vnni",
-           "dpbusd", "load64", "accumulate_scaled", "reduce_sum", "prefetch", "prefetch_row"]
+           "dpbusd", "load64", "accumulate_scaled", "reduce_sum", "prefetch", "prefetch_row",
+           "serial_twin"]
 
 I8, I32, F32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
 V64x8, V16x32, V16xf = ir.VectorType(I8, 64), ir.VectorType(I32, 16), ir.VectorType(F32, 16)
@@ -123,3 +128,21 @@ def prefetch_row(a, r):
     if r < a.shape[0]:
         for b in range(0, a.shape[1] * a.itemsize, 64):
             prefetch(a, r * a.shape[1] * a.itemsize + b)
+
+
+def serial_twin(fn, **flags):
+    """``fn`` (an ``@njit(parallel=True)`` function) compiled again without threads (``prange``
+    runs as ``range``), cached under its own name ``<name>_serial``.
+
+    For one-token calls of a few microseconds a parallel region (waking a thread, a barrier)
+    costs more than it saves, and under load from other processes can cost milliseconds.
+    Why a renamed copy: Numba keys its on-disk cache on the function's file, name and bytecode,
+    not on ``parallel``, so ``njit(cache=True)(fn.py_func)`` shares ``fn``'s cache entry and runs
+    whichever of the two was compiled first.  ``flags``: further ``njit`` options (``fastmath``).
+    """
+    py = fn.py_func
+    twin = pytypes.FunctionType(py.__code__, py.__globals__, py.__name__ + "_serial",
+                                py.__defaults__, py.__closure__)
+    twin.__qualname__ = py.__qualname__ + "_serial"
+    twin.__doc__, twin.__module__ = py.__doc__, py.__module__
+    return njit(cache=True, **flags)(twin)

@@ -55,7 +55,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._base import I2SKernel, pad_cols
-from .intrinsics import I32, V16x32, V64x8, dpbusd, has_vnni, load64, prefetch_row, target_features
+from .intrinsics import (I32, V16x32, V64x8, dpbusd, has_vnni, load64, prefetch_row, serial_twin,
+                         target_features)
 
 __all__ = ["KERNEL", "VnniKernel", "has_vnni", "permute_x", "numpy_matmul", "operands",
            "operands_1", "gemv_1"]
@@ -222,9 +223,8 @@ def operands(xq):
     return xp, xsum
 
 
-# One token is a few us of operand work: a parallel region (waking a thread, a barrier) costs
-# more than it saves there, so decode takes the same function compiled without threads.
-operands_1 = njit(cache=True)(operands.py_func)
+# One token is a few us of operand work: decode takes the same function without threads.
+operands_1 = serial_twin(operands)
 
 
 @njit(cache=True, parallel=True)

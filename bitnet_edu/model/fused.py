@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..kernels.intrinsics import serial_twin
+
 # Reassociation lets LLVM vectorize float sums; not the full fastmath set, which would also
 # assume "no inf/nan" and break the -inf start of the softmax max.
 _FAST = {"reassoc", "contract", "arcp"}
@@ -167,10 +169,6 @@ def quantize_rows_int8(w):
 # One token (decode) is ~1-20 us of work per call: a parallel region (waking a thread, a
 # barrier) costs more than it saves there, and under load from other processes can cost
 # milliseconds.  The same functions compiled without threads (prange runs as range).
-def _serial(fn, **flags):
-    return njit(cache=True, **flags)(fn.py_func)
-
-
-rmsnorm_quant_1 = _serial(rmsnorm_quant)
-relu2_rmsnorm_quant_1 = _serial(relu2_rmsnorm_quant)
-attention_block_1 = _serial(attention_block, fastmath=_FAST)
+rmsnorm_quant_1 = serial_twin(rmsnorm_quant)
+relu2_rmsnorm_quant_1 = serial_twin(relu2_rmsnorm_quant)
+attention_block_1 = serial_twin(attention_block, fastmath=_FAST)
