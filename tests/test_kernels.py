@@ -80,7 +80,8 @@ def test_extremes_do_not_overflow(name, wv, xv):
     x = np.full((17, k), xv, np.int8)  # 17 tokens: the GEMM path of mad too
     kern = kernels.get(name)
     for xx in (x, x[0]):  # GEMV and GEMM paths
-        np.testing.assert_array_equal(kern.matmul(kern.pack(w), xx), kernels.reference_matmul(w, xx))
+        np.testing.assert_array_equal(kern.matmul(kern.pack(w), xx),
+                                      kernels.reference_matmul(w, xx))
 
 
 @pytest.mark.parametrize("name", FAST)

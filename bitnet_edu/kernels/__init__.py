@@ -9,7 +9,8 @@
     >>> k.linear(p, x, x_scale, w_scale)     # fused: float32 (x @ w.T) * x_scale[t] * w_scale
 
 ``linear`` is the entry point for the model engine: the int32 accumulate and the float rescale
-happen in the same Numba call (``x_scale`` as returned by ``quant.absmax_int8``: ``x ≈ xq*x_scale``).
+happen in the same Numba call (``x_scale`` as returned by ``quant.absmax_int8``:
+``x ≈ xq*x_scale``).
 :data:`DEFAULT` names the fastest kernel measured on the project's machine
 (``python -m bitnet_edu.bench kernels``).  Every kernel module also has ``numpy_matmul``, a plain
 NumPy version of its own arithmetic on its own layout, for teaching and tests.

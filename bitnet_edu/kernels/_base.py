@@ -79,7 +79,8 @@ class Kernel:
         return np.ascontiguousarray(np.concatenate(cols).T.astype(np.int8))
 
     def matmul(self, packed: Packed, x) -> np.ndarray:
-        """Exact integer product: x int8 ``[in]`` -> int32 ``[out]``; ``[T, in]`` -> ``[T, out]``."""
+        """Exact integer product: x int8 ``[in]`` -> int32 ``[out]``; ``[T, in]`` ->
+        ``[T, out]``."""
         x2, squeeze = self._check(packed, x)
         y = np.empty((x2.shape[0], packed.out), np.int32)
         self._run(packed.arrays, x2, y, None)

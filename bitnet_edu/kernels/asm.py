@@ -24,7 +24,8 @@ WATCH = ("vpmaddwd", "vpmaddubsw", "vpdpbusd", "vpdpwssd", "vpshufb", "vpgatherd
 
 
 def asm_summary(name: str) -> dict:
-    """``{function: {"zmm": n, "ymm": n, "vpmaddwd": n, ...}}`` for the Numba functions of kernel ``name``."""
+    """``{function: {"zmm": n, "ymm": n, "vpmaddwd": n, ...}}`` for the Numba functions of
+    kernel ``name``."""
     kern = get(name)
     rng = np.random.default_rng(0)
     w = rng.integers(-1, 2, (8, 512)).astype(np.int8)
@@ -35,7 +36,8 @@ def asm_summary(name: str) -> dict:
     for attr, f in vars(mod).items():
         if not isinstance(f, CPUDispatcher) or not f.signatures:
             continue
-        fresh = njit(**{k: v for k, v in f.targetoptions.items() if k in ("parallel", "fastmath")})(f.py_func)
+        opts = {k: v for k, v in f.targetoptions.items() if k in ("parallel", "fastmath")}
+        fresh = njit(**opts)(f.py_func)
         counts = collections.Counter()
         for sig in f.signatures:
             fresh.compile(sig)

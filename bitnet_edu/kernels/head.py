@@ -58,7 +58,8 @@ def quantize_blocks(x: np.ndarray):
     amax = np.maximum(np.abs(xb).max(axis=2), np.float32(1e-12)).astype(np.float32)
     xq = np.clip(np.rint(xb * (np.float32(127.0) / amax)[..., None]), -127, 127).astype(np.int8)
     scale = (amax / np.float32(127.0)).astype(np.float32)
-    corr = np.float32(128.0) * (scale * xq.astype(np.int32).sum(axis=2)).sum(axis=1, dtype=np.float32)
+    sums = scale * xq.astype(np.int32).sum(axis=2)
+    corr = np.float32(128.0) * sums.sum(axis=1, dtype=np.float32)
     return xq.reshape(t, n), scale, corr.astype(np.float32)
 
 
@@ -172,7 +173,8 @@ def head_logits(x: np.ndarray, table: np.ndarray, row_scale: np.ndarray) -> np.n
 # starts the group's accumulator.
 
 def quantize_rows_int4(w: np.ndarray, chunk: int = 8192):
-    """float32 ``[V, n]`` (n a multiple of G4) -> ``(nibbles uint8 [V, n/2], scale float32 [V, n/G4])``."""
+    """float32 ``[V, n]`` (n a multiple of G4) -> ``(nibbles uint8 [V, n/2],
+    scale float32 [V, n/G4])``."""
     v, n = w.shape
     if n % G4:
         raise ValueError(f"hidden size {n} must be a multiple of {G4} for the int4 head")
@@ -220,7 +222,8 @@ def _row_dot4(typingctx, packed, r, xq, xs, xsum, scale, t):
         ng = cgutils.unpack_tuple(builder, da.shape, 2)[1]
         nb = cgutils.unpack_tuple(builder, sa.shape, 2)[1]
         prow = builder.gep(pa.data, [builder.mul(r64, half)])
-        xrow = builder.gep(xa.data, [builder.mul(t64, cgutils.unpack_tuple(builder, xa.shape, 2)[1])])
+        xn = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
+        xrow = builder.gep(xa.data, [builder.mul(t64, xn)])
         srow = builder.gep(sa.data, [builder.mul(t64, nb)])
         mrow = builder.gep(ma.data, [builder.mul(t64, ng)])
         drow = builder.gep(da.data, [builder.mul(r64, ng)])

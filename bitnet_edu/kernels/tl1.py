@@ -44,7 +44,8 @@ def build_table(x: np.ndarray) -> np.ndarray:
 
 
 def numpy_matmul(packed: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """NumPy version: ``packed`` uint8 ``[out, kp/4]``, ``x`` int8 ``[T, kp]`` -> int32 ``[T, out]``."""
+    """NumPy version: ``packed`` uint8 ``[out, kp/4]``, ``x`` int8 ``[T, kp]`` -> int32
+    ``[T, out]``."""
     idx = np.empty((packed.shape[0], packed.shape[1] * 2), np.int64)
     idx[:, 0::2] = packed & 15
     idx[:, 1::2] = packed >> 4

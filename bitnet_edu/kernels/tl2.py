@@ -29,7 +29,8 @@ PAD = 24      # in is padded to a multiple of 24: whole bytes of indices (2) and
 
 
 def fold(w: np.ndarray):
-    """Ternary int8 ``[out, k]`` (k % 3 == 0) -> (index uint8 ``[out, k/3]`` in 0..13, sign uint8 0/1)."""
+    """Ternary int8 ``[out, k]`` (k % 3 == 0) -> (index uint8 ``[out, k/3]`` in 0..13,
+    sign uint8 0/1)."""
     g = 9 * (w[:, 0::3] + 1) + 3 * (w[:, 1::3] + 1) + (w[:, 2::3] + 1)
     sign = (g > 13).astype(np.uint8)
     return np.where(sign == 1, 26 - g, g).astype(np.uint8), sign

@@ -23,21 +23,25 @@ GROUP = 4  # activations per table: 2**4 = 16 entries
 
 
 def plane_masks(w: np.ndarray):
-    """Ternary int8 ``[out, k]`` (k % 4 == 0) -> (m0, m1) uint8 ``[out, k/4]``: 4-bit plane masks."""
+    """Ternary int8 ``[out, k]`` (k % 4 == 0) -> (m0, m1) uint8 ``[out, k/4]``: 4-bit plane
+    masks."""
     c = (w + 1).astype(np.uint8).reshape(w.shape[0], -1, GROUP)
     bit = (1 << np.arange(GROUP)).astype(np.uint8)
-    return ((c & 1) * bit).sum(axis=2).astype(np.uint8), ((c >> 1) * bit).sum(axis=2).astype(np.uint8)
+    m0 = ((c & 1) * bit).sum(axis=2).astype(np.uint8)
+    return m0, ((c >> 1) * bit).sum(axis=2).astype(np.uint8)
 
 
 def build_table(x: np.ndarray) -> np.ndarray:
-    """Activations int8 ``[T, k]`` (k % 4 == 0) -> int16 ``[T, k/4, 16]``: subset sums of each group."""
+    """Activations int8 ``[T, k]`` (k % 4 == 0) -> int16 ``[T, k/4, 16]``: subset sums of each
+    group."""
     xg = x.astype(np.int16).reshape(x.shape[0], -1, GROUP)
     subsets = (np.arange(16)[:, None] >> np.arange(GROUP)) & 1  # [16, 4]
     return (xg @ subsets.T.astype(np.int16)).astype(np.int16)
 
 
 def numpy_matmul(packed: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """NumPy version: ``packed`` uint8 ``[out, kp/4]``, ``x`` int8 ``[T, kp]`` -> int32 ``[T, out]``."""
+    """NumPy version: ``packed`` uint8 ``[out, kp/4]``, ``x`` int8 ``[T, kp]`` -> int32
+    ``[T, out]``."""
     tab = build_table(x).astype(np.int32)  # [T, G, 16]
     g = np.arange(packed.shape[1])[None, :]
     lo = tab[:, g, packed & 15].sum(axis=2)
@@ -66,7 +70,8 @@ def _tmac(packed, tab, xsum, y, scale):
 
 class TMACKernel(Kernel):
     name = "tmac"
-    summary = "T-MAC: 2 bit planes x 16-entry subset-sum tables over 4 activations (2 bits per weight)"
+    summary = ("T-MAC: 2 bit planes x 16-entry subset-sum tables over 4 activations "
+               "(2 bits per weight)")
 
     def _pack(self, w):
         m0, m1 = plane_masks(pad_cols(w, GROUP))

@@ -3,10 +3,11 @@
 Same arithmetic as :mod:`.mad` (codes ``c = w + 1`` in {0, 1, 2}, ``x @ w.T = x @ c.T - sum(x)``),
 but the multiply-add is the instruction bitnet.cpp's I2_S kernel uses on x86:
 ``vpdpbusd acc, u8, s8`` multiplies 64 unsigned bytes by 64 signed bytes and adds each group of
-4 products into one of 16 int32 lanes.  Plain Numba code never emits it (see PERFORMANCE.md),
-so :func:`_make_dot` builds ``numba.extending.intrinsic`` functions that write the inner loop
-in LLVM IR and call ``llvm.x86.avx512.vpdpbusd.512`` on ``<16 x i32>`` vectors (512-bit zmm
-registers), with the helpers of :mod:`.intrinsics`.
+4 products into one of 16 int32 lanes.  Plain Numba code never emits it (LLVM does not match
+the pattern; notebook 03 counts the instructions), so :func:`_make_dot` builds
+``numba.extending.intrinsic`` functions that write the inner loop in LLVM IR and call
+``llvm.x86.avx512.vpdpbusd.512`` on ``<16 x i32>`` vectors (512-bit zmm registers), with the
+helpers of :mod:`.intrinsics`.
 
 Layout: the I2_S bytes of :func:`bitnet_edu.packing.pack_i2s`, each row zero-padded to a
 multiple of 256 weights.  One 64-byte load takes two I2_S blocks (b0, b1) of 128 weights::

@@ -57,7 +57,8 @@ def _quant_row(y, xq_row):
 # tiny checkpoint vs transformers); the float64 sum in ``_mean_sq`` is accurate either way.
 @njit(cache=True, parallel=True)
 def rmsnorm_quant(x, w, eps):
-    """RMSNorm then per-token int8: ``x`` float32 ``[T, n]`` -> ``(xq int8 [T, n], scale float32 [T])``."""
+    """RMSNorm then per-token int8: ``x`` float32 ``[T, n]`` -> ``(xq int8 [T, n],
+    scale float32 [T])``."""
     t, n = x.shape
     xq = np.empty((t, n), np.int8)
     scale = np.empty(t, np.float32)
@@ -157,7 +158,8 @@ def attention_block(qkv, scales, cos, sin, kc, vc, start, n_heads, n_kv, d):
 
 @njit(cache=True, parallel=True)
 def quantize_rows_int8(w):
-    """Per-row absmax int8 of a float32 matrix ``[V, n]`` -> ``(int8 [V, n], scale float32 [V])``."""
+    """Per-row absmax int8 of a float32 matrix ``[V, n]`` -> ``(int8 [V, n],
+    scale float32 [V])``."""
     v, n = w.shape
     q = np.empty((v, n), np.int8)
     s = np.empty(v, np.float32)

@@ -56,7 +56,7 @@ def random_model(shape="2b4t", seed: int = 0, *, kernel: str | None = None, head
     if head == "int8":
         table = rng.integers(-127, 128, (v, h), dtype=np.int8)  # one allocation, symmetric
         emb = Head.from_quantized("int8", table, np.full(v, 0.02 / 127 * 4, np.float32), h)
-    elif head == "int4" and h % 128 == 0:  # random nibbles 1..15 (q in [-7, 7]), scales ~ 0.02 / 7 * 4
+    elif head == "int4" and h % 128 == 0:  # nibbles 1..15 (q in [-7, 7]), scales ~ 0.02 / 7 * 4
         nib = np.empty((v, h // 2), np.uint8)
         for r in range(0, v, 8192):  # in chunks: no temporary the size of the table
             lo, hi = rng.integers(1, 16, (2, len(nib[r:r + 8192]), h // 2), dtype=np.uint8)
