@@ -7,10 +7,14 @@
     >>> y = k.matmul(p, x)                   # x int8 [in] -> int32 [out]; [T, in] -> [T, out]
     >>> y == kernels.reference_matmul(w, x)  # exactly x.astype(int32) @ w.T
     >>> k.linear(p, x, x_scale, w_scale)     # fused: float32 (x @ w.T) * x_scale[t] * w_scale
+    >>> k.unpack(p)                          # w again, int8 [out, in]
+    >>> k.random_packed(rng, out, in)        # random ternary weights, straight in the layout
 
 ``linear`` is the entry point for the model engine: the int32 accumulate and the float rescale
 happen in the same Numba call (``x_scale`` as returned by ``quant.absmax_int8``:
-``x ≈ xq*x_scale``).
+``x ≈ xq*x_scale``).  The engine's hot loop calls ``k.linear_fast`` (many tokens) and
+``k.linear_1`` (one token, decode): the same float32 bits without the input checks, and for
+``vnni`` with the operands prepared in Numba (see :class:`Kernel`).
 :data:`DEFAULT` names the fastest kernel measured on the project's machine
 (``python -m bitnet_edu.bench kernels``).  Every kernel module also has ``numpy_matmul``, a plain
 NumPy version of its own arithmetic on its own layout, for teaching and tests.
@@ -49,7 +53,8 @@ def available() -> list[str]:
 
 
 def get(name: str) -> Kernel:
-    """The kernel object called ``name`` (``.name``, ``.pack``, ``.matmul``, ``.linear``)."""
+    """The kernel object called ``name`` (``.name``, ``.pack``, ``.unpack``, ``.matmul``,
+    ``.linear``, ``.linear_fast``, ``.linear_1``, ``.random_packed``)."""
     if name not in _MODULES:
         raise ValueError(f"unknown kernel {name!r}; available: {', '.join(available())}")
     if name not in _CACHE:

@@ -87,7 +87,8 @@ class Head:
     @classmethod
     def from_quantized(cls, mode: str, table: np.ndarray, scale: np.ndarray, n: int) -> "Head":
         """Wrap an already quantized table: int8 ``[V, n]`` + ``[V]`` scales, or int4 nibbles
-        ``[V, np/2]`` + ``[V, np/128]`` scales (``np``: ``n`` padded to 128); ``n`` the hidden size."""
+        ``[V, np/2]`` + ``[V, np/128]`` scales (``np``: ``n`` padded to 128); ``n`` the hidden
+        size."""
         self = cls.__new__(cls)
         self.mode, self.table, self.scale, self.n = mode, table, scale, n
         return self
