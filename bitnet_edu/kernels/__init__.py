@@ -8,7 +8,7 @@
     >>> y == kernels.reference_matmul(w, x)  # exactly x.astype(int32) @ w.T
     >>> k.linear(p, x, x_scale, w_scale)     # fused: float32 (x @ w.T) * x_scale[t] * w_scale
     >>> k.unpack(p)                          # w again, int8 [out, in]
-    >>> k.random_packed(rng, out, in)        # random ternary weights, straight in the layout
+    >>> k.random_packed(rng, out, cols)      # random ternary weights, straight in the layout
 
 ``linear`` is the entry point for the model engine: the int32 accumulate and the float rescale
 happen in the same Numba call (``x_scale`` as returned by ``quant.absmax_int8``:
