@@ -1,6 +1,6 @@
 """The BitNet b1.58 transformer: ternary weights held packed in a kernel's layout.
 
-Per layer (FORMATS.md, checked against transformers' ``modeling_bitnet``)::
+Per layer (docs/formats.md, checked against transformers' ``modeling_bitnet``)::
 
     h   = x + o_proj(attn_sub_norm(attention(rope(q, k), v)))      q, k, v = qkv_proj(input_layernorm(x))
     out = h + down_proj(ffn_sub_norm(relu(gate)**2 * up))           gate, up = gate_up_proj(post_attention_layernorm(h))
