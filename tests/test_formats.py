@@ -239,3 +239,40 @@ def test_old_import_paths_are_the_same_objects():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         import bitnet_edu.model  # noqa: F401  (the package's own names still import cleanly)
+
+
+def test_writers_never_follow_a_planted_symlink(tmp_path):
+    """A symlink at the old predictable temporary name must not redirect the write."""
+    from bitnet_edu.formats.gguf import write_gguf
+    from bitnet_edu.formats.safetensors import write_safetensors
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    for name, write in [("out.gguf", lambda p: write_gguf(p, {"general.architecture": "x"},
+                                                          {"t": np.ones(4, np.float32)})),
+                        ("out.safetensors", lambda p: write_safetensors(p, {"t": np.ones(4)}))]:
+        (tmp_path / (name + ".tmp")).symlink_to(victim)
+        write(tmp_path / name)
+        assert victim.read_text() == "keep me"
+        assert (tmp_path / name).is_file() and not (tmp_path / name).is_symlink()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not leftovers, f"temporary files left behind: {leftovers}"
+
+
+def test_writer_failure_keeps_the_old_file_and_no_temporary(tmp_path):
+    from bitnet_edu.formats.safetensors import SafetensorsWriter
+
+    out = tmp_path / "m.safetensors"
+    out.write_bytes(b"old")
+    with pytest.raises(ValueError, match="never written"):
+        with SafetensorsWriter(out, {"a": ("F32", (2,)), "b": ("F32", (2,))}) as w:
+            w.write("a", np.zeros(2, np.float32))
+    assert out.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+def test_writing_into_a_missing_folder_is_a_clear_error(tmp_path):
+    from bitnet_edu.formats.safetensors import write_safetensors
+
+    with pytest.raises(ValueError, match="does not exist"):
+        write_safetensors(tmp_path / "nope" / "m.safetensors", {"t": np.ones(2)})

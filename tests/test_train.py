@@ -228,3 +228,24 @@ def test_recipe_end_to_end_cli(tmp_path):
     engine = bitnet_edu.load_model(model_dir)
     assert engine.config.hidden_size == MICRO.model.dim
     assert len(engine.generate("And God said", 5, temperature=0.0)) > 0
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    """load_checkpoint uses torch's restricted unpickler: a pickled callable is not executed."""
+    import os
+
+    import torch
+
+    from bitnet_edu.train.loop import load_checkpoint
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": {}, "step": 1, "history": {}, "x": Evil()}, path, pickle_protocol=2)
+    with pytest.raises(ValueError, match="not a bitnet_edu training checkpoint"):
+        load_checkpoint(path, torch.nn.Linear(2, 2))
+    assert not marker.exists(), "the checkpoint ran code"

@@ -16,11 +16,12 @@ shapes, then each tensor's bytes as they come.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import StreamingTensorWriter
 
 __all__ = ["read_safetensors", "write_safetensors", "safetensors_header", "bf16_to_float32",
            "float32_to_bf16", "SafetensorsFile", "SafetensorsWriter"]
@@ -158,7 +159,7 @@ class SafetensorsFile:
         return out.view(dt).reshape(shape)
 
 
-class SafetensorsWriter:
+class SafetensorsWriter(StreamingTensorWriter):
     """Write a ``.safetensors`` file whose tensors arrive one at a time.
 
     ``specs``: ``{name: (dtype name, shape)}`` in file order, e.g. ``("U8", (640, 2560))``.
@@ -168,57 +169,20 @@ class SafetensorsWriter:
     """
 
     def __init__(self, path, specs: dict, metadata: dict | None = None):
-        self.path = Path(path)
-        self._order, self._sizes, header, offset = list(specs), {}, {}, 0
+        sizes, header, offset = {}, {}, 0
         for name, (dtype, shape) in specs.items():
             if dtype not in _DTYPES:
                 raise ValueError(f"tensor {name!r}: unknown safetensors dtype {dtype!r}")
             n = int(np.prod(shape, dtype=np.int64)) * np.dtype(_DTYPES[dtype]).itemsize
             header[name] = {"dtype": dtype, "shape": [int(s) for s in shape],
                             "data_offsets": [offset, offset + n]}
-            self._sizes[name] = n
+            sizes[name] = n
             offset += n
         if metadata:
             header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
         text = json.dumps(header, separators=(",", ":")).encode()
-        self._head = text + b" " * ((-len(text)) % 8)  # 8-byte aligned data, as the library does
-        self._next, self._file = 0, None
-        self._tmp = self.path.with_name(self.path.name + ".tmp")
-
-    def __enter__(self):
-        self._file = open(self._tmp, "wb")
-        self._file.write(struct.pack("<Q", len(self._head)))
-        self._file.write(self._head)
-        return self
-
-    def write(self, name: str, data) -> None:
-        """Write tensor ``name`` (the next one in ``specs``): an array or iterable of arrays."""
-        if self._next >= len(self._order) or self._order[self._next] != name:
-            want = self._order[self._next] if self._next < len(self._order) else "nothing"
-            raise ValueError(f"tensor {name!r} written out of order: expected {want!r}")
-        done = 0
-        for part in ([data] if isinstance(data, np.ndarray) else data):
-            a = np.ascontiguousarray(part)
-            a = a.astype(a.dtype.newbyteorder("<"), copy=False)
-            self._file.write(a.reshape(-1).view(np.uint8).data)
-            done += a.nbytes
-        if done != self._sizes[name]:
-            raise ValueError(f"tensor {name!r}: got {done} bytes, its header says "
-                             f"{self._sizes[name]}")
-        self._next += 1
-
-    def __exit__(self, exc_type, exc, tb):
-        self._file.close()
-        try:
-            if exc_type is None:
-                if self._next != len(self._order):
-                    raise ValueError(f"{self.path}: tensor {self._order[self._next]!r} was never "
-                                     "written")
-                os.replace(self._tmp, self.path)
-        finally:
-            if self._tmp.exists():
-                self._tmp.unlink()
-        return False
+        text += b" " * ((-len(text)) % 8)  # 8-byte aligned data, as the library does
+        super().__init__(path, struct.pack("<Q", len(text)) + text, sizes)
 
 
 def write_safetensors(path, tensors: dict[str, np.ndarray], *, bf16: set | None = None,

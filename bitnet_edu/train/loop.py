@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..formats.atomic import atomic_write
 from .data import get_batch
 from .model import zero_fraction
 
@@ -121,17 +122,27 @@ def evaluate(model, data, tc: TrainConfig) -> float:
 
 
 def save_checkpoint(path, model, opt, step: int, history: dict, tc: TrainConfig):
+    """Save weights, optimizer state, step and history (plain values only, so that
+    :func:`load_checkpoint` can refuse anything else).  Written to a private temporary file and
+    renamed: a crash mid-save never leaves a broken checkpoint, a planted symlink is not followed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "step": step,
-                "history": history, "model_config": model.cfg.to_dict(), "train_config": tc.to_dict()}, tmp)
-    tmp.replace(path)  # atomic: a crash mid-save never leaves a broken checkpoint
+    with atomic_write(path) as f:
+        torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "step": step,
+                    "history": history, "model_config": model.cfg.to_dict(),
+                    "train_config": tc.to_dict()}, f)
 
 
 def load_checkpoint(path, model, opt=None) -> tuple[int, dict]:
-    """Restore weights (and optimizer) from ``path``; returns ``(next_step, history)``."""
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    """Restore weights (and optimizer) from ``path``; returns ``(next_step, history)``.
+
+    ``weights_only=True``: torch's restricted unpickler accepts tensors and plain containers only,
+    so a shared ``checkpoint.pt`` cannot run code (a full pickle would)."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # the restricted unpickler refuses anything but plain values
+        raise ValueError(f"{path}: not a bitnet_edu training checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
     model.load_state_dict(ck["model"])
     if opt is not None:
         opt.load_state_dict(ck["optim"])

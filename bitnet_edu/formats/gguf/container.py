@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ...packing import i2s_tensor_bytes, unpack_i2s
+from ..atomic import StreamingTensorWriter
 
 __all__ = [
     "GGUFError", "GGUFReader", "GGUFTensor", "GGUFWriter", "TensorData", "Value", "write_gguf",
@@ -430,18 +431,18 @@ def _pack_value(vtype: int, v, subtype=None, key="") -> bytes:
     raise ValueError(f"metadata {key!r}: cannot write value type {vtype} (element type {subtype})")
 
 
-class GGUFWriter:
+class GGUFWriter(StreamingTensorWriter):
     """Write a GGUF v3 file whose tensor data arrives one tensor at a time.
 
     ``tensors``: ``{name: (ggml_type, shape)}`` (NumPy order) in file order.  Offsets follow
     from the sizes (:func:`tensor_nbytes`), so the whole header is written on open; then
     :meth:`write` each tensor in that order, as one array or an iterable of arrays whose bytes
-    add up to the tensor.  Use as a context manager: the data goes to ``path + ".tmp"``, renamed
-    when every tensor was written, removed on any error.
+    add up to the tensor.  Use as a context manager: the data goes to a private temporary file
+    in the same folder (:mod:`bitnet_edu.formats.atomic`), renamed when every tensor was
+    written, removed on any error.
     """
 
     def __init__(self, path, metadata: dict, tensors: dict, *, alignment: int = DEFAULT_ALIGNMENT):
-        self.path, self.alignment = Path(path), alignment
         meta = {k: _typed(k, v) for k, v in metadata.items()}
         if alignment != DEFAULT_ALIGNMENT:
             meta["general.alignment"] = Value(T_UINT32, alignment)
@@ -449,53 +450,18 @@ class GGUFWriter:
         for key, v in meta.items():
             head += [_pack_string(key), struct.pack("<I", v.type),
                      _pack_value(v.type, v.value, v.subtype, key)]
-        self._sizes, offset = {}, 0
+        sizes, offset = {}, 0
         for name, (ggml_type, shape) in tensors.items():
             n = 1
             for d in shape:
                 n *= int(d)
-            self._sizes[name] = tensor_nbytes(ggml_type, n)
+            sizes[name] = tensor_nbytes(ggml_type, n)
             dims = [int(d) for d in reversed(tuple(shape))]
             head += [_pack_string(name),
                      struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, ggml_type, offset)]
-            offset = _align(offset + self._sizes[name], alignment)
-        self._header = b"".join(head)
-        self._order, self._next, self._file = list(tensors), 0, None
-        self._tmp = self.path.with_name(self.path.name + ".tmp")
-
-    def __enter__(self):
-        self._file = open(self._tmp, "wb")
-        self._file.write(self._header + b"\0" * ((-len(self._header)) % self.alignment))
-        return self
-
-    def write(self, name: str, data) -> None:
-        """Write tensor ``name`` (the next in the header): an array or an iterable of arrays."""
-        if self._next >= len(self._order) or self._order[self._next] != name:
-            want = self._order[self._next] if self._next < len(self._order) else "nothing"
-            raise ValueError(f"tensor {name!r} written out of order: expected {want!r}")
-        done = 0
-        for part in ([data] if isinstance(data, np.ndarray) else data):
-            b = np.ascontiguousarray(part).reshape(-1).view(np.uint8)
-            self._file.write(b.data)
-            done += b.size
-        if done != self._sizes[name]:
-            raise ValueError(f"tensor {name!r}: got {done} bytes, its header says "
-                             f"{self._sizes[name]}")
-        self._file.write(b"\0" * ((-done) % self.alignment))
-        self._next += 1
-
-    def __exit__(self, exc_type, exc, tb):
-        self._file.close()
-        try:
-            if exc_type is None:
-                if self._next != len(self._order):
-                    raise ValueError(f"{self.path}: tensor {self._order[self._next]!r} was "
-                                     "never written")
-                os.replace(self._tmp, self.path)
-        finally:
-            if self._tmp.exists():
-                self._tmp.unlink()
-        return False
+            offset = _align(offset + sizes[name], alignment)
+        self.alignment = alignment
+        super().__init__(path, b"".join(head), sizes)
 
 
 def write_gguf(path, metadata: dict, tensors: dict, *, alignment: int = DEFAULT_ALIGNMENT,
@@ -509,7 +475,8 @@ def write_gguf(path, metadata: dict, tensors: dict, *, alignment: int = DEFAULT_
         alignment: data alignment; written as ``general.alignment`` when not 32.
         progress: optional callable ``(n_done, n_total, name)`` called after each tensor.
 
-    The file is written to ``path + ".tmp"`` and renamed, so a failure leaves no partial file.
+    The file is written to a private temporary file and renamed, so a failure leaves no partial
+    file (and a symlink in the folder is never followed).
     :class:`GGUFWriter` writes tensors that are not all in memory at once.
     """
     path = Path(path)
