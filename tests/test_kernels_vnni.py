@@ -173,3 +173,35 @@ def test_serial_twin_has_its_own_cache_entry():
         runs = [_subprocess(_TWIN.format(serial=s), NUMBA_CACHE_DIR=d).split()[-1]
                 for s in (True, False, False)]
     assert runs == ["0", "0", "1"]
+
+
+HASWELL = ("+64bit,+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,+sse4.1,+ssse3,+sse3,+sse2,"
+           "+sse,+cx16,+movbe,+lzcnt")
+_ISA = _EXACT + """
+from bitnet_edu.kernels.asm import asm_summary
+from bitnet_edu.kernels.intrinsics import isa
+s = asm_summary('vnni')['_vnni']
+print(isa(), s['vpdpbusd'], s['vpmaddubsw'], s['vpmaddwd'], s['zmm'], s['ymm'])
+"""
+
+
+@pytest.mark.parametrize("cpu,features,want", [
+    ("haswell", HASWELL, "avx2"),
+    ("alderlake", HASWELL + ",+avxvnni", "avxvnni"),
+    ("generic", "+64bit,+sse2,+sse", "portable"),
+])
+def test_each_isa_is_exact_and_emits_its_instruction(cpu, features, want):
+    """Numba compiling for a laptop's CPU (the target switch; the code runs on this one): exact
+    results, and the instruction each instruction set is chosen for is in the machine code."""
+    with tempfile.TemporaryDirectory() as d:
+        out = _subprocess(_ISA, NUMBA_CACHE_DIR=d, NUMBA_CPU_NAME=cpu,
+                          NUMBA_CPU_FEATURES=features).split()
+    got, dpbusd, maddubs, maddwd, zmm, ymm = out[-6], *map(int, out[-5:])
+    assert got == want
+    assert zmm == 0, "512-bit registers on a CPU without AVX-512"
+    if want == "avx2":
+        assert maddubs >= 2 and maddwd >= 1 and dpbusd == 0
+    elif want == "avxvnni":
+        assert dpbusd >= 2 and ymm > 0
+    else:
+        assert dpbusd == 0 and maddubs == 0 and ymm == 0

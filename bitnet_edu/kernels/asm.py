@@ -42,7 +42,8 @@ def asm_summary(name: str) -> dict:
         for sig in f.signatures:
             fresh.compile(sig)
             asm = fresh.inspect_asm(sig)
-            ops = collections.Counter(re.findall(r"^\s+(v\w+)\s", asm, flags=re.M))
+            # "{vex} vpdpbusd": the AVX-VNNI encoding of the same instruction
+            ops = collections.Counter(re.findall(r"^\s+(?:\{vex\}\s+)?(v\w+)\s", asm, flags=re.M))
             counts.update({op: ops[op] for op in WATCH})
             counts["zmm"] += asm.count("%zmm")
             counts["ymm"] += asm.count("%ymm")

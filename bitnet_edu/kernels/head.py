@@ -32,8 +32,9 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .intrinsics import (I32, V16x32, V16xf, V64x8, accumulate_scaled, dpbusd, has_vnni, load64,
-                         prefetch_row, reduce_sum, target_features)
+from .intrinsics import (I32, V16x32, V16xf, V64x8, accumulate_scaled, array_args, dpbusd,
+                         dpbusd_sum, int64_args, isa, load64, prefetch_row, reduce_sum,
+                         target_features)
 from .intrinsics import prefetch  # noqa: F401  (its old home; kept importable)
 
 __all__ = ["QK", "G4", "quantize_blocks", "numpy_head_logits", "head_logits", "quantize_rows_int4",
@@ -81,11 +82,10 @@ def numpy_head_logits(x: np.ndarray, table: np.ndarray, row_scale: np.ndarray) -
 def _row_dot(typingctx, table, r, xq, scale, t):
     """float32 ``sum_b scale[t, b] * sum_{i in b} (table[r, i] + 128) * xq[t, i]``."""
     def codegen(context, builder, signature, args):
-        vnni = has_vnni(target_features(context))
+        target = isa(target_features(context))
         i64 = ir.IntType(64)
-        ta, xa, sa = (context.make_array(signature.args[i])(context, builder, args[i])
-                      for i in (0, 2, 3))
-        r64, t64 = (context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 4))
+        ta, xa, sa = array_args(context, builder, signature, args, 0, 2, 3)
+        r64, t64 = int64_args(context, builder, signature, args, 1, 4)
         n = cgutils.unpack_tuple(builder, ta.shape, 2)[1]
         nb = cgutils.unpack_tuple(builder, sa.shape, 2)[1]
         trow = builder.gep(ta.data, [builder.mul(r64, n)])
@@ -100,7 +100,7 @@ def _row_dot(typingctx, table, r, xq, scale, t):
                 off = builder.add(base, i64(64 * s))
                 w = builder.xor(load64(builder, trow, off), flip)
                 accs.append(dpbusd(builder, ir.Constant(V16x32, None), w,
-                                   load64(builder, xrow, off), vnni))
+                                   load64(builder, xrow, off), target, 255))
             tot = builder.add(builder.add(accs[0], accs[1]), builder.add(accs[2], accs[3]))
             accumulate_scaled(builder, facc, tot, builder.load(builder.gep(srow, [loop.index])))
         return reduce_sum(builder, facc)
@@ -213,11 +213,10 @@ def numpy_head_logits_int4(x: np.ndarray, packed: np.ndarray, scale: np.ndarray)
 def _row_dot4(typingctx, packed, r, xq, xs, xsum, scale, t):
     """float32 ``sum_g scale[r, g] * xs[t, g // 2] * sum_{i in g} (u_i - 8) * xq[t, i]``."""
     def codegen(context, builder, signature, args):
-        vnni = has_vnni(target_features(context))
+        target = isa(target_features(context))
         i64 = ir.IntType(64)
-        pa, xa, sa, ma, da = (context.make_array(signature.args[i])(context, builder, args[i])
-                              for i in (0, 2, 3, 4, 5))
-        r64, t64 = (context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 6))
+        pa, xa, sa, ma, da = array_args(context, builder, signature, args, 0, 2, 3, 4, 5)
+        r64, t64 = int64_args(context, builder, signature, args, 1, 6)
         half = cgutils.unpack_tuple(builder, pa.shape, 2)[1]
         ng = cgutils.unpack_tuple(builder, da.shape, 2)[1]
         nb = cgutils.unpack_tuple(builder, sa.shape, 2)[1]
@@ -234,9 +233,10 @@ def _row_dot4(typingctx, packed, r, xq, xs, xsum, scale, t):
             corr = builder.load(builder.gep(mrow, [loop.index]))          # -8 * sum(x in g)
             acc = builder.insert_element(ir.Constant(V16x32, None), corr, ir.Constant(I32, 0))
             xoff = builder.mul(loop.index, i64(G4))
-            acc = dpbusd(builder, acc, builder.and_(v, low), load64(builder, xrow, xoff), vnni)
-            acc = dpbusd(builder, acc, builder.lshr(v, four),
-                         load64(builder, xrow, builder.add(xoff, i64(64))), vnni)
+            acc = dpbusd_sum(builder, acc, [
+                (builder.and_(v, low), load64(builder, xrow, xoff)),
+                (builder.lshr(v, four), load64(builder, xrow, builder.add(xoff, i64(64))))],
+                target, 15)
             d = builder.fmul(builder.load(builder.gep(drow, [loop.index])), builder.load(
                 builder.gep(srow, [builder.udiv(loop.index, i64(QK // G4))])))
             accumulate_scaled(builder, facc, acc, d)

@@ -29,7 +29,7 @@ from numba.core.registry import cpu_target
 from numba.extending import intrinsic
 
 __all__ = ["I8", "I32", "F32", "V64x8", "V16x32", "V16xf", "target_features", "has_vnni",
-           "dpbusd", "load64", "accumulate_scaled", "reduce_sum", "prefetch", "prefetch_row",
+           "ISAS", "isa", "dpbusd", "dpbusd_sum", "array_args", "int64_args", "load64", "accumulate_scaled", "reduce_sum", "prefetch", "prefetch_row",
            "serial_twin"]
 
 I8, I32, F32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
@@ -54,31 +54,131 @@ def has_vnni(features: str | None = None) -> bool:
     return "+avx512vnni" in features.split(",")
 
 
-def dpbusd(builder, acc, u8, s8, vnni: bool):
-    """IR for ``acc <16 x i32> +=`` the sums of 4 consecutive ``u8 x s8`` byte products
-    (``u8``, ``s8``: ``<64 x i8>``, unsigned and signed): ``vpdpbusd`` if ``vnni``."""
-    if vnni:
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-            V16x32, [V16x32] * 3), VPDPBUSD)
-        return builder.call(fn, [acc, builder.bitcast(u8, V16x32), builder.bitcast(s8, V16x32)])
-    # Portable: view the bytes as 32 int16 words; the low and high byte of each word are two
-    # operands (codes zero-extended, activations sign-extended by shifts), their two products
-    # summed in int16 (|sum| <= 2 * 2 * 128), widened to int32 and folded into 16 lanes.  The
-    # lanes group other products than vpdpbusd's: harmless, only the sum of all lanes is used.
-    i16 = ir.IntType(16)
-    v32x16 = ir.VectorType(i16, 32)
+#: the byte-dot-product instruction sets, best first (see :func:`isa`)
+ISAS = ("avx512vnni", "avxvnni", "avx2", "portable")
 
-    def splat(v):
-        return ir.Constant(v32x16, [v] * 32)
 
-    cw, xw = builder.bitcast(u8, v32x16), builder.bitcast(s8, v32x16)
-    x_lo = builder.ashr(builder.shl(xw, splat(8)), splat(8))
-    lo = builder.mul(builder.and_(cw, splat(0xFF)), x_lo)
-    hi = builder.mul(builder.lshr(cw, splat(8)), builder.ashr(xw, splat(8)))
-    p = builder.sext(builder.add(lo, hi), ir.VectorType(I32, 32))
-    halves = [builder.shuffle_vector(p, p, ir.Constant(ir.VectorType(I32, 16),
-                                                       list(range(h, h + 16)))) for h in (0, 16)]
-    return builder.add(acc, builder.add(*halves))
+def isa(features: str | None = None) -> str:
+    """Which instructions :func:`dpbusd` emits for a target (``features``: an LLVM feature
+    string, default :func:`target_features`):
+
+    * ``"avx512vnni"``: ``vpdpbusd`` on 512-bit zmm registers (Intel Ice Lake server and later,
+      AMD Zen 4 and later);
+    * ``"avxvnni"``: the VEX ``vpdpbusd`` on 256-bit ymm (Intel Alder Lake and later laptops);
+    * ``"avx2"``: ``vpmaddubsw`` (u8 x s8 pairs -> int16) + ``vpmaddwd`` (-> int32) on ymm, as
+      bitnet.cpp's x86 I2_S kernel does (every x86 laptop since 2013);
+    * ``"portable"``: exact widening integer arithmetic in plain LLVM IR (ARM64, old x86).
+    """
+    f = set((target_features() if features is None else features).split(","))
+    if "+avx512vnni" in f and "+avx512bw" in f:
+        return "avx512vnni"
+    if "+avxvnni" in f and "+avx2" in f:
+        return "avxvnni"
+    if "+avx2" in f:
+        return "avx2"
+    return "portable"
+
+
+def _halves(builder, v, n):
+    """The two halves of an ``n``-element vector ``v``."""
+    idx = ir.IntType(32)
+    return [builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(idx, n // 2),
+                                                     list(range(h, h + n // 2))))
+            for h in (0, n // 2)]
+
+
+def _concat(builder, a, b, n):
+    """One ``2n``-element vector from two ``n``-element ones."""
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(I32, 2 * n), list(range(2 * n))))
+
+
+def _call(builder, name, ret, operands):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+        ret, [o.type for o in operands]), name)
+    return builder.call(fn, operands)
+
+
+_V32x8, _V16x16, _V8x32 = ir.VectorType(I8, 32), ir.VectorType(ir.IntType(16), 16), ir.VectorType(I32, 8)
+
+
+def _maddubs(builder, u8, s8):
+    """``vpmaddubsw`` on the two ymm halves of 64 bytes: <16 x i16> each, ``u8[2i]*s8[2i] +
+    u8[2i+1]*s8[2i+1]`` saturated to int16 (exact while ``2 * max(u8) * 128 <= 32767``)."""
+    return [_call(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16x16, [a, b])
+            for a, b in zip(_halves(builder, u8, 64), _halves(builder, s8, 64))]
+
+
+def _madd(builder, w16, factor: int):
+    """``vpmaddwd`` by a constant: <16 x i16> -> <8 x i32> of ``factor * (w[2i] + w[2i+1])``."""
+    return _call(builder, "llvm.x86.avx2.pmadd.wd", _V8x32,
+                 [w16, ir.Constant(_V16x16, [factor] * 16)])
+
+
+def dpbusd(builder, acc, u8, s8, target, u8_max: int = 255):
+    """IR for ``acc <16 x i32> +=`` the products ``u8 x s8`` of 64 unsigned and 64 signed bytes
+    (``<64 x i8>`` each), summed in int32: exactly what ``vpdpbusd`` adds.
+
+    ``target``: an :data:`ISAS` name (or a bool, True = ``"avx512vnni"``).  Which products land
+    in which of the 16 lanes depends on the instruction set; every caller only ever uses the
+    sum over all lanes (or scales all lanes alike), and that sum is exact on every target.
+    ``u8_max``: the largest unsigned operand the caller can pass (ternary codes 2, nibbles 15,
+    a flipped int8 table 255): small operands let AVX2 use one ``vpmaddubsw`` per 32 bytes.
+    """
+    if target is True or target == "avx512vnni":
+        return _call(builder, VPDPBUSD, V16x32, [acc, builder.bitcast(u8, V16x32),
+                                                 builder.bitcast(s8, V16x32)])
+    if target == "avxvnni":  # the same instruction, VEX-encoded, on two ymm halves
+        out = [_call(builder, "llvm.x86.avx512.vpdpbusd.256", _V8x32,
+                     [a, builder.bitcast(u, _V8x32), builder.bitcast(x, _V8x32)])
+               for a, u, x in zip(_halves(builder, acc, 16), _halves(builder, u8, 64),
+                                  _halves(builder, s8, 64))]
+        return _concat(builder, *out, 8)
+    if target == "avx2":
+        if 2 * u8_max * 128 <= 32767:
+            parts = [_madd(builder, w, 1) for w in _maddubs(builder, u8, s8)]
+        else:  # u8 = low 7 bits + 128 * top bit: two exact vpmaddubsw instead of a saturating one
+            low = builder.and_(u8, ir.Constant(V64x8, [0x7F] * 64))
+            top = builder.lshr(u8, ir.Constant(V64x8, [7] * 64))
+            lo = [_madd(builder, w, 1) for w in _maddubs(builder, low, s8)]
+            hi = [_madd(builder, w, 128) for w in _maddubs(builder, top, s8)]
+            parts = [builder.add(a, b) for a, b in zip(lo, hi)]
+        return builder.add(acc, _concat(builder, *parts, 8))
+    # Portable: every product widened to int32 before any add (255 * -128 * 2 overflows int16),
+    # then the 64 products folded into 16 lanes.
+    v64x32 = ir.VectorType(I32, 64)
+    p = builder.mul(builder.zext(u8, v64x32), builder.sext(s8, v64x32))
+    a, b = _halves(builder, p, 64)
+    a = builder.add(a, b)
+    a, b = _halves(builder, a, 32)
+    return builder.add(acc, builder.add(a, b))
+
+
+def dpbusd_sum(builder, acc, pairs, target, u8_max: int):
+    """``acc += sum(u8 . s8 for u8, s8 in pairs)``, like :func:`dpbusd` applied to each pair.
+
+    On AVX2 with small operands (``len(pairs) * 2 * u8_max * 128 <= 32767``) the int16 results
+    of ``vpmaddubsw`` are added before a single ``vpmaddwd`` widens them (what bitnet.cpp's
+    I2_S kernel does: half the widening work); elsewhere one :func:`dpbusd` per pair.
+    """
+    if target == "avx2" and len(pairs) * 2 * u8_max * 128 <= 32767:
+        sums = None
+        for u8, s8 in pairs:
+            w = _maddubs(builder, u8, s8)
+            sums = w if sums is None else [builder.add(a, b) for a, b in zip(sums, w)]
+        return builder.add(acc, _concat(builder, *[_madd(builder, w, 1) for w in sums], 8))
+    for u8, s8 in pairs:
+        acc = dpbusd(builder, acc, u8, s8, target, u8_max)
+    return acc
+
+
+def array_args(context, builder, signature, args, *which):
+    """Inside a codegen: the array structs (``.data``, ``.shape``) of arguments ``which``."""
+    return [context.make_array(signature.args[i])(context, builder, args[i]) for i in which]
+
+
+def int64_args(context, builder, signature, args, *which):
+    """Inside a codegen: integer arguments ``which`` cast to i64."""
+    return [context.cast(builder, args[i], signature.args[i], types.int64) for i in which]
 
 
 def load64(builder, base, offset):

@@ -56,8 +56,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._base import I2SKernel, pad_cols
-from .intrinsics import (I32, V16x32, V64x8, dpbusd, has_vnni, load64, prefetch_row, serial_twin,
-                         target_features)
+from .intrinsics import (I32, V16x32, V64x8, array_args, dpbusd, dpbusd_sum, has_vnni,  # noqa: F401
+                         int64_args, isa, load64, prefetch_row, serial_twin, target_features)
 
 __all__ = ["KERNEL", "VnniKernel", "has_vnni", "permute_x", "numpy_matmul", "operands",
            "operands_1", "gemv_1"]
@@ -108,11 +108,12 @@ def _make_dot(rows: int, tokens: int):
     split = max(1, 4 // (rows * tokens))  # accumulators per (row, token)
 
     def codegen(context, builder, signature, args):
-        vnni = has_vnni(target_features(context))
+        target = isa(target_features(context))
+        # AVX2: one accumulator per (row, token), the 4 slices' int16 sums widened once
+        nacc = 1 if target == "avx2" else split
         i64 = ir.IntType(64)
-        ca, xa, oa = (context.make_array(signature.args[i])(context, builder, args[i])
-                      for i in (0, 2, 4))
-        o, t0 = (context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 3))
+        ca, xa, oa = array_args(context, builder, signature, args, 0, 2, 4)
+        o, t0 = int64_args(context, builder, signature, args, 1, 3)
         nbytes = cgutils.unpack_tuple(builder, ca.shape, 2)[1]
         kp = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
         crow = [builder.gep(ca.data, [builder.mul(builder.add(o, i64(r)), nbytes)])
@@ -120,7 +121,7 @@ def _make_dot(rows: int, tokens: int):
         xrow = [builder.gep(xa.data, [builder.mul(builder.add(t0, i64(j)), kp)])
                 for j in range(tokens)]
         zero = ir.Constant(V16x32, None)
-        acc = [[[cgutils.alloca_once_value(builder, zero) for _ in range(split)]
+        acc = [[[cgutils.alloca_once_value(builder, zero) for _ in range(nacc)]
                 for _ in range(tokens)] for _ in range(rows)]
         with cgutils.for_range(builder, builder.udiv(nbytes, i64(64))) as loop:
             cs = []
@@ -129,12 +130,19 @@ def _make_dot(rows: int, tokens: int):
                 cs.append([builder.and_(builder.lshr(v, ir.Constant(V64x8, [s] * 64)),
                                         ir.Constant(V64x8, [3] * 64)) for s in SHIFTS])
             for j in range(tokens):
-                for s in range(len(SHIFTS)):
-                    off = builder.add(builder.mul(loop.index, i64(BLOCK)), i64(64 * s))
-                    xv = load64(builder, xrow[j], off)
-                    for r in range(rows):
-                        a = acc[r][j][s % split]
-                        builder.store(dpbusd(builder, builder.load(a), cs[r][s], xv, vnni), a)
+                xv = [load64(builder, xrow[j], builder.add(builder.mul(loop.index, i64(BLOCK)),
+                                                           i64(64 * s)))
+                      for s in range(len(SHIFTS))]
+                for r in range(rows):
+                    if nacc == 1:
+                        a = acc[r][j][0]
+                        builder.store(dpbusd_sum(builder, builder.load(a), list(zip(cs[r], xv)),
+                                                 target, 3), a)
+                        continue
+                    for s in range(len(SHIFTS)):
+                        a = acc[r][j][s % nacc]
+                        builder.store(dpbusd(builder, builder.load(a), cs[r][s], xv[s], target, 3),
+                                      a)
         reduce = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(I32, [V16x32]), "llvm.vector.reduce.add.v16i32")
         for r in range(rows):
