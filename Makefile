@@ -6,7 +6,14 @@ PY     := $(VENV)/bin/python
 TORCH  := torch==2.13.0
 export BITNET_EDU_FAST ?= 1
 
-.PHONY: demo test test-unit exercises bench clean lab screenshots
+.PHONY: demo test test-unit test-avx2 exercises bench clean lab screenshots
+
+# An AVX2-only laptop CPU (no AVX-512, no VNNI), through Numba's own target switch: the code
+# LLVM emits for it runs on this machine too, so the portable kernel paths are tested here.
+AVX2_FEATURES := +64bit,+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,+sse4.1,+ssse3,+sse3,+sse2,+sse,+cx16,+movbe,+lzcnt
+AVX2_ENV := NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=$(AVX2_FEATURES) BITNET_EDU_CACHE_DIR=$(CURDIR)/.numba-avx2
+KERNEL_TESTS := tests/test_kernels.py tests/test_kernels_vnni.py tests/test_head_kernel.py \
+	tests/test_kernel_interface.py tests/test_selfcheck.py tests/test_model.py
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +33,17 @@ demo: $(VENV)/.demo-installed
 test: $(VENV)/.test-installed
 	$(PY) -m bitnet_edu.make_exercises --check
 	$(PY) -m pytest -q tests
+	$(AVX2_ENV) $(PY) -m pytest -q -p no:cacheprovider $(KERNEL_TESTS)
 	$(PY) -m pytest -q -p bitnet_edu.nbval_plugin --nbval-lax --nbval-current-env \
 		--nbval-cell-timeout=600 --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		notebooks solutions exercises
 
 test-unit: $(VENV)/.test-installed
 	$(PY) -m pytest -q tests
+
+# the kernel, head and model tests compiled for an AVX2-only CPU (part of `make test`)
+test-avx2: $(VENV)/.test-installed
+	$(AVX2_ENV) $(PY) -m pytest -q -p no:cacheprovider $(KERNEL_TESTS)
 
 exercises: $(VENV)/.test-installed
 	$(PY) -m bitnet_edu.make_exercises
@@ -43,7 +55,7 @@ lab: $(VENV)/.test-installed
 	$(VENV)/bin/jupyter lab notebooks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis .numba-avx2
 
 # README screenshots of every widget, rendered by Chromium in JupyterLab
 screenshots: $(VENV)/.test-installed

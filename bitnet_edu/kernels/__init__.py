@@ -30,6 +30,7 @@ numba_cache.configure()  # before any cached kernel is defined: one cache per so
 
 from ._base import Kernel, Packed  # noqa: E402,F401
 from .reference import reference_matmul  # noqa: E402,F401
+from . import selfcheck  # noqa: E402
 
 # name -> module; order = the order of the lesson
 _MODULES = {
@@ -58,5 +59,7 @@ def get(name: str) -> Kernel:
     if name not in _MODULES:
         raise ValueError(f"unknown kernel {name!r}; available: {', '.join(available())}")
     if name not in _CACHE:
-        _CACHE[name] = importlib.import_module(f".{_MODULES[name]}", __name__).KERNEL
+        kernel = importlib.import_module(f".{_MODULES[name]}", __name__).KERNEL
+        selfcheck.check_kernel(kernel)  # refuses a kernel that is wrong on this CPU (once)
+        _CACHE[name] = kernel
     return _CACHE[name]

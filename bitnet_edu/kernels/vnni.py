@@ -265,7 +265,8 @@ class VnniKernel(I2SKernel):
     :meth:`linear_1` are the model's unchecked fast paths."""
 
     name = "vnni"
-    summary = "I2_S bytes decoded in registers, u8 x s8 vpdpbusd (AVX-512 VNNI), minus sum(x)"
+    summary = ("I2_S bytes decoded in registers, u8 x s8 byte dot products (vpdpbusd on VNNI CPUs, "
+               "vpmaddubsw+vpmaddwd on AVX2), minus sum(x)")
     fast_gemm = True  # tokens share the decode, 4 at a time
     block = BLOCK     # one 64-byte load = two I2_S blocks
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import kernels
 from ..kernels import head as head_kernel
+from ..kernels import selfcheck
 from . import fused
 from ..formats.schema import NORMS, RowBlocks, expected_tensors
 from .config import BitNetConfig
@@ -74,6 +75,7 @@ class Head:
         if mode not in self.MODES:
             raise ValueError(f"head mode must be one of {self.MODES}, got {mode!r}")
         self.mode, self.n = mode, table.shape[1]
+        selfcheck.check_head(mode)  # a quantized head wrong on this CPU is refused (once)
         if mode == "float32":
             self.table = np.ascontiguousarray(table, np.float32)
             return
@@ -91,6 +93,7 @@ class Head:
         size."""
         self = cls.__new__(cls)
         self.mode, self.table, self.scale, self.n = mode, table, scale, n
+        selfcheck.check_head(mode)
         return self
 
     @property
