@@ -21,6 +21,29 @@ import numpy as np
 
 TARGETS = {"decode_tok_s": 22.0, "prefill_tok_s": 110.0, "peak_rss_gb": 0.9}
 
+_X86 = "+64bit,+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,+sse4.1,+ssse3,+sse3,+sse2,+sse,+cx16,+movbe,+lzcnt"
+#: --isa NAME: Numba compiles for another CPU than this one (its code still runs here), so an
+#: AVX2-only laptop's kernels can be measured on an AVX-512 machine
+ISA_TARGETS = {
+    "native": {},
+    "avxvnni": {"NUMBA_CPU_NAME": "alderlake", "NUMBA_CPU_FEATURES": _X86 + ",+avxvnni"},
+    "avx2": {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": _X86},
+    "portable": {"NUMBA_CPU_NAME": "generic", "NUMBA_CPU_FEATURES": "+64bit,+sse2,+sse"},
+}
+
+
+def _isa_env(name: str) -> dict:
+    env = dict(ISA_TARGETS[name])
+    if env:  # its own compiled-kernel cache, beside the native one
+        from bitnet_edu.numba_cache import _user_cache_base
+        env["BITNET_EDU_CACHE_DIR"] = str(_user_cache_base() / f"isa-{name}")
+    return env
+
+
+def _busy_loop():  # a competing program: one core's worth of pure-Python work
+    while True:
+        pass
+
 
 def _peak_rss_gb() -> float:
     import resource
@@ -49,7 +72,8 @@ def run_ours(threads: int, prompt: int, new: int, head: str, layers: int | None,
     for _ in range(new):
         tok = int(np.argmax(m.forward([tok], cache)[0]))
     decode = time.perf_counter() - t
-    return {"engine": f"bitnet_edu ({m.kernel_name}, head {head})", "threads": threads,
+    from bitnet_edu.kernels.intrinsics import isa
+    return {"engine": f"bitnet_edu ({m.kernel_name} {isa()}, head {head})", "threads": threads,
             "prefill_tok_s": prompt / prefill, "decode_tok_s": new / decode,
             "peak_rss_gb": _peak_rss_gb(), "build_s": built, "cold_start_s": cold,
             "weights_gb": m.memory_report()["total"] / 2**30}
@@ -112,6 +136,13 @@ def head_accuracy(mode: str, rows: int = 16384, hidden: int = 2560, n: int = 64,
             "top1_in_top5": float(np.mean([e in t for e, t in zip(top1, top5)]))}
 
 
+def _start_busy():
+    import multiprocessing as mp
+    p = mp.get_context("spawn").Process(target=_busy_loop, daemon=True)
+    p.start()
+    return p
+
+
 def _child(args) -> int:
     fn = run_transformers if args.child == "transformers" else run_ours
     kw = (dict(threads=args.threads_one, new=args.hf_tokens, layers=args.layers)
@@ -133,7 +164,8 @@ def _spawn(args, child: str, threads: int, head: str = "int8") -> dict:
     # BLAS is not on our path (the ternary kernels and heads are Numba): one OpenBLAS thread,
     # so its idle pool never competes with Numba's workers for the cores.
     env = {**os.environ, "NUMBA_NUM_THREADS": str(max(threads, 1)), "OMP_NUM_THREADS": str(threads),
-           "OPENBLAS_NUM_THREADS": "1" if child == "ours" else str(threads)}
+           "OPENBLAS_NUM_THREADS": "1" if child == "ours" else str(threads),
+           **(_isa_env(args.isa) if child == "ours" else {})}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -152,6 +184,10 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=None, help="fewer layers (quick look; not the real shape)")
     ap.add_argument("--transformers", action="store_true", help="also time transformers (~5 GB, slow)")
     ap.add_argument("--hf-tokens", type=int, default=4)
+    ap.add_argument("--isa", default="native", choices=list(ISA_TARGETS),
+                    help="compile our kernels for this instruction set (avx2: an AVX2-only laptop)")
+    ap.add_argument("--busy", type=int, default=0,
+                    help="also measure with this many competing busy processes running")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--threads-one", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -162,20 +198,29 @@ def main(argv=None) -> int:
     bad = [h for h in heads if h not in ("int8", "int4", "float32")]
     if bad:
         ap.error(f"unknown head {bad[0]!r}: choose from int8, int4, float32")
-    for t in [int(s) for s in args.threads.split(",")]:
-        for head in heads:
-            rows.append(_spawn(args, "ours", t, head))
-        if args.transformers:
-            rows.append(_spawn(args, "transformers", t))
+    situations = [0] + ([args.busy] if args.busy else [])
+    for busy in situations:
+        procs = [_start_busy() for _ in range(busy)]
+        try:
+            for t in [int(s) for s in args.threads.split(",")]:
+                for head in heads:
+                    rows.append({**_spawn(args, "ours", t, head), "busy": busy})
+                if args.transformers:
+                    rows.append({**_spawn(args, "transformers", t), "busy": busy})
+        finally:
+            for p in procs:
+                p.kill()
+                p.join()
     shape = f"2B4T shape{'' if not args.layers else f' with {args.layers} layers'}"
     print(f"\n{shape}, random ternary weights, prompt {args.prompt}, decode {args.new} "
           f"(transformers: {args.hf_tokens} decode tokens); load average now "
           f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (other processes slow 2 threads most)")
-    print(f"{'engine':42s} {'thr':>3s} {'prefill tok/s':>13s} {'decode tok/s':>12s} "
+    print(f"{'engine':46s} {'busy':>4s} {'thr':>3s} {'prefill tok/s':>13s} {'decode tok/s':>12s} "
           f"{'peak RSS GB':>11s} {'cold start s':>12s}")
     for r in rows:
-        print(f"{r['engine']:42s} {r['threads']:3d} {r['prefill_tok_s']:13.1f} {r['decode_tok_s']:12.2f} "
-              f"{r['peak_rss_gb']:11.2f} {r['cold_start_s']:12.1f}")
+        print(f"{r['engine']:46s} {r['busy']:4d} {r['threads']:3d} {r['prefill_tok_s']:13.1f} "
+              f"{r['decode_tok_s']:12.2f} {r['peak_rss_gb']:11.2f} {r['cold_start_s']:12.1f}")
+    rows = [r for r in rows if r["busy"] == 0]  # targets: the unloaded machine
     for t in sorted({r["threads"] for r in rows}):
         ours = [r for r in rows if r["threads"] == t and r["engine"].startswith("bitnet_edu")]
         ours = sorted(ours, key=lambda r: -r["decode_tok_s"])
