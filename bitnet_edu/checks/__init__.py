@@ -4,6 +4,10 @@ Usage in a notebook::
 
     from bitnet_edu import checks
     checks.check_absmean_ternary(my_absmean_ternary)
+
+A check grades copies of its inputs against answers it computed first, and stops student code
+that runs longer than ``bitnet_edu.checks._core.TIMEOUT_S`` seconds (environment variable
+``BITNET_EDU_CHECK_TIMEOUT``); see :mod:`bitnet_edu.checks._core`.
 """
 
 from ._core import FAIL, NOT_IMPLEMENTED, PASS, CheckResult, check  # noqa: F401

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import packing, quant
-from ._core import check, expect_close, expect_dtype, expect_equal
+from ._core import as_array, check, expect_close, expect_dtype, expect_equal, student_call
 
 __all__ = ["check_absmean_ternary", "check_absmax_int8", "check_pack_hf", "check_sqnr"]
 
@@ -29,6 +29,13 @@ def _cases(seed: int = 0) -> dict:
     }
 
 
+def _number(result, what: str) -> float:
+    arr = as_array(result, what)
+    if arr.size != 1:
+        raise AssertionError(f"{what}: return one number, got an array of shape {arr.shape}")
+    return float(arr.reshape(-1)[0])
+
+
 def _pair(result, what: str):
     if result is None:
         raise AssertionError(f"{what}: your function returned None — did you forget `return q, scale`?")
@@ -41,21 +48,23 @@ def _pair(result, what: str):
 def check_absmean_ternary(absmean_ternary):
     """``absmean_ternary(w, eps=1e-5) -> (q int8 in {-1,0,1}, scale float = max(mean|w|, eps))``."""
     for name, w in _cases().items():
-        q, s = _pair(absmean_ternary(w.copy()), name)
         want_q, want_s = quant.absmean_ternary(w)
-        if not np.isscalar(s) and np.asarray(s).size != 1:
+        q, s = _pair(student_call(absmean_ternary, w), name)
+        s = as_array(s, f"{name}: scale")
+        if s.size != 1:
             raise AssertionError(f"{name}: scale must be ONE number for the whole tensor, got shape "
                                  f"{np.shape(s)} — take the mean over all entries, not per row")
-        s = float(np.asarray(s).reshape(-1)[0])
+        s = float(s.reshape(-1)[0])
         if w.any() and np.isclose(s, float(np.max(np.abs(w)))) and not np.isclose(s, want_s):
             raise AssertionError(f"{name}: scale {s:.4g} is max|w|; BitNet uses the MEAN of |w| ({want_s:.4g})")
         if not np.isfinite(s) or not np.isclose(s, want_s, rtol=1e-5, atol=0):
             hint = " (an all-zero tensor needs the eps floor: max(mean|w|, eps))" if not w.any() else ""
             raise AssertionError(f"{name}: scale should be mean(|w|) = {want_s:.6g}, got {s:.6g}{hint}")
         expect_dtype(q, np.int8, f"{name}: q")
-        if np.asarray(q).shape != w.shape:
-            raise AssertionError(f"{name}: q must keep the shape of w {w.shape}, got {np.asarray(q).shape}")
-        if np.any(np.abs(np.asarray(q, np.int64)) > 1):
+        q = np.asarray(q)
+        if q.shape != w.shape:
+            raise AssertionError(f"{name}: q must keep the shape of w {w.shape}, got {q.shape}")
+        if np.any(np.abs(q.astype(np.int64)) > 1):
             raise AssertionError(f"{name}: q has values outside {{-1, 0, 1}} — clip after rounding")
         if not np.array_equal(q, want_q):
             trunc = np.clip(np.trunc(w / want_s), -1, 1).astype(np.int8)
@@ -73,10 +82,10 @@ def check_absmax_int8(absmax_int8):
     zero_row[1] = 0
     cases["one all-zero row [3, 8]"] = zero_row
     for name, x in cases.items():
-        q, s = _pair(absmax_int8(x.copy()), name)
         want_q, want_s = quant.absmax_int8(x)
+        q, s = _pair(student_call(absmax_int8, x), name)
         expect_dtype(q, np.int8, f"{name}: q")
-        s = np.asarray(s)
+        s = as_array(s, f"{name}: scale")
         if s.shape != want_s.shape:
             raise AssertionError(f"{name}: scale must have shape x.shape[:-1] + (1,) = {want_s.shape} "
                                  f"(one scale per token, keepdims=True over the LAST axis), got {s.shape}")
@@ -102,11 +111,8 @@ def check_pack_hf(pack_hf):
     }
     for name, q in cases.items():
         q = q.astype(np.int8)
-        got = pack_hf(q.copy())
         want = packing.pack_hf(q)
-        if got is None:
-            raise AssertionError(f"{name}: your function returned None — did you forget `return`?")
-        got = np.asarray(got)
+        got = as_array(student_call(pack_hf, q), name)
         if got.shape != want.shape:
             raise AssertionError(f"{name}: packed shape must be [out/4, in] = {want.shape}, got {got.shape}")
         expect_dtype(got, np.uint8, f"{name}: packed bytes")
@@ -127,10 +133,8 @@ def check_sqnr(sqnr_db):
         if not w.any():
             continue
         w_hat = quant.fake_quant_ternary(w)
-        got = sqnr_db(w.copy(), w_hat.copy())
         want = quant.sqnr_db(w, w_hat)
-        if got is None:
-            raise AssertionError(f"{name}: your function returned None — did you forget `return`?")
+        got = _number(student_call(sqnr_db, w, w_hat), name)
         if np.isclose(float(got), want * 2, rtol=1e-4):
             raise AssertionError(f"{name}: got twice the expected dB — a ratio of powers (sums of squares) "
                                  f"takes 10·log10, not 20·log10")
@@ -140,6 +144,6 @@ def check_sqnr(sqnr_db):
             raise AssertionError(f"{name}: sign flipped — signal power goes in the numerator")
         expect_close(float(got), want, f"{name}: SQNR in dB", rtol=1e-4, atol=1e-6)
     w = _cases(5)["random gaussian [8, 16]"]
-    same = sqnr_db(w.copy(), w.copy())
+    same = _number(student_call(sqnr_db, w, w), "an exact copy")
     if not (np.isinf(float(same)) and float(same) > 0):
         raise AssertionError(f"an exact copy has no noise: return float('inf'), got {same!r}")

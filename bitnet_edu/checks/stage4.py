@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ._core import check, expect_close
+from ._core import check, expect_close, student_call
 from ..generate import top_p_filter
 from ..model.layers import apply_rope, attention, rope_tables
 
@@ -16,7 +16,8 @@ def check_rope(student_fn):
     for t, h, d, theta in [(1, 1, 4, 10000.0), (5, 3, 16, 10000.0), (7, 2, 128, 500000.0)]:
         x = rng.standard_normal((t, h, d)).astype(np.float32)
         cos, sin = rope_tables(t, d, theta)
-        expect_close(student_fn(x, cos, sin), apply_rope(x, cos, sin),
+        want = apply_rope(x, cos, sin)
+        expect_close(student_call(student_fn, x, cos, sin), want,
                      f"rope for T={t}, H={h}, D={d} (rotate HALVES, not pairs)", rtol=1e-4, atol=1e-5)
 
 
@@ -28,7 +29,7 @@ def check_attention_step(student_fn):
         v = rng.standard_normal((s, hkv, d)).astype(np.float32)
         q = rng.standard_normal((1, h, d)).astype(np.float32)
         want = attention(q, k, v, s - 1)[0]
-        expect_close(student_fn(q[0], k, v), want,
+        expect_close(student_call(student_fn, q[0], k, v), want,
                      f"attention of one new token over a cache of {s} (H={h}, Hkv={hkv})", rtol=1e-4, atol=1e-5)
 
 
@@ -37,4 +38,5 @@ def check_top_p(student_fn):
     cases = [(np.array([0.5, 0.3, 0.15, 0.05]), 0.8), (np.array([0.5, 0.3, 0.15, 0.05]), 0.81),
              (np.array([0.1, 0.6, 0.3]), 0.05), (np.full(4, 0.25), 1.0)]
     for p, top in cases:
-        expect_close(student_fn(p, top), top_p_filter(p, top), f"top_p={top} on {p.tolist()}")
+        what, want = f"top_p={top} on {p.tolist()}", top_p_filter(p.copy(), top)
+        expect_close(student_call(student_fn, p, top), want, what)

@@ -11,7 +11,7 @@ import copy
 
 import numpy as np
 
-from ._core import check, expect_close
+from ._core import check, expect_close, student_call
 
 __all__ = ["check_ste_weight", "check_two_stage_schedule", "check_training_step", "check_ptq"]
 
@@ -27,11 +27,14 @@ def check_ste_weight(ste_weight):
     cases = [("random [6, 8]", torch.randn(6, 8) * 0.05), ("all-zero weight", torch.zeros(4, 4)),
              ("one large outlier", torch.cat([torch.randn(3, 8) * 0.01, torch.full((1, 8), 5.0)]))]
     for name, w0 in cases:
+        want = weight_quant(w0).numpy()
         w = w0.clone().requires_grad_(True)
-        out = ste_weight(w)
+        out = student_call(ste_weight, w)
         if out is None:
             raise AssertionError(f"{name}: your function returned None — did you forget `return`?")
-        expect_close(out.detach().numpy(), weight_quant(w0).numpy(),
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(w0.shape):
+            raise AssertionError(f"{name}: return a tensor shaped like w {tuple(w0.shape)}")
+        expect_close(out.detach().numpy(), want,
                      f"{name}: forward value (clip(round(w / s), -1, 1) * s, s = max(mean|w|, 1e-5))",
                      rtol=1e-5, atol=1e-7)
         levels = np.unique(np.round(out.detach().numpy() / max(float(w0.abs().mean()), 1e-5), 4))
@@ -54,15 +57,18 @@ def check_two_stage_schedule(schedule):
                TrainConfig(steps=1000, warmup=50, lr_stage2=2e-4, lr_min=0.0)):
         s1 = int(tc.steps * tc.stage1_frac)
         for step in sorted({0, 1, tc.warmup - 1, tc.warmup, s1 // 2, s1 - 1, s1, s1 + 1, tc.steps - 1}):
-            got = schedule(step, tc)
+            want_lr, want_wd = lr_at(step, tc), weight_decay_at(step, tc)
+            got = student_call(schedule, step, tc)
             if got is None:
                 raise AssertionError("your function returned None — return (lr, weight_decay)")
+            if not isinstance(got, (tuple, list)) or len(got) != 2:
+                raise AssertionError(f"return a pair (lr, weight_decay), got {type(got).__name__}")
             lr, wd = got
             where = f"steps={tc.steps}, warmup={tc.warmup}, stage 1 ends at {s1}: step {step}"
-            if step == s1 and abs(lr - lr_at(step, tc)) > 1e-9 and abs(lr - tc.lr / 2) < 1e-6 * tc.lr:
+            if step == s1 and abs(lr - want_lr) > 1e-9 and abs(lr - tc.lr / 2) < 1e-6 * tc.lr:
                 raise AssertionError(f"{where}: stage 2 starts here — the rate must DROP to lr_stage2")
-            expect_close(lr, lr_at(step, tc), f"{where}: learning rate", rtol=1e-6, atol=1e-12)
-            expect_close(wd, weight_decay_at(step, tc),
+            expect_close(lr, want_lr, f"{where}: learning rate", rtol=1e-6, atol=1e-12)
+            expect_close(wd, want_wd,
                          f"{where}: weight decay (a sine bump peaking mid stage 1, then 0)", rtol=1e-6, atol=1e-12)
 
 
@@ -91,13 +97,19 @@ def check_training_step(training_step):
         x = torch.randint(0, 64, (2, 12), generator=g)
         y = torch.randint(0, 64, (2, 12), generator=g)
         before = [p.detach().clone() for p in a.parameters()]
-        got = training_step(a, opt_a, x, y, clip)
-        want = train_step(b, opt_b, x, y, clip)
+        want = train_step(b, opt_b, x.clone(), y.clone(), clip)  # before the student can touch x, y
+        got = student_call(training_step, a, opt_a, x, y, clip)
         if got is None:
-            raise AssertionError(f"{name}: return the loss as a Python float")
+            raise AssertionError(f"{name}: your function returned None — return the loss as a "
+                                 f"Python float (loss.item())")
         if isinstance(got, torch.Tensor) and got.requires_grad:
             raise AssertionError(f"{name}: return loss.item() (a float), not the tensor with its graph")
-        expect_close(float(got), want, f"{name}: the loss BEFORE the update", rtol=1e-5)
+        try:
+            got = float(got)
+        except Exception:  # noqa: BLE001 - a list, a string, a tensor of many values
+            raise AssertionError(f"{name}: return the loss as one Python float, got "
+                                 f"{type(got).__name__}") from None
+        expect_close(got, want, f"{name}: the loss BEFORE the update", rtol=1e-5)
         if all(torch.equal(p, p0) for p, p0 in zip(a.parameters(), before)):
             raise AssertionError(f"{name}: no parameter changed — call loss.backward() and opt.step()")
         for (pname, pa), pb in zip(a.named_parameters(), b.parameters()):
@@ -119,9 +131,14 @@ def check_ptq(post_training_quantize):
     fp = BitNetLM(ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64,
                               max_seq_len=16, quantized=False))
     before = copy.deepcopy(fp.state_dict())
-    q = post_training_quantize(fp)
+    x = torch.randint(0, 64, (2, 10))
+    with torch.no_grad():
+        want = reference(fp)(x).numpy()  # before the student's code can touch fp
+    q = student_call(post_training_quantize, fp)
     if q is None:
         raise AssertionError("your function returned None — return the quantized copy")
+    if not isinstance(q, torch.nn.Module):
+        raise AssertionError(f"return the quantized model (a torch.nn.Module), got {type(q).__name__}")
     if q is fp or any(isinstance(m, BitLinear) for m in fp.modules()):
         raise AssertionError("the float model was modified: quantize a copy (copy.deepcopy)")
     for k, v in before.items():
@@ -132,6 +149,6 @@ def check_ptq(post_training_quantize):
         raise AssertionError(f"expected 14 BitLinear layers (7 per layer x 2), got {n}")
     if isinstance(q.embed_tokens, BitLinear) or not isinstance(q.embed_tokens, torch.nn.Embedding):
         raise AssertionError("keep the embedding as it is (BitNet quantizes only the projections)")
-    x = torch.randint(0, 64, (2, 10))
-    with torch.no_grad():
-        expect_close(q(x).numpy(), reference(fp)(x).numpy(), "logits of the quantized copy", rtol=1e-4, atol=1e-5)
+    logits = student_call(q, x.clone())
+    expect_close(logits.detach().numpy() if isinstance(logits, torch.Tensor) else logits, want,
+                 "logits of the quantized copy", rtol=1e-4, atol=1e-5)

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import energy
 from ..deploy import ResponseCache
-from ._core import check
+from ._core import as_array, check, student_call
 
 __all__ = ["check_kv_cache_bytes", "check_energy_per_token", "check_lru_cache"]
 
@@ -22,12 +22,10 @@ _SHAPES = {
 
 
 def _number(x, what: str) -> float:
-    if x is None:
-        raise AssertionError(f"{what}: your function returned None — did you forget `return`?")
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        raise AssertionError(f"{what}: return one number, got {type(x).__name__}") from None
+    arr = as_array(x, what)
+    if arr.size != 1:
+        raise AssertionError(f"{what}: return one number, got an array of shape {arr.shape}")
+    return float(arr.reshape(-1)[0])
 
 
 @check
@@ -37,8 +35,8 @@ def check_kv_cache_bytes(kv_cache_bytes):
         for context, bits in [(0, 16), (1, 16), (4096, 16), (1000, 32), (7, 8)]:
             what = f"{name}, context={context}, bits={bits}"
             layers, kv_heads, heads = s.num_hidden_layers, s.num_key_value_heads, s.num_attention_heads
-            got = _number(kv_cache_bytes(layers, kv_heads, s.head_dim, context, bits), what)
             want = energy.kv_cache_bytes(s, context, bits)
+            got = _number(student_call(kv_cache_bytes, layers, kv_heads, s.head_dim, context, bits), what)
             if got == want / 2 and context:
                 raise AssertionError(f"{what}: got {got:.0f}, half of {want:.0f} — keys AND values are cached")
             if context and got == want * heads / kv_heads and heads != kv_heads:
@@ -56,10 +54,10 @@ def check_energy_per_token(energy_per_token_pj):
         for fmt in energy.FORMATS:
             for dram in (162.5, 325.0):
                 what = f"n_weights={n}, fmt={fmt!r}, dram={dram} pJ/byte"
-                got = _number(energy_per_token_pj(n, fmt, dram), what)
                 f = energy.FORMATS[fmt]
                 memory, compute = n * f.weight_bits / 8 * dram, n * f.op_pj
                 want = memory + compute
+                got = _number(student_call(energy_per_token_pj, n, fmt, dram), what)
                 if n and np.isclose(got, memory):
                     raise AssertionError(f"{what}: {got:.4g} pJ is the DRAM part only; add the arithmetic")
                 if n and np.isclose(got, compute):
@@ -86,14 +84,15 @@ def check_lru_cache(LRUCache):
     cases = {"scripted, maxsize=2": (2, scripted)}
     cases.update({f"random ops, maxsize={m}": (m, _ops(m)) for m in (1, 3, 5)})
     for name, (maxsize, ops) in cases.items():
-        mine, ref = LRUCache(maxsize), ResponseCache(maxsize)
+        mine, ref = student_call(LRUCache, maxsize), ResponseCache(maxsize)
         for i, (op, key, value) in enumerate(ops):
             if op == "put":
-                mine.put(key, value)
                 ref.put(key, value)
+                student_call(mine.put, key, value)
                 continue
-            got, want = mine.get(key), ref.get(key)
-            if got != want:
+            want = ref.get(key)
+            got = student_call(mine.get, key)
+            if not (got is want or (type(got) is type(want) and got == want)):
                 hist = ", ".join(f"{o}({k!r}{'' if o == 'get' else f', {v}'})" for o, k, v in ops[max(0, i - 5):i + 1])
                 hint = (" — was it evicted too early? the cache holds maxsize entries" if got is None
                         else " — a get counts as a use: evict the least recently USED key, not the oldest")
