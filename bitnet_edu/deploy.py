@@ -9,19 +9,26 @@ and optionally ``tokenizer`` and ``config.max_position_embeddings`` for the inpu
 * :func:`stream_reply` — run one request with a wall-clock timeout, measuring tokens/s. The
   timeout is cooperative: it is checked between tokens, so a request overshoots by at most one
   token (plus the prefill, which is one call). Nothing is killed mid-kernel.
-* :class:`ResponseCache` — an LRU cache keyed on prompt + settings; unseeded sampling is not
-  cached (its answer is meant to differ each time).
+* :class:`ResponseCache` — an LRU cache keyed on the model, the prompt and the settings
+  (numbers normalised: ``0 == 0.0 == np.int64(0)``); greedy and seeded requests are cached,
+  unseeded sampling is not (its answer is meant to differ each time).  A hit is a copy.
 * :func:`generate_batch` — many prompts with at most ``max_concurrency`` in flight at once.
 * :class:`Service` — the four together: what a chat endpoint would call.
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
+import numbers
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+import numpy as np
 
 __all__ = ["Limits", "Reply", "ResponseCache", "Service", "check_request", "count_tokens",
            "generate_batch", "stream_reply"]
@@ -36,10 +43,25 @@ class Limits:
     max_new_tokens: int | None = 256
 
 
+def _flat_ids(prompt) -> list:
+    """Every token id of ``prompt`` (ids of any shape, nested lists included), flattened."""
+    try:
+        arr = np.asarray(prompt)
+    except ValueError:  # ragged nesting: NumPy refuses it
+        arr = None
+    if arr is not None and arr.dtype != object:
+        return arr.reshape(-1).tolist()
+    out = []
+    for item in prompt:
+        out.extend(_flat_ids(item) if isinstance(item, (list, tuple, np.ndarray)) else [item])
+    return out
+
+
 def count_tokens(model, prompt) -> int | None:
-    """Prompt length in tokens via ``model.tokenizer`` (``None`` when the model has none)."""
+    """Prompt length in tokens: token ids of any shape count every id (a ``[B, T]`` array is
+    ``B * T`` tokens); text goes through ``model.tokenizer`` (``None`` when the model has none)."""
     if not isinstance(prompt, str):
-        return len(prompt)  # already token ids
+        return len(_flat_ids(prompt))
     tok = getattr(model, "tokenizer", None)
     if tok is None:
         return None
@@ -53,18 +75,25 @@ def _context_window(model) -> int | None:
 
 
 def check_request(model, prompt, max_new_tokens: int, limits: Limits = Limits()) -> int | None:
-    """Raise ``ValueError`` naming the limit a request breaks; return its prompt length in tokens."""
+    """Raise ``ValueError`` naming the limit a request breaks; return the prompt's length in
+    tokens."""
     if isinstance(prompt, str) and not prompt.strip():
         raise ValueError("prompt is empty")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
+        raise ValueError(f"max_new_tokens must be a whole number, got {max_new_tokens!r}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if limits.max_new_tokens is not None and max_new_tokens > limits.max_new_tokens:
-        raise ValueError(f"max_new_tokens={max_new_tokens} exceeds the limit {limits.max_new_tokens}")
-    if isinstance(prompt, str) and limits.max_prompt_chars is not None and len(prompt) > limits.max_prompt_chars:
-        raise ValueError(f"prompt has {len(prompt)} characters, the limit is {limits.max_prompt_chars}")
+        raise ValueError(f"max_new_tokens={max_new_tokens} exceeds the limit "
+                         f"{limits.max_new_tokens}")
+    chars = limits.max_prompt_chars
+    if isinstance(prompt, str) and chars is not None and len(prompt) > chars:
+        raise ValueError(f"prompt has {len(prompt)} characters, the limit is {chars}")
     n = count_tokens(model, prompt)
     if n is None:
         return None
+    if n == 0:
+        raise ValueError("prompt is empty")
     if limits.max_prompt_tokens is not None and n > limits.max_prompt_tokens:
         raise ValueError(f"prompt has {n} tokens, the limit is {limits.max_prompt_tokens}")
     ctx = _context_window(model)
@@ -114,8 +143,45 @@ def stream_reply(model, prompt, *, max_new_tokens: int = 64, timeout: float | No
     return Reply(text, len(pieces), seconds, timed_out)
 
 
+_MODEL_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_NEXT_MODEL_ID = itertools.count(1)
+_MODEL_IDS_LOCK = threading.Lock()
+
+
+def _model_identity(model):
+    """A number for this model object, never reused by another (``id()`` is, after GC)."""
+    if model is None:
+        return None
+    with _MODEL_IDS_LOCK:
+        try:
+            if model not in _MODEL_IDS:
+                _MODEL_IDS[model] = next(_NEXT_MODEL_ID)
+            return _MODEL_IDS[model]
+        except TypeError:  # not weak-referenceable or not hashable: fall back to id()
+            return ("id", id(model))
+
+
+def _normal(v):
+    """A settings value in canonical form: equal numbers give equal keys whatever their type
+    (``0``, ``0.0``, ``np.int64(0)``); lists and tuples alike; anything else by ``repr``."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, numbers.Integral):
+        return int(v)
+    if isinstance(v, numbers.Real):
+        f = float(v)
+        return int(f) if f.is_integer() else f
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return tuple(_normal(x) for x in v)
+    if v is None or isinstance(v, str):
+        return v
+    return repr(v)
+
+
 class ResponseCache:
-    """Least-recently-used map ``(prompt, settings) -> Reply`` holding at most ``maxsize`` entries."""
+    """Least-recently-used map ``(model, prompt, settings) -> Reply`` holding at most
+    ``maxsize`` entries.  ``get`` and ``put`` copy the value, so a caller that edits a reply
+    (``reply.text.append(...)``) changes neither the cache nor later hits."""
 
     def __init__(self, maxsize: int = 128):
         if maxsize < 1:
@@ -125,25 +191,34 @@ class ResponseCache:
         self._lock = threading.Lock()  # generate_batch may share one cache across threads
 
     @staticmethod
-    def key(prompt, settings: dict) -> tuple:
-        p = prompt if isinstance(prompt, str) else tuple(int(i) for i in prompt)
-        return p, tuple(sorted((k, repr(v)) for k, v in settings.items()))
+    def key(prompt, settings: dict, model=None) -> tuple:
+        """The cache key of one request; ``model`` keeps two models sharing a cache apart."""
+        p = prompt if isinstance(prompt, str) else tuple(int(i) for i in _flat_ids(prompt))
+        items = tuple(sorted((k, _normal(v)) for k, v in settings.items()))
+        return _model_identity(model), p, items
 
     @staticmethod
     def cacheable(settings: dict) -> bool:
-        """Greedy (temperature 0) or seeded requests have one right answer; others are not cached."""
-        return settings.get("temperature", 1.0) == 0 or settings.get("seed") is not None
+        """Greedy or seeded requests have one right answer; unseeded sampling is not cached.
+
+        Greedy is the default of ``model.generate`` / ``model.stream``: a request without a
+        ``temperature`` is greedy, as is any ``temperature <= 0``.
+        """
+        t = settings.get("temperature", 0.0)
+        greedy = isinstance(t, numbers.Real) and float(t) <= 0  # NaN is not greedy
+        return greedy or settings.get("seed") is not None
 
     def get(self, key):
         with self._lock:
             if key in self._data:
                 self._data.move_to_end(key)  # now the most recently used
                 self.hits += 1
-                return self._data[key]
+                return copy.deepcopy(self._data[key])  # the caller may edit its copy
             self.misses += 1
             return None
 
     def put(self, key, value) -> None:
+        value = copy.deepcopy(value)  # later edits by the caller do not reach the cache
         with self._lock:
             self._data[key] = value
             self._data.move_to_end(key)
@@ -160,7 +235,8 @@ class ResponseCache:
         return f"ResponseCache({len(self)}/{self.maxsize}, hits={self.hits}, misses={self.misses})"
 
 
-def generate_batch(model, prompts, *, max_concurrency: int = 2, reply=None, **settings) -> list[Reply]:
+def generate_batch(model, prompts, *, max_concurrency: int = 2, reply=None,
+                   **settings) -> list[Reply]:
     """Answer every prompt, at most ``max_concurrency`` at a time, replies in prompt order.
 
     ``reply(prompt, **settings)`` runs one request (default :func:`stream_reply`); the model's
@@ -176,7 +252,8 @@ def generate_batch(model, prompts, *, max_concurrency: int = 2, reply=None, **se
 
 
 class Service:
-    """A guarded front door to a model: limits, then the cache, then a timed, streamed generation."""
+    """A guarded front door to a model: limits, then the cache, then a timed, streamed
+    generation."""
 
     def __init__(self, model, *, limits: Limits = Limits(), cache: ResponseCache | None = None,
                  timeout: float | None = 30.0):
@@ -187,7 +264,7 @@ class Service:
         settings["max_new_tokens"] = max_new_tokens
         use_cache = self.cache is not None and ResponseCache.cacheable(settings)
         if use_cache:
-            key = ResponseCache.key(prompt, settings)
+            key = ResponseCache.key(prompt, settings, self.model)
             hit = self.cache.get(key)
             if hit is not None:
                 return Reply(hit.text, hit.tokens, 0.0, hit.timed_out, cached=True)

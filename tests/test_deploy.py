@@ -1,4 +1,5 @@
-"""deploy.py against a fake model that follows the public API (``stream``, ``tokenizer``, ``config``)."""
+"""deploy.py against a fake model that follows the public API (``stream``, ``tokenizer``,
+``config``)."""
 
 import threading
 import time
@@ -7,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from bitnet_edu import deploy
-from bitnet_edu.deploy import Limits, ResponseCache, Service, check_request, generate_batch, stream_reply
+from bitnet_edu.deploy import (Limits, ResponseCache, Service, check_request, generate_batch,
+                               stream_reply)
 
 
 class FakeModel:
@@ -82,7 +84,8 @@ def test_lru_cache_evicts_least_recently_used():
     assert c.get(k[1]) is None
     assert (c.hits, c.misses, len(c)) == (1, 1, 2)
     # settings are part of the key
-    assert ResponseCache.key("a", {"temperature": 0}) != ResponseCache.key("a", {"temperature": 0.5})
+    assert (ResponseCache.key("a", {"temperature": 0})
+            != ResponseCache.key("a", {"temperature": 0.5}))
     assert ResponseCache.key("a", {"x": 1, "y": 2}) == ResponseCache.key("a", {"y": 2, "x": 1})
     with pytest.raises(ValueError):
         ResponseCache(0)
@@ -126,3 +129,88 @@ def test_service_ask_many_shares_the_cache():
     out = svc.ask_many(["a b", "c d", "a b"], max_concurrency=1, max_new_tokens=2, temperature=0)
     assert [r.cached for r in out] == [False, False, True]
     assert deploy.Reply("x", 1, 0.5).tokens_per_s == 2.0
+
+
+# --- issue 11, defect 9: input limits and the response cache ------------------------------------
+
+def test_count_tokens_counts_every_id_of_any_shape():
+    """Defect 9: a [12, 20] id array was counted as 12 tokens and passed a 20-token limit."""
+    import numpy as np
+
+    ids = np.ones((12, 20), np.int64)
+    assert deploy.count_tokens(SimpleNamespace(), ids) == 240
+    assert deploy.count_tokens(SimpleNamespace(), [[1, 2], [3]]) == 3
+    assert deploy.count_tokens(SimpleNamespace(), np.int64(5)) == 1
+    assert deploy.count_tokens(FakeModel(), "one two three") == 3
+    assert deploy.count_tokens(SimpleNamespace(), "text without a tokenizer") is None
+    with pytest.raises(ValueError, match="240 tokens, the limit is 20"):
+        check_request(SimpleNamespace(), ids, 4, Limits(max_prompt_tokens=20))
+    with pytest.raises(ValueError, match="empty"):
+        check_request(SimpleNamespace(), np.zeros((0, 3), np.int64), 4)
+    with pytest.raises(ValueError, match="whole number"):
+        check_request(SimpleNamespace(), [1], 2.5)
+
+
+def test_a_cache_hit_is_a_copy():
+    """Defect 9: a hit returned the cached object itself: a caller's append changed later hits."""
+    c = ResponseCache(4)
+    value = [1, 2]
+    c.put("k", value)
+    value.append(99)  # the caller keeps editing what it stored
+    hit = c.get("k")
+    hit.append(3)
+    assert c.get("k") == [1, 2]
+
+
+def test_service_cache_hits_do_not_share_the_reply_text():
+    class IdModel(FakeModel):
+        def stream(self, prompt, max_new_tokens=8, **settings):
+            self.calls += 1
+            yield from [7, 8, 9][:max_new_tokens]
+
+    m = IdModel()
+    svc = Service(m, cache=ResponseCache(8), timeout=None)
+    first = svc.ask([1, 2], max_new_tokens=3)
+    first.text.append(-1)
+    again = svc.ask([1, 2], max_new_tokens=3)
+    again.text.append(-2)
+    assert svc.ask([1, 2], max_new_tokens=3).text == [7, 8, 9] and m.calls == 1
+
+
+def test_two_models_sharing_a_cache_do_not_get_each_others_answers():
+    """Defect 9: the key ignored the model."""
+    cache = ResponseCache(8)
+    a, b = FakeModel(), FakeModel()
+    b.stream = lambda prompt, max_new_tokens=8, **kw: iter(["B "] * max_new_tokens)
+    ra = Service(a, cache=cache, timeout=None).ask("x y", max_new_tokens=2, temperature=0)
+    rb = Service(b, cache=cache, timeout=None).ask("x y", max_new_tokens=2, temperature=0)
+    assert ra.text == "y x " and rb.text == "B B " and not rb.cached
+    assert ResponseCache.key("p", {}, a) != ResponseCache.key("p", {}, b)
+    assert ResponseCache.key("p", {}, a) == ResponseCache.key("p", {}, a)
+
+
+def test_cache_keys_normalise_numbers():
+    """Defect 9: 0 vs 0.0 and np.int64(1) vs 1 made different keys."""
+    import numpy as np
+
+    k = ResponseCache.key
+    assert k("a", {"temperature": 0}) == k("a", {"temperature": 0.0})
+    assert k("a", {"seed": np.int64(1)}) == k("a", {"seed": 1}) == k("a", {"seed": 1.0})
+    assert k("a", {"top_p": np.float32(0.5)}) == k("a", {"top_p": 0.5})
+    assert k([1, 2], {}) == k(np.array([1, 2]), {}) == k((np.int64(1), 2), {})
+    assert k("a", {"stop": ["x"]}) == k("a", {"stop": ("x",)})
+    assert k("a", {"seed": 1}) != k("a", {"seed": 2})
+    assert k("a", {"seed": 1}) != k("a", {"seed": "1"})
+    assert k("a", {"seed": 2**60}) != k("a", {"seed": 2**60 + 1})  # no rounding through float
+
+
+def test_default_greedy_requests_are_cached():
+    """Defect 9: cacheable() assumed temperature 1.0 when none was given; the default is greedy."""
+    assert ResponseCache.cacheable({}) and ResponseCache.cacheable({"max_new_tokens": 3})
+    assert ResponseCache.cacheable({"temperature": 0.0}) and ResponseCache.cacheable({"seed": 0})
+    assert not ResponseCache.cacheable({"temperature": 0.7})
+    assert not ResponseCache.cacheable({"temperature": float("nan")})
+    m = FakeModel()
+    svc = Service(m, cache=ResponseCache(8), timeout=None)
+    svc.ask("hello world", max_new_tokens=3)
+    assert svc.ask("hello world", max_new_tokens=3).cached and m.calls == 1
