@@ -4,29 +4,78 @@
     bitnet-edu chat --model DIR
     bitnet-edu bench decode --threads 1,2
     bitnet-edu export --model DIR out.gguf
+
+Every error a user can cause (a bad argument, a missing or broken model file, a directory that
+does not exist, too little memory) ends in one line ``bitnet-edu: error: ...`` on stderr and
+exit code 2, never a traceback (``BITNET_EDU_DEBUG=1`` shows the traceback instead).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+from pathlib import Path
+
+
+class UsageError(Exception):
+    """A command-line argument is wrong; the message says which and why."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an error is one line and ``main`` returns 2 instead of exiting."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _int_at_least(low: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low} ({what}), got {v}")
+        return v
+    return parse
+
+
+def _float_in(low: float, high: float, what: str, *, low_open: bool = False):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if math.isnan(v) or math.isinf(v) or v > high or v < low or (low_open and v == low):
+            bound = f"{'>' if low_open else '>='} {low:g}" + ("" if math.isinf(high) else
+                                                           f" and <= {high:g}")
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound} ({what}), "
+                                             f"got {text}")
+        return v
+    return parse
 
 
 def _add_model_args(p):
-    p.add_argument("--model", default=None, help="HF directory, .gguf file or hub id (default: shipped model)")
+    p.add_argument("--model", default=None,
+                   help="HF directory, .gguf file or hub id (default: shipped model)")
     p.add_argument("--revision", default=None, help="hub revision to pin")
     p.add_argument("--kernel", default=None, help="ternary kernel (bitnet_edu.kernels.available())")
     p.add_argument("--head", default="auto", choices=["auto", "int8", "int4", "float32"])
 
 
 def _add_sampling_args(p):
-    p.add_argument("-n", "--max-new-tokens", type=int, default=64)
+    p.add_argument("-n", "--max-new-tokens", type=_int_at_least(1, "tokens to generate"),
+                   default=64)
     # sampling by default: greedy decoding of a small model loops on one phrase
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--temperature", type=_float_in(0, math.inf, "0 = greedy"), default=0.8,
+                   help="0 = greedy")
+    p.add_argument("--top-k", type=_int_at_least(0, "0 = off"), default=0, help="0 = off")
+    p.add_argument("--top-p", type=_float_in(0, 1, "1 = off"), default=0.95)
+    p.add_argument("--repetition-penalty", default=1.0,
+                   type=_float_in(0, math.inf, "1 = off, > 1 discourages repeats", low_open=True))
+    p.add_argument("--seed", type=_int_at_least(0, "any non-negative integer"), default=None)
 
 
 def _sampling(a) -> dict:
@@ -79,14 +128,52 @@ def cmd_bench(a) -> int:
 
 def cmd_export(a) -> int:
     from .export import to_gguf
+    parent = Path(a.out).expanduser().resolve().parent
+    if not parent.is_dir():  # say so before spending a minute loading the model
+        raise ValueError(f"cannot write {a.out}: the directory {parent} does not exist")
     model = _load(a)
     to_gguf(model, a.out)
     print(f"wrote {a.out}", file=sys.stderr)
     return 0
 
 
+def _one_line(err: BaseException) -> str:
+    """The error as one line: its message (whitespace collapsed, cut at 400 characters), with
+    the exception's type when it is not a ValueError (those are written for users)."""
+    try:
+        text = " ".join(str(err).split())
+    except Exception:  # noqa: BLE001 - a message that cannot be printed
+        text = ""
+    if isinstance(err, MemoryError):
+        return (f"out of memory{f' ({text})' if text else ''}: the model or the context is "
+                f"too large for this machine")
+    numba_errors = sys.modules.get("numba.core.errors")  # loaded if a kernel ever compiled
+    if numba_errors is not None and isinstance(err, numba_errors.NumbaError):
+        detail = text.split(" During: ")[0].replace(
+            "Failed in nopython mode pipeline (step: nopython frontend) ", "")
+        detail = detail if len(detail) <= 160 else detail[:157] + "..."
+        text = (f"a kernel could not be compiled for these inputs (is a config value of the "
+                f"wrong type, e.g. a list where a number belongs?) — Numba: {detail}")
+    elif not isinstance(err, (ValueError, UsageError, OSError)):
+        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="bitnet-edu", description="BitNet b1.58 on the CPU, readable.")
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("\nbitnet-edu: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - a user's mistake or not, no traceback
+        if os.environ.get("BITNET_EDU_DEBUG") == "1":
+            raise
+        print(f"bitnet-edu: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+
+
+def _main(argv) -> int:
+    ap = _Parser(prog="bitnet-edu", description="BitNet b1.58 on the CPU, readable.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="continue a prompt")
     _add_model_args(g)
@@ -106,11 +193,7 @@ def main(argv=None) -> int:
     e.add_argument("out")
     e.set_defaults(fn=cmd_export)
     a = ap.parse_args(argv)
-    try:
-        return a.fn(a) or 0
-    except ValueError as err:  # clear message, no traceback, for user errors
-        print(f"bitnet-edu: error: {err}", file=sys.stderr)
-        return 2
+    return a.fn(a) or 0
 
 
 if __name__ == "__main__":

@@ -99,3 +99,60 @@ def test_zero_linear_warns(tmp_path):
     write_safetensors(d / "model.safetensors", t, bf16=bf)
     with pytest.warns(UserWarning, match="layers.1.mlp.down_proj.weight is entirely zero"):
         load_model(d)
+
+
+# --- issue 11, defect 10: arguments a user can get wrong get a clear ValueError ---------------
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(max_new_tokens=-5), "max_new_tokens must be >= 0"),
+    (dict(max_new_tokens=2.5), "max_new_tokens must be a whole number"),
+    (dict(temperature=float("nan")), "temperature must be a number"),
+    (dict(temperature=-1.0), "temperature must be >= 0"),
+    (dict(temperature=float("inf")), "finite"),
+    (dict(seed=-1), "seed must be a non-negative"),
+    (dict(seed=1.5), "seed must be a non-negative"),
+    (dict(repetition_penalty=0.0), "repetition_penalty must be > 0"),
+    (dict(repetition_penalty=-2.0), "repetition_penalty must be > 0"),
+    (dict(repetition_penalty=float("nan")), "repetition_penalty must be a number"),
+    (dict(top_p=float("nan")), "top_p must be a number"),
+    (dict(top_p=1.5), "top_p must be between 0 and 1"),
+    (dict(top_k=-3), "top_k must be >= 0"),
+])
+def test_bad_settings_are_value_errors(model, kwargs, words):
+    """Defect 10: -n -5 generated nothing silently, seed -1 and NaN temperature crashed in NumPy."""
+    kwargs = {"max_new_tokens": 3, **kwargs}
+    n = kwargs.pop("max_new_tokens")
+    with pytest.raises(ValueError, match=words):
+        model.generate([1, 2], n, **kwargs)
+    with pytest.raises(ValueError, match=words):
+        list(model.stream("Hello", n, **kwargs))
+
+
+def test_a_tiny_temperature_is_the_greedy_limit(model):
+    """Defect 10: temperature 1e-45 overflowed float32; NumPy raised 'probabilities contain NaN'."""
+    lg = np.random.default_rng(0).standard_normal(50).astype(np.float32)
+    for t in (1e-45, 1e-300, 5e-324):
+        assert sample_next(lg, np.random.default_rng(1), temperature=t) == int(np.argmax(lg))
+    tie = np.array([3.0, 1.0, 3.0], np.float32)
+    draws = {sample_next(tie, np.random.default_rng(s), temperature=1e-45) for s in range(40)}
+    assert draws == {0, 2}  # the limit shares the mass between tied top tokens
+    greedy = model.generate([1, 2, 3], 6, stop=[])
+    assert model.generate([1, 2, 3], 6, temperature=1e-45, seed=0, stop=[]) == greedy
+    with pytest.raises(ValueError, match="NaN"):
+        sample_next(lg, temperature=float("nan"))
+
+
+def test_float_and_out_of_vocabulary_ids_are_rejected(model):
+    """Defect 10: float ids were truncated silently (1.7 -> 1); a negative id wrapped around."""
+    v = model.config.vocab_size
+    with pytest.raises(ValueError, match="token ids must be integers"):
+        model.generate([1.7, 2.0], 2)
+    with pytest.raises(ValueError, match="token ids must be integers"):
+        model.generate(np.array([1, 2], np.float32), 2)
+    with pytest.raises(ValueError, match=f"token id {v} is outside this model's vocabulary"):
+        model.generate([1, v], 2)
+    with pytest.raises(ValueError, match="token id -1 is outside"):
+        list(model.stream(np.array([[-1, 2]]), 2))
+    with pytest.raises(ValueError, match="flat list"):
+        list(model.stream([[1, 2], [3]], 2))  # (generate reads a list of lists as a batch)
+    assert len(model.generate(np.array([[1, 2]], np.int32), 2, stop=[])) == 2  # any int shape

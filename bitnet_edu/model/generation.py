@@ -13,6 +13,8 @@ next from the last logits.  Sampling (all seeded, reproducible):
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 
 import numpy as np
@@ -60,10 +62,20 @@ def top_p_filter(probs: np.ndarray, p: float) -> np.ndarray:
 def sample_next(logits, rng=None, *, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                 repetition_penalty: float = 1.0, history=()) -> int:
     """Pick the next token id from last-position ``logits`` ``[V]``."""
+    if math.isnan(temperature):
+        raise ValueError("temperature is NaN; give a number >= 0 (0 = greedy)")
     logits = apply_repetition_penalty(logits, history, repetition_penalty)
     if temperature <= 0:
         return int(np.argmax(logits))
-    logits = top_k_filter(logits / np.float32(temperature), top_k).astype(np.float64)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        scaled = logits / np.float32(temperature)
+    if np.isinf(scaled[np.isfinite(logits)]).any() or np.float32(temperature) == 0:
+        # a temperature so small that float32 overflows (1e-45): divide in float64 after
+        # subtracting the maximum, which keeps the T -> 0 limit (the top tokens, ties shared)
+        lg = logits.astype(np.float64)
+        with np.errstate(over="ignore"):
+            scaled = (lg - lg.max()) / float(temperature)
+    logits = top_k_filter(scaled, top_k).astype(np.float64)
     probs = np.exp(logits - logits.max())
     probs = top_p_filter(probs / probs.sum(), top_p)
     rng = rng if rng is not None else np.random.default_rng()
@@ -101,10 +113,52 @@ def _prompt_ids(model, prompt):
         if bos is not None and (not ids or ids[0] != bos):
             ids = [int(bos)] + ids
         return ids, True
-    ids = [int(i) for i in np.asarray(prompt).reshape(-1)]
+    try:
+        arr = np.asarray(prompt)
+    except ValueError:  # ragged nesting
+        raise ValueError("token ids must be a flat list (or array) of integers") from None
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"token ids must be integers, got {arr.dtype} values such as "
+                         f"{arr.reshape(-1)[0]!r}; text prompts are strings")
+    ids = [int(i) for i in arr.reshape(-1)]
     if not ids:
         raise ValueError("the prompt has no tokens")
+    vocab = getattr(model.config, "vocab_size", None)
+    bad = [i for i in ids if i < 0 or (vocab is not None and i >= vocab)]
+    if bad:
+        raise ValueError(f"token id {bad[0]} is outside this model's vocabulary "
+                         f"[0, {vocab}) ({len(bad)} such id{'s' if len(bad) > 1 else ''})")
     return ids, False
+
+
+def _check_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed):
+    """Reject settings that would crash later or silently mean something else."""
+    def real(name, v):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v):
+            raise ValueError(f"{name} must be a number, got {v!r}")
+        return float(v)
+
+    def whole(name, v):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise ValueError(f"{name} must be a whole number, got {v!r}")
+        return int(v)
+
+    if whole("max_new_tokens", max_new_tokens) < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    t = real("temperature", temperature)
+    if t < 0 or math.isinf(t):
+        raise ValueError(f"temperature must be >= 0 and finite (0 = greedy), got {temperature}")
+    if whole("top_k", top_k) < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    if not 0 <= real("top_p", top_p) <= 1:
+        raise ValueError(f"top_p must be between 0 and 1 (1 = off), got {top_p}")
+    r = real("repetition_penalty", repetition_penalty)
+    if r <= 0 or math.isinf(r):
+        raise ValueError(f"repetition_penalty must be > 0 (1 = off, > 1 discourages repeats), "
+                         f"got {repetition_penalty}")
+    if isinstance(seed, (bool, numbers.Real)) and (not isinstance(seed, numbers.Integral)
+                                                    or isinstance(seed, bool) or seed < 0):
+        raise ValueError(f"seed must be a non-negative whole number (or None), got {seed!r}")
 
 
 def generate_ids(model, ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
@@ -113,6 +167,7 @@ def generate_ids(model, ids, max_new_tokens: int, *, temperature: float = 0.0, t
 
     Speed figures go to ``model.last_stats`` (prefill/decode tokens per second).
     """
+    _check_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     ids = list(ids)
     limit = model.config.max_position_embeddings
     if len(ids) + max_new_tokens > limit:
