@@ -26,9 +26,10 @@ from bitnet_edu.train.loop import lr_at, train_step, weight_decay_at  # noqa: E4
 from bitnet_edu.train.ptq import post_training_quantize  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def short_timeout(monkeypatch):
-    monkeypatch.setattr(_core, "TIMEOUT_S", 0.5)
+    """Endless loops are stopped after 0.3 s (the default, 30 s, suits a slow laptop)."""
+    monkeypatch.setattr(_core, "TIMEOUT_S", 0.3)
 
 
 # --- one correct answer per check ----------------------------------------------------------------
@@ -124,6 +125,10 @@ def exits(*args, **kwargs):
     sys.exit(3)
 
 
+def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt()
+
+
 def _class_of(method):
     """An LRUCache whose get and put both behave like ``method`` (for the class-based check)."""
     return type("Bad", (), {"__init__": lambda self, n: None, "get": lambda self, k: method(k),
@@ -132,9 +137,10 @@ def _class_of(method):
 
 BEHAVIOURS = {"raising": (raising, "ValueError: bad input"),
               "raising with a broken __str__": (raising_broken_str, "BrokenStr"),
-              "an endless loop": (endless, "still running after 0.5 s"),
+              "an endless loop": (endless, "still running after 0.3 s"),
               "an endless loop catching Exception": (endless_swallowing, "still running"),
-              "exit()": (exits, "exit()")}
+              "exit()": (exits, "exit()"),
+              "Ctrl-C": (interrupted, "interrupted while your code was running")}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -144,7 +150,7 @@ def test_correct_answer_passes(name, capfd):
 
 @pytest.mark.parametrize("behaviour", sorted(BEHAVIOURS))
 @pytest.mark.parametrize("name", NAMES)
-def test_crashes_and_hangs_are_one_clean_fail(name, behaviour, capfd):
+def test_crashes_and_hangs_are_one_clean_fail(name, behaviour, capfd, short_timeout):
     fn, words = BEHAVIOURS[behaviour]
     res = run(name, _class_of(fn) if name == "check_lru_cache" else fn, capfd)
     assert res.status == FAIL
@@ -255,7 +261,7 @@ def test_ptq_that_edits_the_float_model_in_place_fails(capfd):
 
 # --- the timeout ---------------------------------------------------------------------------------
 
-def test_the_timeout_also_works_outside_the_main_thread(capfd):
+def test_the_timeout_also_works_outside_the_main_thread(capfd, short_timeout):
     """Windows has no SIGALRM and a check may run in a worker thread: a helper thread with a
     deadline stops the loop there, and the loop's thread ends."""
     box = {}
@@ -272,7 +278,7 @@ def test_the_timeout_also_works_outside_the_main_thread(capfd):
     capfd.readouterr()
 
 
-def test_the_alarm_is_disarmed_and_the_old_handler_restored():
+def test_the_alarm_is_disarmed_and_the_old_handler_restored(short_timeout):
     import signal
 
     if not hasattr(signal, "setitimer"):
@@ -284,7 +290,7 @@ def test_the_alarm_is_disarmed_and_the_old_handler_restored():
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
-def test_not_implemented_and_grading_mode_still_work(monkeypatch, capfd):
+def test_not_implemented_and_grading_mode_still_work(monkeypatch, capfd, short_timeout):
     def stub(*a, **k):
         raise NotImplementedError()
     assert run("check_rope", stub, capfd).status == NOT_IMPLEMENTED
