@@ -77,12 +77,38 @@ class KVCache:
     """
 
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, capacity: int):
+        for name, v in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads),
+                        ("head_dim", head_dim), ("capacity", capacity)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"KVCache {name} must be a whole number >= 1, got {v!r}")
         self.k = np.zeros((n_layers, n_kv_heads, capacity, head_dim), np.float32)
         self.v = np.zeros_like(self.k)
-        self.capacity = capacity
+        self.capacity = int(capacity)
         self.length = 0
 
     @property
     def nbytes_used(self) -> int:
         """Bytes holding real keys/values (what the cache costs at the current context)."""
         return 2 * self.k[:, :, : self.length].size * 4
+
+    def check(self, n_layers: int, n_kv_heads: int, head_dim: int) -> None:
+        """ValueError unless this cache fits a model of that shape: ``k`` and ``v`` float32
+        C-contiguous ``[n_layers, n_kv_heads, capacity, head_dim]``, ``0 <= length <=
+        capacity``.  The fused attention writes into the arrays without bounds checks, so a
+        cache made for another model must be refused here (it would write out of bounds)."""
+        want = (n_layers, n_kv_heads, self.capacity, head_dim)
+        for name in ("k", "v"):
+            a = getattr(self, name, None)
+            if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != want \
+                    or not a.flags.c_contiguous or not a.flags.writeable:
+                got = (f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray)
+                       else type(a).__name__)
+                raise ValueError(
+                    f"this KV cache does not fit the model: cache.{name} is {got}, the model "
+                    f"needs float32 C-contiguous {want} [layers, kv heads, capacity, head_dim]; "
+                    "make one with model.new_cache(capacity)")
+        n = self.length
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) \
+                or not 0 <= n <= self.capacity:
+            raise ValueError(f"KV cache length {n!r} is not within [0, capacity="
+                             f"{self.capacity}]")

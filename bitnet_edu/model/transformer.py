@@ -16,7 +16,9 @@ readable, records a trace) and ``_layer_fast`` (Numba fused glue from :mod:`.fus
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
+import warnings
 from dataclasses import dataclass
 
 import numba
@@ -31,6 +33,8 @@ from .config import BitNetConfig
 from .layers import KVCache, apply_rope, attention, quantize_act, relu2_glu, rms_norm, rope_tables
 
 __all__ = ["BitNetModel", "LayerWeights", "Head"]
+
+_ROPE_LOCK = threading.Lock()  # growth of a model's RoPE tables (BitNetModel._rope)
 
 
 @dataclass
@@ -154,8 +158,9 @@ class BitNetModel:
         # thread for a small model, where waking a second thread for every matmul costs more than
         # the matmul (measured: the 1.8 MB default model decodes ~15x faster on one thread).
         self.threads: int | None = None
-        self._cos, self._sin = rope_tables(config.max_position_embeddings, config.head_dim,
-                                           config.rope_theta)
+        # RoPE tables grow with the context actually used (:meth:`_rope`), not sized by
+        # max_position_embeddings at load: a config may claim 2**31 positions
+        self._cos = self._sin = np.zeros((0, config.head_dim), np.float32)
         self.last_stats: dict = {}
 
     # ---- construction -------------------------------------------------------------------------
@@ -311,19 +316,30 @@ class BitNetModel:
         extended by ``T``.  ``trace``: a list that receives one dict of intermediates per layer
         (then the NumPy reference path runs).
         """
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        ids = np.asarray(ids)
         if ids.size == 0:
             raise ValueError("ids is empty: give at least one token")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"token ids must be integers, got {ids.dtype} values such as "
+                             f"{ids.reshape(-1)[0]!r}")
+        ids = ids.astype(np.int64).reshape(-1)
         if ids.min() < 0 or ids.max() >= self.config.vocab_size:
             bad = int(ids[(ids < 0) | (ids >= self.config.vocab_size)][0])
             raise ValueError(f"token id {bad} out of range [0, {self.config.vocab_size})")
-        cache = cache or self.new_cache(len(ids))
-        start, t = cache.length, len(ids)
+        c = self.config
+        if cache is None:
+            cache = self.new_cache(len(ids))
+        elif not isinstance(cache, KVCache):
+            raise ValueError(f"cache must be a KVCache (model.new_cache(capacity)), got "
+                             f"{type(cache).__name__}")
+        cache.check(c.num_hidden_layers, c.num_key_value_heads, c.head_dim)
+        start, t = int(cache.length), len(ids)
         limit = min(self.config.max_position_embeddings, cache.capacity)
         if start + t > limit:
             raise ValueError(f"context too long: {start} cached + {t} new tokens > {limit} "
                              f"(max_position_embeddings={self.config.max_position_embeddings}, "
                              f"cache capacity={cache.capacity})")
+        self._rope(start + t)
         x = self.head.embed(ids)
         if trace is not None:
             trace.append({"embedding": x.copy()})
@@ -338,9 +354,30 @@ class BitNetModel:
                 x = x[-1:]
             xn = rms_norm(x, self.norm, self.config.rms_norm_eps)
             logits = self.lm_head.logits(xn)
+        bad = ~np.isfinite(xn).all(axis=1)
+        if bad.any():  # a quantized head would turn a NaN state into finite garbage: say so
+            logits[bad] = np.nan
+            warnings.warn(f"the hidden state is not finite (NaN or inf) at {int(bad.sum())} of "
+                          f"{len(bad)} positions: their logits are NaN (a weight or the input "
+                          "overflowed or is not finite)", RuntimeWarning, stacklevel=2)
         if trace is not None:
             trace.append({"final_norm": xn, "logits": logits})
         return logits
+
+    def _rope(self, n: int) -> None:
+        """Make the RoPE tables cover positions ``0 .. n-1``: doubled when too short (rows of a
+        longer table equal the shorter one's, so growing never changes a result), at most
+        ``max_position_embeddings`` rows.  Each growth swaps in new arrays, so a concurrent
+        forward keeps reading a table at least as long as it needs."""
+        if n <= min(len(self._cos), len(self._sin)):
+            return
+        with _ROPE_LOCK:  # never replaced by a shorter table another thread computed
+            have = min(len(self._cos), len(self._sin))
+            if n <= have:
+                return
+            c = self.config
+            size = min(max(n, 2 * have, 64), c.max_position_embeddings)
+            self._cos, self._sin = rope_tables(size, c.head_dim, c.rope_theta)
 
     def _linear(self, packed, xq, xs, w_scale):
         return self.kernel.linear(packed, xq, xs, w_scale)
