@@ -378,7 +378,11 @@ def _bad_number(v, low: float, strict: bool) -> bool:
 
 def _bad_ids(v) -> bool:
     """A token id entry that is not None, an int >= 0 or a non-empty list of them."""
-    ok = lambda x: type(x) is int and 0 <= x < 2**63  # noqa: E731
+    def ok(x):  # an int, or a float with an integral value (2.0); never a bool
+        if isinstance(x, float) and math.isfinite(x) and x == int(x):
+            x = int(x)
+        return type(x) is int and 0 <= x < 2**63
+
     return not (v is None or ok(v) or (isinstance(v, list) and v and all(map(ok, v))))
 
 
@@ -392,6 +396,10 @@ def _config_must_fail(old: dict, new) -> bool:
         return True
     if "rms_norm_eps" in new and _bad_number(new["rms_norm_eps"], 0, strict=False):
         return True
+    ctx = new.get("max_position_embeddings", 1)
+    if isinstance(ctx, bool) or not isinstance(ctx, (int, float)) or \
+            _bad_number(ctx, 1, strict=False) or ctx != int(ctx):
+        return True  # a context length is a whole number >= 1
     return any(_bad_ids(new.get(k)) for k in ("bos_token_id", "eos_token_id"))
 
 
@@ -746,7 +754,8 @@ def _exercise(path: Path) -> dict:
                 stage = "generate"
                 m.generate("Hi", max_new_tokens=1)
         except ValueError as e:
-            return {"kind": "clean", "detail": f"{type(e).__name__} ({stage}): {e}"}
+            return {"kind": "clean", "detail": f"{type(e).__name__} ({stage}): {e}",
+                    "stage": stage}
         except MemoryError as e:
             return {"kind": "memory", "detail": f"MemoryError ({stage}): {e}"}
         except BaseException as e:  # noqa: BLE001 - a Rust panic is a BaseException
@@ -754,7 +763,9 @@ def _exercise(path: Path) -> dict:
             where = f"{Path(tb.filename).name}:{tb.lineno}"
             return {"kind": "other", "detail": f"{type(e).__name__} ({stage}, {where}): {e}",
                     "trace": traceback.format_exc()[-3000:]}
-    warned = [str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)]
+    # an explicit warning from the loader, not NumPy's overflow notes or a deprecation
+    warned = [str(w.message) for w in caught
+              if not issubclass(w.category, (DeprecationWarning, RuntimeWarning))]
     return {"kind": "loaded" if finite else "nonfinite", "warned": warned,
             "detail": "; ".join(warned)[:300]}
 
@@ -850,7 +861,9 @@ class _Running:
         self.trace = res.get("trace", "")
         if kind in ("loaded", "nonfinite") and self.case.must_fail and not res.get("warned"):
             kind = "accepted"
-        named = kind != "clean" or _names_file(detail, self.case, self.where)
+        # only a load error has a file to name; a forward's "context too long" has none
+        named = kind != "clean" or res.get("stage") != "load" or \
+            _names_file(detail, self.case, self.where)
         return Outcome(self.case, kind, detail, named, secs, self.trace)
 
 
@@ -880,18 +893,34 @@ def run_case(case: Case, seeds: Seeds, *, timeout: float = 20.0, mem_mb: int = 2
             shutil.rmtree(where, ignore_errors=True)
 
 
+def signature(o: Outcome) -> str | None:
+    """What groups like outcomes: ``"other TypeError (load, schema.py:62)"``, ``"crash
+    SIGSEGV"``, ``"hang"``, ``"unnamed UnicodeDecodeError (load)"``, ...; None for a clean
+    error that names its file and for a harmless load."""
+    if o.kind in ("other", "memory", "crash"):
+        return f"{o.kind} {o.detail.split('): ')[0] + ')' if '): ' in o.detail else o.detail}"
+    if o.kind == "clean":
+        return None if o.named else f"unnamed {o.detail.split(': ')[0]}"
+    if o.kind == "loaded":
+        return None
+    return o.kind
+
+
 # ---- many cases -------------------------------------------------------------------------------
 
 @dataclass
 class Report:
-    """Outcomes of a run: ``counts[format][kind]``, ``examples[format][kind]`` (the first few
-    outcomes of each non-clean kind), ``unnamed[format]`` (clean errors not naming the file)."""
+    """Outcomes of a run: ``counts[format][kind]``; ``unnamed[format]`` (clean errors naming no
+    file); ``signatures[format][sig]``: how many outcomes had each signature (see
+    :func:`signature`: kind, exception type and where it was raised) and
+    ``examples[format][sig]`` the first few of them."""
 
     counts: dict
     examples: dict
     unnamed: dict
     seconds: float
     max_examples: int = 3
+    signatures: dict = field(default_factory=dict)
 
     def failures(self) -> dict:
         """``{format: {kind: count}}`` of the failure kinds that occurred."""
@@ -917,18 +946,15 @@ class Report:
                          for r in rows)
 
     def describe(self) -> str:
+        """Each signature with its count and first examples (failures first)."""
+        order = {k: i for i, k in enumerate(FAILURES + ("nonfinite", "unnamed"))}
         lines = []
-        for fmt, by_kind in self.examples.items():
-            for kind in KINDS[1:]:
-                for o in by_kind.get(kind, [])[: self.max_examples]:
-                    if kind == "loaded" and not o.case.must_fail:
-                        continue
-                    lines.append(f"[{fmt} #{o.case.index}] {kind}: {o.case.desc}\n"
-                                 f"    -> {o.detail[:300]}")
-        for fmt, by_kind in self.examples.items():
-            for o in by_kind.get("unnamed", [])[: self.max_examples]:
-                lines.append(f"[{fmt} #{o.case.index}] clean but names no file: {o.case.desc}\n"
-                             f"    -> {o.detail[:300]}")
+        for fmt, sigs in self.examples.items():
+            for sig in sorted(sigs, key=lambda g: (order.get(g.split()[0], 99), g)):
+                lines.append(f"[{fmt}] {sig}: {self.signatures[fmt][sig]} case(s)")
+                for o in sigs[sig]:
+                    lines.append(f"    #{o.case.index} {o.case.desc[:120]}\n"
+                                 f"        -> {o.detail[:300]}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -957,6 +983,7 @@ def run(formats=FORMATS, n: int = 100, *, seed: int = 0, timeout: float = 20.0,
         counts = {f: dict.fromkeys(KINDS, 0) for f in formats}
         examples = {f: {} for f in formats}
         unnamed = dict.fromkeys(formats, 0)
+        signatures = {f: {} for f in formats}
         todo = [(f, i) for i in range(n) for f in formats]
         running: dict[int, _Running] = {}
         done = 0
@@ -965,13 +992,13 @@ def run(formats=FORMATS, n: int = 100, *, seed: int = 0, timeout: float = 20.0,
             nonlocal done
             f = o.case.format
             counts[f][o.kind] += 1
-            if o.kind != "clean":
-                examples[f].setdefault(o.kind, []).append(o) if len(
-                    examples[f].get(o.kind, [])) < max_examples else None
-            elif not o.named:
-                unnamed[f] += 1
-                if len(examples[f].setdefault("unnamed", [])) < max_examples:
-                    examples[f]["unnamed"].append(o)
+            unnamed[f] += o.kind == "clean" and not o.named
+            sig = signature(o)
+            if sig:
+                signatures[f][sig] = signatures[f].get(sig, 0) + 1
+                got = examples[f].setdefault(sig, [])
+                if len(got) < max_examples:
+                    got.append(o)
             done += 1
             if progress:
                 progress(done, len(todo))
@@ -1001,7 +1028,8 @@ def run(formats=FORMATS, n: int = 100, *, seed: int = 0, timeout: float = 20.0,
             now = time.monotonic()
             for job in [j for j in running.values() if j.deadline <= now]:
                 close(job, hung=True)
-        return Report(counts, examples, unnamed, time.monotonic() - t0, max_examples)
+        return Report(counts, examples, unnamed, time.monotonic() - t0, max_examples,
+                      signatures)
     finally:
         if own:
             shutil.rmtree(root, ignore_errors=True)

@@ -129,6 +129,7 @@ def test_report_table_and_failures():
     counts["config"].update(clean=5, loaded=2, hang=1)
     counts["gguf"].update(clean=7)
     r = fuzz.Report(counts, {"config": {}, "gguf": {}}, {"config": 1, "gguf": 0}, 1.0)
+    assert r.describe() == ""
     assert r.failures() == {"config": {"hang": 1}}
     lines = r.table().splitlines()
     assert lines[0].split() == ["format", "cases", *fuzz.KINDS, "unnamed"]
@@ -140,18 +141,20 @@ def bounded_run():
     """A few hundred mutants of each format, in a fresh interpreter: forked children need a
     fork-safe Numba thread pool, which a test process that already ran kernels may not have."""
     code = ("import json, sys; from bitnet_edu import fuzz\n"
-            f"r = fuzz.run(fuzz.FORMATS, {N_PER_FORMAT}, seed=0, timeout=10, max_examples=5)\n"
+            f"r = fuzz.run(fuzz.FORMATS, {N_PER_FORMAT}, seed=0, timeout=10, max_examples=2)\n"
             "ex = {f: {k: [f'#{o.case.index} {o.case.desc} -> {o.detail[:200]}' for o in v]\n"
             "          for k, v in d.items()} for f, d in r.examples.items()}\n"
-            "json.dump({'counts': r.counts, 'examples': ex, 'table': r.table()}, sys.stdout)\n")
+            "json.dump({'counts': r.counts, 'examples': ex, 'signatures': r.signatures,\n"
+            "           'table': r.table()}, sys.stdout)\n")
     return _fresh(code)
 
 
 def _failing(res, kinds):
     bad = {f: {k: c[k] for k in kinds if c[k]} for f, c in res["counts"].items()}
     bad = {f: v for f, v in bad.items() if v}
-    lines = [res["table"]] + [f"[{f}] {k}: {e}" for f, v in bad.items() for k in v
-                              for e in res["examples"][f].get(k, [])]
+    lines = [res["table"]] + [f"[{f}] {sig} ({res['signatures'][f][sig]} cases): {e}"
+                              for f, v in bad.items() for sig, ex in res["examples"][f].items()
+                              if sig.split()[0] in v for e in ex]
     return bad, "\n".join(lines)
 
 
@@ -166,3 +169,22 @@ def test_fuzzed_loaders_never_accept_an_invalid_model(bounded_run):
     weights, a non-object or bad-id generation config: an error (or an explicit warning)."""
     bad, why = _failing(bounded_run, ("accepted",))
     assert not bad, why
+
+
+def test_signatures_group_like_outcomes(seeds):
+    case = _case(seeds)
+    sig = fuzz.signature
+    assert sig(fuzz.Outcome(case, "other", "TypeError (load, schema.py:62): 'str' object")) == \
+        "other TypeError (load, schema.py:62)"
+    assert sig(fuzz.Outcome(case, "crash", "SIGSEGV")) == "crash SIGSEGV"
+    assert sig(fuzz.Outcome(case, "clean", "ValueError (load): bad", named=False)) == \
+        "unnamed ValueError (load)"
+    assert sig(fuzz.Outcome(case, "clean", "ValueError (load): x.json: bad")) is None
+    assert sig(fuzz.Outcome(case, "hang", "no result after 10 s")) == "hang"
+
+
+def test_must_fail_judgement_of_a_context_length():
+    old = {**fuzz.TINY}
+    for bad in (0, 0.5, -1, "64", None, float("inf"), True):
+        assert fuzz._config_must_fail(old, {**old, "max_position_embeddings": bad}), bad
+    assert not fuzz._config_must_fail(old, {**old, "max_position_embeddings": 64.0})
