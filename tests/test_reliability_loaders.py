@@ -95,3 +95,42 @@ def test_float_token_ids_are_refused_by_forward():
     """Defect 5 (silent wrong result): forward truncated 1.7 to token 1."""
     with pytest.raises(ValueError, match="integers"):
         _tiny().forward([1.7, 2.0])
+
+
+# --- defect 2: Packed metadata that does not match its arrays -----------------------------------
+
+@pytest.mark.parametrize("name", kernels.available())
+def test_inconsistent_packed_is_refused_by_every_kernel(name):
+    """Defect 2: ``dataclasses.replace(packed, out=1)`` (or a larger ``out``, another ``k``)
+    crashed 5 of 6 kernels or returned uninitialised memory; now construction refuses it."""
+    k = kernels.get(name)
+    rng = np.random.default_rng(1)
+    w = rng.integers(-1, 2, (40, 300), dtype=np.int8)
+    x = rng.integers(-127, 128, (3, 300), dtype=np.int8)
+    p = k.pack(w)
+    for change in (dict(out=1), dict(out=41), dict(out=4000), dict(k=1), dict(k=3000),
+                   dict(arrays=p.arrays[:1] + (p.arrays[0][:5],)), dict(arrays=()),
+                   dict(arrays=tuple(a.astype(np.int32) for a in p.arrays)),
+                   dict(out=True), dict(k=-300), dict(kernel=None)):
+        with pytest.raises(ValueError):
+            bad = dataclasses.replace(p, **change)
+            k.matmul(bad, x[:, :bad.k])
+    want = x.astype(np.int32) @ w.T.astype(np.int32)
+    np.testing.assert_array_equal(k.matmul(p, x), want)  # the original is untouched
+
+
+@pytest.mark.parametrize("name", kernels.available())
+def test_packed_is_immutable_and_checked_per_call(name):
+    """Defect 2: a Packed is frozen with read-only arrays; an array reshaped in place after
+    construction is caught on the next checked call."""
+    k = kernels.get(name)
+    w = np.random.default_rng(2).integers(-1, 2, (16, 256), dtype=np.int8)
+    p = k.pack(w)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.out = 1
+    with pytest.raises(ValueError, match="read-only"):
+        p.arrays[0][...] = 0
+    a = p.arrays[0]
+    a.shape = (a.shape[0] // 2, a.shape[1] * 2) if a.shape[0] % 2 == 0 else a.shape
+    with pytest.raises(ValueError, match="does not match"):
+        k.matmul(p, np.ones(256, np.int8))

@@ -22,12 +22,38 @@ class Packed:
 
     ``arrays`` holds the layout's numpy arrays (codes, indices, sign bits...); ``out`` and ``k``
     are the shape of the original matrix, so the object can be kept in memory and measured.
+
+    Immutable and checked: the kernels' Numba loops index the arrays by ``out`` and ``k``
+    without bounds checks, so construction (also ``dataclasses.replace``) refuses arrays whose
+    shapes and dtypes are not exactly what that kernel's layout has for ``[out, k]``
+    (:meth:`Kernel.expected_arrays`), and keeps read-only views of them.
     """
 
     kernel: str
     out: int
     k: int
     arrays: tuple
+
+    def __post_init__(self):
+        if not isinstance(self.kernel, str):
+            raise ValueError(f"Packed.kernel must be a kernel name, got {self.kernel!r}")
+        for name in ("out", "k"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"Packed.{name} must be a whole number >= 1, got {v!r}")
+            object.__setattr__(self, name, int(v))
+        if not isinstance(self.arrays, (tuple, list)) or not all(
+                isinstance(a, np.ndarray) for a in self.arrays):
+            raise ValueError("Packed.arrays must be a tuple of numpy arrays")
+        views = []
+        for a in self.arrays:
+            v = a.view()
+            v.flags.writeable = False  # the packed weights are never written after packing
+            views.append(v)
+        object.__setattr__(self, "arrays", tuple(views))
+        layout = _LAYOUTS.get(self.kernel)
+        if layout is not None:
+            layout.check_arrays(self)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -42,6 +68,10 @@ class Packed:
         return 8.0 * self.nbytes / (self.out * self.k)
 
 
+#: kernel name -> its Kernel class, for Packed's construction check (filled by subclasses)
+_LAYOUTS: dict[str, type] = {}
+
+
 class Kernel:
     """Base class: ``pack(w)`` then ``matmul(packed, x)`` == ``x.astype(int32) @ w.T``.
 
@@ -54,6 +84,11 @@ class Kernel:
     name = "?"
     summary = ""
     fast_gemm = False  # True if many tokens take a blocked path (not T passes of the GEMV loop)
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if "name" in cls.__dict__:
+            _LAYOUTS[cls.name] = cls
 
     def __repr__(self) -> str:
         return f"<kernel {self.name!r}: {self.summary}>"
@@ -126,14 +161,44 @@ class Kernel:
         return self.pack(rng.integers(-1, 2, size=(out, cols), dtype=np.int8))
 
     # -- checks ---------------------------------------------------------------------------------
-    def _check_packed(self, packed):
+    @classmethod
+    def expected_arrays(cls, out: int, k: int) -> tuple | None:
+        """The layout's arrays for a ``[out, k]`` matrix: a tuple of ``(shape, dtype)``, one per
+        array, or None when a kernel does not say (then only the generic checks apply).  The
+        kernels' loops read exactly these extents, so anything else would read out of bounds."""
+        return None
+
+    @classmethod
+    def check_arrays(cls, packed: "Packed") -> None:
+        """ValueError unless ``packed.arrays`` are C-contiguous with exactly the shapes and
+        dtypes :meth:`expected_arrays` gives for ``packed.out, packed.k``."""
+        want = cls.expected_arrays(packed.out, packed.k)
+        if want is None:
+            return
+        got = packed.arrays
+        if len(got) != len(want) or any(
+                a.shape != tuple(s) or a.dtype != d or not a.flags.c_contiguous
+                for a, (s, d) in zip(got, want)):
+            raise ValueError(
+                f"Packed metadata does not match its arrays: kernel {packed.kernel!r} stores a "
+                f"[{packed.out}, {packed.k}] matrix as "
+                f"{[(tuple(s), np.dtype(d).name) for s, d in want]} (C-contiguous), got "
+                f"{[(a.shape, a.dtype.name) for a in got]}; build it with "
+                f"kernels.get({packed.kernel!r}).pack(w)")
+
+    def check_packed(self, packed) -> "Packed":
+        """``packed`` if it is a :class:`Packed` of this kernel whose arrays fit its ``out``
+        and ``k`` (a few comparisons: run on every checked call), else ValueError."""
         if not isinstance(packed, Packed):
             raise ValueError(f"packed must come from kernels.get({self.name!r}).pack(w), "
                              f"got {type(packed).__name__}")
         if packed.kernel != self.name:
             raise ValueError(f"weights were packed by kernel {packed.kernel!r}, "
                              f"not {self.name!r}: use the same kernel for pack and matmul")
+        self.check_arrays(packed)  # again: an array's shape can be set in place
         return packed
+
+    _check_packed = check_packed  # the name the kernel modules use
 
     def _check(self, packed, x):
         self._check_packed(packed)
@@ -183,6 +248,11 @@ class I2SKernel(Kernel):
     zero-padded to ``kp``, a multiple of :attr:`block` weights."""
 
     block = I2S_BLOCK
+
+    @classmethod
+    def expected_arrays(cls, out, k):
+        """Codes uint8 ``[out, kp/4]``, ``kp`` = ``k`` rounded up to :attr:`block`."""
+        return (((out, -(-k // cls.block) * cls.block // 4), np.uint8),)
 
     def _pack(self, w):
         wp = pad_cols(w, self.block)  # zero weights in the padding: exact

@@ -46,6 +46,11 @@ class NaiveKernel(Kernel):
     name = "naive"
     summary = "int8 weights, add where +1 / subtract where -1 (8 bits per weight)"
 
+    @classmethod
+    def expected_arrays(cls, out, k):
+        """The matrix itself: int8 ``[out, k]``."""
+        return (((out, k), np.int8),)
+
     def _pack(self, w):
         return (w.astype(np.int8),)
 

@@ -76,6 +76,11 @@ class TL1Kernel(Kernel):
     name = "tl1"
     summary = "pairs of weights -> 9-entry table of partial sums, 4-bit index (2 bits per weight)"
 
+    @classmethod
+    def expected_arrays(cls, out, k):
+        """Two pair indices per byte: uint8 ``[out, kp/4]``, ``kp`` = ``k`` rounded up to 4."""
+        return (((out, -(-k // 4)), np.uint8),)
+
     def _pack(self, w):
         idx = pair_index(pad_cols(w, 4))
         return (idx[:, 0::2] | (idx[:, 1::2] << 4),)

@@ -82,6 +82,13 @@ class TL2Kernel(Kernel):
     name = "tl2"
     summary = "triples of weights -> 14-entry table + sign bit (1.67 bits per weight)"
 
+    @classmethod
+    def expected_arrays(cls, out, k):
+        """Indices uint8 ``[out, kp/6]`` and sign bits uint8 ``[out, kp/24]``, ``kp`` = ``k``
+        rounded up to :data:`PAD`."""
+        n = -(-k // PAD)
+        return (((out, 4 * n), np.uint8), ((out, n), np.uint8))
+
     def _pack(self, w):
         idx, sign = fold(pad_cols(w, PAD))
         return idx[:, 0::2] | (idx[:, 1::2] << 4), np.packbits(sign, axis=1, bitorder="little")

@@ -73,6 +73,12 @@ class TMACKernel(Kernel):
     summary = ("T-MAC: 2 bit planes x 16-entry subset-sum tables over 4 activations "
                "(2 bits per weight)")
 
+    @classmethod
+    def expected_arrays(cls, out, k):
+        """One byte of plane masks per group: uint8 ``[out, kp/4]``, ``kp`` = ``k`` rounded up
+        to :data:`GROUP`."""
+        return (((out, -(-k // GROUP)), np.uint8),)
+
     def _pack(self, w):
         m0, m1 = plane_masks(pad_cols(w, GROUP))
         return (m0 | (m1 << 4),)
