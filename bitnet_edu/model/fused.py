@@ -22,11 +22,15 @@ _FAST = {"reassoc", "contract", "arcp"}
 __all__ = ["rmsnorm_quant", "relu2_rmsnorm_quant", "attention_block", "quantize_rows_int8"]
 
 
-@njit(cache=True, fastmath={"nnan", "nsz", "reassoc"})  # exact: max does not round
+@njit(cache=True, fastmath={"nsz", "reassoc"})  # exact: max does not round
 def _absmax(y):
+    """max(|y|, 1e-5), NaN if any ``y`` is NaN.  Numba's ``max(a, nan)`` is ``a`` (and fastmath
+    ``nnan`` would let LLVM assume there is none), which made a NaN hidden state int8 garbage
+    with finite logits; a NaN scale instead carries the NaN to every output of the token."""
     amax = np.float32(1e-5)
     for i in range(y.shape[0]):
-        amax = max(amax, abs(y[i]))
+        a = abs(y[i])
+        amax = a if (a > amax or a != a) else amax
     return amax
 
 

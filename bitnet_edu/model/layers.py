@@ -18,7 +18,8 @@ def quantize_act(x: np.ndarray):
     """Per-token absmax int8: ``(xq int8 [T, n], scale float32 [T])`` with ``x ≈ xq * scale``."""
     amax = np.maximum(np.max(np.abs(x), axis=-1), np.float32(1e-5)).astype(np.float32)
     inv = (np.float32(127.0) / amax).astype(np.float32)
-    xq = np.clip(np.rint(x * inv[..., None]), -128, 127).astype(np.int8)
+    with np.errstate(invalid="ignore"):  # a NaN row casts to garbage, but its scale is NaN
+        xq = np.clip(np.rint(x * inv[..., None]), -128, 127).astype(np.int8)
     return xq, (amax / np.float32(127.0)).astype(np.float32)
 
 
