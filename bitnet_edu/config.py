@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-__all__ = ["BitNetConfig", "PRESETS", "SHAPE_KEYS", "LINEAR_KINDS"]
+__all__ = ["BitNetConfig", "PRESETS", "SHAPE_KEYS", "LINEAR_KINDS", "MAX_SIZE",
+           "MAX_POSITIONS"]
 
 #: Published shapes, as ``BitNetConfig`` keyword arguments (``BitNetConfig.preset(name)``).
 #: The LLaMA-2 rows are comparison shapes for :mod:`bitnet_edu.energy` (their configs' sizes;
@@ -45,6 +48,26 @@ LINEAR_KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 _2B4T = PRESETS["2b4t"]  # the defaults are the 2B4T shape
 
+#: the integer fields, whole numbers in [1, MAX_SIZE] (vocab from 0; positions up to
+#: MAX_POSITIONS)
+_SIZE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+              "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings")
+#: no real model has a dimension (or layer count) beyond this; a larger value is a broken file
+MAX_SIZE = 2**20
+#: the longest context a config may claim (RoPE tables and caches grow with the context used)
+MAX_POSITIONS = 2**24
+
+
+def _np_integer():
+    """numpy's integer base class if numpy is imported (this module itself is NumPy-free)."""
+    np = sys.modules.get("numpy")
+    return np.integer if np is not None else int
+
+
+def _np_floating():
+    np = sys.modules.get("numpy")
+    return np.floating if np is not None else float
+
 
 @dataclass
 class BitNetConfig:
@@ -72,8 +95,12 @@ class BitNetConfig:
     extra: dict = field(default_factory=dict, repr=False)  # other config.json keys, kept for export
 
     def __post_init__(self):
+        self._check_fields()
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
+            if self.head_dim < 1:
+                raise ValueError(f"head_dim = hidden_size // num_attention_heads = "
+                                 f"{self.hidden_size} // {self.num_attention_heads} is 0")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(f"num_attention_heads={self.num_attention_heads} must be a multiple "
                              f"of num_key_value_heads={self.num_key_value_heads}")
@@ -81,6 +108,50 @@ class BitNetConfig:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
         if self.hidden_act != "relu2":
             raise ValueError(f"hidden_act={self.hidden_act!r} not supported (BitNet uses 'relu2')")
+
+    def _check_fields(self) -> None:
+        """ValueError naming the key for a value no model can have: a size that is not a whole
+        number in ``[1, MAX_SIZE]`` (``vocab_size`` may be 0; ``max_position_embeddings`` up to
+        ``MAX_POSITIONS``), a bool, a
+        ``rope_theta`` that is not a finite number > 0, an ``rms_norm_eps`` that is not a
+        finite number >= 0, a token id that is not a whole number >= 0 (or a list of them)."""
+        def whole(v) -> bool:
+            return isinstance(v, (int, _np_integer())) and not isinstance(v, bool)
+
+        for key in _SIZE_KEYS:
+            v = getattr(self, key)
+            if key == "head_dim" and v is None:
+                continue
+            top = MAX_POSITIONS if key == "max_position_embeddings" else MAX_SIZE
+            low = 0 if key == "vocab_size" else 1  # 0: a shape without a head (energy costs)
+            if not whole(v) or not low <= v <= top:
+                raise ValueError(f"config {key}={v!r}: expected a whole number in "
+                                 f"[{low}, {top}]")
+            setattr(self, key, int(v))
+        for key, low in (("rope_theta", "> 0"), ("rms_norm_eps", ">= 0")):
+            v = getattr(self, key)
+            ok = isinstance(v, (int, float, _np_floating(), _np_integer())) \
+                and not isinstance(v, bool) and math.isfinite(v) \
+                and (v > 0 if low == "> 0" else v >= 0)
+            if not ok:
+                raise ValueError(f"config {key}={v!r}: expected a finite number {low}")
+            setattr(self, key, float(v))
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise ValueError(f"config tie_word_embeddings={self.tie_word_embeddings!r}: expected "
+                             "true or false")
+        if not isinstance(self.hidden_act, str):
+            raise ValueError(f"config hidden_act={self.hidden_act!r}: expected a string")
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            v = getattr(self, key)
+            items = v if isinstance(v, (list, tuple)) and key == "eos_token_id" else [v]
+            if v is None or all(whole(i) and i >= 0 for i in items):
+                continue
+            if key == "pad_token_id" and whole(v):
+                continue  # some configs say -1 for "no padding"; padding is never looked up
+            raise ValueError(f"config {key}={v!r}: expected a token id (a whole number >= 0)"
+                             + (" or a list of them" if key == "eos_token_id" else ""))
+        if not isinstance(self.extra, dict):
+            raise ValueError("config extra must be a dict")
 
     @property
     def n_rep(self) -> int:
@@ -106,10 +177,15 @@ class BitNetConfig:
     def from_dict(cls, d: dict) -> "BitNetConfig":
         """Build from config.json keys; accepts a top-level ``rope_theta`` (the real 2B4T file) or
         transformers-5's ``rope_parameters`` dict (only the default rope type is supported)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a config must be a JSON object (key: value), got "
+                             f"{type(d).__name__}")
         d = dict(d)
         rope = d.pop("rope_parameters", None) or {}
         scaling = d.pop("rope_scaling", None)
-        for r in (rope, scaling or {}):
+        for key, r in (("rope_parameters", rope), ("rope_scaling", scaling or {})):
+            if not isinstance(r, dict):
+                raise ValueError(f"config {key}={r!r}: expected an object")
             kind = r.get("rope_type", r.get("type", "default"))
             if kind != "default":
                 raise ValueError(f"rope type {kind!r} not supported (BitNet uses plain RoPE)")
@@ -145,8 +221,12 @@ class BitNetConfig:
                 raise ValueError(f"config has no {k!r}")
         if d["num_key_value_heads"] is None:
             d["num_key_value_heads"] = d["num_attention_heads"]
-        kwargs = {k: (bool(v) if k == "tie_word_embeddings" else int(v))
-                  for k, v in d.items() if v is not None}
+        try:
+            kwargs = {k: (bool(v) if k == "tie_word_embeddings" else int(v))
+                      for k, v in d.items() if v is not None}
+        except (TypeError, ValueError):
+            raise ValueError(f"config shape keys must be whole numbers, got "
+                             f"{ {k: v for k, v in d.items() if v is not None} }") from None
         return BitNetConfig(**kwargs)
 
     def to_dict(self) -> dict:

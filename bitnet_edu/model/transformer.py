@@ -174,6 +174,8 @@ class BitNetModel:
         memory stays near the model's own).  Every loader (HF directory, GGUF) builds through
         here."""
         cfg = BitNetConfig.from_dict(config) if isinstance(config, dict) else config
+        if cfg.vocab_size < 1:
+            raise ValueError("config vocab_size=0: a model needs at least one token")
         kname = kernel or kernels.DEFAULT
         k = kernels.get(kname)
         want = expected_tensors(cfg)
