@@ -134,3 +134,284 @@ def test_packed_is_immutable_and_checked_per_call(name):
     a.shape = (a.shape[0] // 2, a.shape[1] * 2) if a.shape[0] % 2 == 0 else a.shape
     with pytest.raises(ValueError, match="does not match"):
         k.matmul(p, np.ones(256, np.int8))
+
+
+# --- defect 4: sizes from a config, bounded before anything is allocated ------------------------
+
+def _hf_dir(tmp_path, name="m", **kw):
+    m = _tiny(**kw)
+    d = tmp_path / name
+    write_hf_checkpoint(d, m.config, m.iter_checkpoint())
+    return m, d
+
+
+def _edit_config(d, **changes):
+    p = d / "config.json"
+    cfg = json.loads(p.read_text())
+    cfg.update(changes)
+    p.write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("key,value", [
+    ("num_hidden_layers", 0), ("num_hidden_layers", -1), ("num_hidden_layers", 2**31),
+    ("num_hidden_layers", True), ("num_hidden_layers", 2.0), ("num_hidden_layers", "2"),
+    ("hidden_size", 10**7), ("num_attention_heads", 0), ("num_key_value_heads", None),
+    ("max_position_embeddings", 2**31), ("vocab_size", [64]), ("head_dim", 0),
+    ("rope_theta", 0), ("rope_theta", -1.0), ("rope_theta", "big"), ("rope_theta", None),
+    ("rms_norm_eps", -1e-5), ("rms_norm_eps", [1]), ("tie_word_embeddings", "yes"),
+    ("eos_token_id", "x"), ("bos_token_id", -3)])
+def test_absurd_config_values_are_refused_naming_the_key(key, value):
+    """Defects 4, 5, 10: a size <= 0, > 2**20, a bool or a non-integer, a rope_theta <= 0 /
+    NaN / string, an rms_norm_eps < 0 or a list is a ValueError naming the key (it loaded, or
+    raised ZeroDivisionError / TypeError / a Numba TypingError later)."""
+    with pytest.raises(ValueError, match=key):
+        BitNetConfig.from_dict({**TINY, key: value})
+
+
+def test_nan_rope_theta_and_eps_are_refused():
+    """Defect 5: NaN (which JSON writes as NaN and Python reads back) loaded silently."""
+    for key in ("rope_theta", "rms_norm_eps"):
+        with pytest.raises(ValueError, match=key):
+            BitNetConfig(**{**TINY, key: float("nan")})
+        with pytest.raises(ValueError, match=key):
+            BitNetConfig(**{**TINY, key: float("inf")})
+
+
+def test_huge_layer_count_fails_fast_from_the_file_contents(tmp_path):
+    """Defect 4: num_hidden_layers=10**6 cost 14 s and 2.6 GB before failing (2**31 never
+    returned); the safetensors header says how many layers there are."""
+    import time
+    _, d = _hf_dir(tmp_path)
+    _edit_config(d, num_hidden_layers=10**6)
+    t = time.perf_counter()
+    with pytest.raises(ValueError, match=r"config.json: num_hidden_layers=1000000 but the weight "
+                                         r"files hold tensors of 2 layer"):
+        load_model(d, progress=False)
+    assert time.perf_counter() - t < 2
+
+
+def test_gguf_context_length_does_not_size_the_rope_tables(tmp_path):
+    """Defect 4: max_position_embeddings / GGUF context_length sized the RoPE tables at load
+    (2**31 asked for 8 GiB); they now grow with the context used, and a claim above 2**24 is
+    refused."""
+    m = _tiny(max_position_embeddings=2**24)
+    assert len(m._cos) == 0
+    a = m.logits([1, 2, 3])
+    assert 3 <= len(m._cos) <= 64 and m._cos.shape == m._sin.shape
+    m.forward(list(range(1, 60)) * 2)  # grows to 118 rows, same values for the first rows
+    assert len(m._cos) >= 118
+    np.testing.assert_array_equal(m.logits([1, 2, 3]), a)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        _tiny(max_position_embeddings=2**31)
+
+
+# --- defect 5: silent wrong results --------------------------------------------------------------
+
+@pytest.mark.parametrize("head", ["float32", "int8", "int4"])
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_nan_hidden_state_gives_nan_logits(head, fast):
+    """Defect 5: the fused absmax was compiled with fastmath nnan (and Numba's max drops a NaN),
+    so a NaN norm weight became int8 garbage and finite logits shifted by ~3.  Decision: the
+    positions whose hidden state is not finite get NaN logits, with a RuntimeWarning, for every
+    head mode and both code paths."""
+    m = random_model({**TINY, "hidden_size": 128, "num_attention_heads": 4}, seed=0,
+                     kernel="naive", head=head)
+    m.fast = fast
+    m.layers[1].attn_sub_norm[3] = np.nan
+    with pytest.warns(RuntimeWarning, match="not finite"):
+        out = m.logits([1, 2, 3])
+    assert np.isnan(out).all()
+
+
+def test_fused_absmax_propagates_nan():
+    """Defect 5: the fused activation quantizer's scale is NaN for a NaN row (it was finite)."""
+    from bitnet_edu.model import fused
+    x = np.ones((2, 300), np.float32)
+    x[1, 200] = np.nan
+    _, s = fused.rmsnorm_quant(x, np.ones(300, np.float32), 1e-5)
+    assert np.isfinite(s[0]) and np.isnan(s[1])
+    _, s1 = fused.rmsnorm_quant_1(x[1:], np.ones(300, np.float32), 1e-5)
+    assert np.isnan(s1[0])
+
+
+def _rewrite_header(path, edit):
+    """Apply ``edit(header dict)`` to a safetensors file's JSON header (data unchanged)."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    edit(header)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n:])
+
+
+def test_non_finite_float_tensor_is_refused_naming_it(tmp_path):
+    """Defect 5: the loader never checked float tensors for finiteness (a NaN norm weight
+    shifted the logits silently); now a ValueError names the file and the tensor (HF and
+    GGUF, plain tensors and the row-block embedding)."""
+    from bitnet_edu.formats.gguf import to_gguf
+    for target in ("model.layers.1.input_layernorm.weight", "model.embed_tokens.weight"):
+        m = _tiny()
+        if target.startswith("model.embed"):
+            m.head.table[5, 3] = np.inf
+        else:
+            m.layers[1].input_layernorm[0] = np.nan
+        d = tmp_path / f"hf_{target[:12]}"
+        write_hf_checkpoint(d, m.config, m.iter_checkpoint())
+        with pytest.raises(ValueError, match=rf"model.safetensors: tensor '{target}' has 1 "
+                                             r"non-finite"):
+            load_model(d, progress=False)
+    m = random_model({**TINY, "hidden_size": 128, "intermediate_size": 256,
+                      "num_attention_heads": 4}, kernel="naive", head="float32")
+    m.layers[0].ffn_sub_norm[7] = np.nan
+    path = tmp_path / "nan.gguf"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # placeholder vocabulary
+        to_gguf(m, path, progress=False)
+    with pytest.raises(ValueError, match=r"nan.gguf: tensor 'blk.0.ffn_sub_norm.weight' has 1"):
+        load_model(path, progress=False)
+
+
+def test_config_with_fewer_layers_than_the_checkpoint_is_refused(tmp_path):
+    """Defect 5: a config saying 1 layer over a 2-layer HF checkpoint silently loaded 1 layer
+    (the GGUF path already refused it)."""
+    _, d = _hf_dir(tmp_path)
+    _edit_config(d, num_hidden_layers=1)
+    with pytest.raises(ValueError, match=r"config.json: num_hidden_layers=1 but the weight files "
+                                         r"hold tensors of 2 layers"):
+        load_model(d, progress=False)
+
+
+def test_unknown_extra_tensors_load_with_a_warning_naming_them(tmp_path):
+    """Defect 5: tensors that are not part of the model were dropped without a word."""
+    from bitnet_edu.formats.safetensors import read_safetensors, write_safetensors
+    m, d = _hf_dir(tmp_path)
+    f = d / "model.safetensors"
+    t = {k: np.array(v) for k, v in read_safetensors(f, raw_bf16=True).items()}
+    t["model.rotary_emb.inv_freq"] = np.ones(4, np.float32)
+    write_safetensors(f, t, bf16={k for k in t if t[k].dtype == np.uint16})
+    with pytest.warns(UserWarning, match="'model.rotary_emb.inv_freq'"):
+        loaded = load_model(d, progress=False, head="float32")
+    np.testing.assert_allclose(loaded.logits([1, 2]), m.logits([1, 2]), rtol=0.05, atol=0.05)
+
+
+def test_overlapping_safetensors_ranges_are_refused(tmp_path):
+    """Defect 5: two tensors pointing at the same bytes were accepted."""
+    _, d = _hf_dir(tmp_path)
+    f = d / "model.safetensors"
+
+    def overlap(h):
+        a, b = "model.layers.0.input_layernorm.weight", "model.layers.1.input_layernorm.weight"
+        h[b]["data_offsets"] = list(h[a]["data_offsets"])
+    _rewrite_header(f, overlap)
+    with pytest.raises(ValueError, match="overlap"):
+        load_model(d, progress=False)
+
+
+@pytest.mark.parametrize("entry", [
+    {"dtype": ["F32"], "shape": [2], "data_offsets": [0, 8]},
+    {"dtype": "F32", "shape": [-1, -2], "data_offsets": [0, 8]},
+    {"dtype": "F32", "shape": [2.5], "data_offsets": [0, 8]},
+    {"dtype": "F32", "shape": [2], "data_offsets": ["0", 8]},
+    {"dtype": "F32", "shape": [2], "data_offsets": [0, 8, 9]},
+    {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 8]}])
+def test_malformed_safetensors_entries_are_clean_errors(tmp_path, entry):
+    """Defect 5 / 10: header entries of the wrong JSON types raised TypeError (or reshaped to
+    a wrong shape); each is now a ValueError naming the file and tensor."""
+    from bitnet_edu.formats.safetensors import safetensors_header, write_safetensors
+    f = tmp_path / "x.safetensors"
+    write_safetensors(f, {"a": np.ones(2, np.float32)})
+    _rewrite_header(f, lambda h: h.update(a=entry))
+    with pytest.raises(ValueError, match=r"x.safetensors: tensor 'a'"):
+        safetensors_header(f)
+
+
+def test_json_that_is_not_an_object_is_a_clean_error(tmp_path):
+    """Defect 10 (loader side): a JSON list as config.json or generation_config.json raised
+    AttributeError; now a ValueError naming the file."""
+    _, d = _hf_dir(tmp_path)
+    (d / "generation_config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="generation_config.json: expected a JSON object"):
+        load_model(d, progress=False)
+    (d / "generation_config.json").write_text('{"eos_token_id": "end"}')
+    with pytest.raises(ValueError, match="generation_config.json: config eos_token_id"):
+        load_model(d, progress=False)
+    (d / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="config.json: expected a JSON object"):
+        load_model(d, progress=False)
+
+
+# --- defect 7: shard paths from the index file ---------------------------------------------------
+
+def _sharded(tmp_path):
+    """An HF directory whose weights are one shard named in model.safetensors.index.json."""
+    from bitnet_edu.formats.safetensors import safetensors_header
+    _, d = _hf_dir(tmp_path)
+    (d / "model.safetensors").rename(d / "model-00001-of-00001.safetensors")
+    names = safetensors_header(d / "model-00001-of-00001.safetensors")[0]
+    index = {"metadata": {}, "weight_map": {n: "model-00001-of-00001.safetensors" for n in names}}
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    return d
+
+
+def _point_index_at(d, target):
+    p = d / "model.safetensors.index.json"
+    index = json.loads(p.read_text())
+    index["weight_map"] = {n: target for n in index["weight_map"]}
+    p.write_text(json.dumps(index))
+
+
+def test_shards_inside_the_directory_load(tmp_path):
+    """Defect 7 (the allowed case): a relative shard name, also in a subfolder."""
+    d = _sharded(tmp_path)
+    assert load_model(d, progress=False).config.num_hidden_layers == 2
+    (d / "sub").mkdir()
+    (d / "model-00001-of-00001.safetensors").rename(d / "sub" / "w.safetensors")
+    _point_index_at(d, "sub/w.safetensors")
+    assert load_model(d, progress=False).config.num_hidden_layers == 2
+
+
+def test_shard_paths_cannot_leave_the_model_directory(tmp_path):
+    """Defect 7: ``../outside/x.safetensors`` loaded from outside the directory and
+    ``/etc/passwd`` was opened, its first bytes showing up in the error.  Now each is refused
+    before any file is opened, and the message holds no file contents."""
+    d = _sharded(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (d / "model-00001-of-00001.safetensors").rename(outside / "x.safetensors")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET-CONTENTS " * 8)
+    (d / "link.safetensors").symlink_to(outside / "x.safetensors")
+    (d / "sub").mkdir()
+    (d / "sub" / "up").symlink_to(outside)
+    for target, why in [("../outside/x.safetensors", "outside the model directory"),
+                        (str(outside / "x.safetensors"), "outside the model directory"),
+                        (str(secret), "outside the model directory"),
+                        ("/etc/passwd", "outside the model directory"),
+                        ("link.safetensors", "link to a file outside"),
+                        ("sub/up/x.safetensors", "link to a file outside"),
+                        ("missing.safetensors", "does not exist")]:
+        _point_index_at(d, target)
+        with pytest.raises(ValueError, match=why) as e:
+            load_model(d, progress=False)
+        assert "SECRET" not in str(e.value) and "root:" not in str(e.value)
+    for bad_map in ([], {"a": 3}, {}):
+        p = d / "model.safetensors.index.json"
+        p.write_text(json.dumps({"weight_map": bad_map}))
+        with pytest.raises(ValueError, match="index.json"):
+            load_model(d, progress=False)
+
+
+def test_hub_cache_snapshot_links_into_blobs_are_allowed(tmp_path):
+    """Defect 7 (the hub cache): a snapshot's files are links to ``../../blobs/<hash>``, which
+    must keep loading."""
+    _, d = _hf_dir(tmp_path)
+    repo = tmp_path / "models--x--y"
+    snap = repo / "snapshots" / "abc123"
+    (repo / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for f in d.iterdir():
+        blob = repo / "blobs" / f"h_{f.name}"
+        f.rename(blob)
+        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+    assert load_model(snap, progress=False).config.num_hidden_layers == 2

@@ -17,6 +17,8 @@ so a load never holds the file (or more than one unpacked tensor) next to the mo
 from __future__ import annotations
 
 import json
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +39,16 @@ QUANT_CONFIG = {"quant_method": "bitnet", "linear_class": "autobitlinear",
 _FLOATS = ("BF16", "F32", "F16", "F64")
 
 
-def _json(path: Path):
+def _json(path: Path, obj: bool = True):
+    """The JSON in ``path``; ValueError naming the file when it is not JSON (or, with ``obj``,
+    not a JSON object)."""
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from None
+        d = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"{path}: not valid JSON: {str(e)[:200]}") from None
+    if obj and not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a JSON object {{...}}, got a {type(d).__name__}")
+    return d
 
 
 def read_tokenizer(path):
@@ -58,18 +65,54 @@ def read_generation_config(path) -> dict:
 def read_chat_template(path) -> str | None:
     """The ``chat_template`` of ``tokenizer_config.json``, or None."""
     t = Path(path) / "tokenizer_config.json"
-    return _json(t).get("chat_template") if t.exists() else None
+    template = _json(t).get("chat_template") if t.exists() else None
+    return template if isinstance(template, str) else None  # a list of named ones: unsupported
+
+
+def _allowed_roots(path: Path) -> list[Path]:
+    """Where a weight file of the directory may really live: inside it, or, for a hub cache
+    snapshot (``.../snapshots/<rev>``, whose files are links into the repo's ``blobs``), in
+    that ``blobs`` folder."""
+    root = path.resolve()
+    roots = [root]
+    if root.parent.name == "snapshots":
+        roots.append(root.parent.parent / "blobs")
+    return roots
+
+
+def _confined(path: Path, name, where: str) -> Path:
+    """``path / name`` if ``name`` is a relative path that stays in the model directory (after
+    following symlinks), else ValueError.  The file is not opened here, so nothing of a file
+    outside can reach an error message."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise ValueError(f"{where}: shard name {name!r} is not a file name")
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts or rel.drive:
+        raise ValueError(f"{where}: shard {name!r} is outside the model directory (shard names "
+                         "must be relative paths inside it)")
+    target = (path / rel).resolve()
+    if not any(target == r or r in target.parents for r in _allowed_roots(path)):
+        raise ValueError(f"{where}: shard {name!r} is a link to a file outside the model "
+                         "directory")
+    if not target.is_file():
+        raise ValueError(f"{where}: shard {name!r} does not exist")
+    return path / rel
 
 
 def _safetensor_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.exists():
-        shards = sorted(set(_json(index)["weight_map"].values()))
-        return [path / s for s in shards]
+        wm = _json(index).get("weight_map")
+        if not isinstance(wm, dict) or not wm:
+            raise ValueError(f"{index}: weight_map must be an object of tensor name -> shard file")
+        bad = next((v for v in wm.values() if not isinstance(v, str)), None)
+        if bad is not None:
+            raise ValueError(f"{index}: shard name {bad!r} is not a file name")
+        return [_confined(path, s, str(index)) for s in sorted(set(wm.values()))]
     single = path / "model.safetensors"
     if not single.exists():
         raise ValueError(f"{path}: no model.safetensors (or model.safetensors.index.json) found")
-    return [single]
+    return [_confined(path, single.name, str(path))]
 
 
 def _quant_mode(config: dict, raw: dict) -> str:
@@ -99,16 +142,31 @@ def iter_hf_checkpoint(path, *, progress=None, blocks: bool = False):
     if not cfg_path.exists():
         raise ValueError(f"{path}: no config.json; is this an HF model directory?")
     config = _json(cfg_path)
-    cfg = BitNetConfig.from_dict(config)
+    try:
+        cfg = BitNetConfig.from_dict(config)
+    except ValueError as e:
+        raise ValueError(f"{cfg_path}: {e}") from None
     files = {}
     for f in _safetensor_files(path):
         st = SafetensorsFile(f)  # validates sizes and offsets before any read
+        twice = next((n for n in st.header if n in files), None)
+        if twice is not None:
+            raise ValueError(f"{f}: tensor {twice!r} is also in {files[twice].path.name}")
         files.update({n: st for n in st.header})
-    mode = _quant_mode(config, files)
+    try:
+        mode = _quant_mode(config, files)
+    except ValueError as e:
+        raise ValueError(f"{cfg_path}: {e}") from None
+    _check_layers(cfg_path, cfg.num_hidden_layers, files)  # before listing expected names
     want = expected_tensors(cfg)
     missing = [n for n in want if n not in files and not (mode == "online" and is_scale(n))]
     if missing:
         raise ValueError(f"{path}: missing tensor {missing[0]!r} ({len(missing)} missing in all)")
+    extra = sorted(n for n in files if n not in want)
+    if extra:
+        warnings.warn(f"{path}: {len(extra)} tensor(s) not part of a BitNet model are ignored: "
+                      f"{', '.join(map(repr, extra[:5]))}{' ...' if len(extra) > 5 else ''}",
+                      stacklevel=2)
     yield config, None
     names = [n for n in want if not is_scale(n)]
     for k, name in enumerate(names):
@@ -117,13 +175,38 @@ def iter_hf_checkpoint(path, *, progress=None, blocks: bool = False):
             yield from _linear(name, st, files, mode, want[name])
         elif blocks and len(want[name]) == 2:
             _check_float(name, st, want[name])
-            yield name, RowBlocks(want[name], lambda a, b, name=name, st=st:
-                                  _widen(st.read(name, rows=(a, b)), st.dtype(name)))
+            yield name, RowBlocks(want[name], lambda a, b, name=name, st=st: _finite(
+                st, name, _widen(st.read(name, rows=(a, b)), st.dtype(name))))
         else:
             _check_float(name, st, want[name])
-            yield name, _widen(st.read(name), st.dtype(name))
+            yield name, _finite(st, name, _widen(st.read(name), st.dtype(name)))
         if progress:
             progress(k + 1, len(names), name)
+
+
+_LAYER = re.compile(r"model\.layers\.(\d+)\.")
+
+
+def _check_layers(cfg_path: Path, n: int, files: dict) -> None:
+    """The files must hold exactly layers ``0 .. n-1``: a config claiming more layers than the
+    files have is refused before anything is sized from it, one claiming fewer would silently
+    drop the rest."""
+    present = {int(m.group(1)) for m in map(_LAYER.match, files) if m}
+    top = max(present, default=-1) + 1
+    if n > top:
+        raise ValueError(f"{cfg_path}: num_hidden_layers={n} but the weight files hold tensors "
+                         f"of {top} layer(s)")
+    if n < top:
+        raise ValueError(f"{cfg_path}: num_hidden_layers={n} but the weight files hold tensors "
+                         f"of {top} layers (up to model.layers.{top - 1}.*)")
+
+
+def _finite(st: SafetensorsFile, name: str, a: np.ndarray) -> np.ndarray:
+    """``a`` if every value is finite, else ValueError naming the file and tensor."""
+    if not np.isfinite(a).all():
+        bad = int(np.size(a) - np.isfinite(a).sum())
+        raise ValueError(f"{st.path}: tensor {name!r} has {bad} non-finite value(s) (NaN or inf)")
+    return a
 
 
 def _check_float(name, st: SafetensorsFile, shape) -> None:
@@ -156,11 +239,11 @@ def _linear(name, st: SafetensorsFile, files: dict, mode: str, shape):
         s = files[sname].read(sname)
         s = _widen(s, files[sname].dtype(sname)).reshape(-1)
         if s.size != 1 or not np.isfinite(s[0]):
-            raise ValueError(f"tensor {sname!r}: expected one finite scale, got shape {s.shape} "
-                             f"{s[:3]}")
+            raise ValueError(f"{files[sname].path}: tensor {sname!r}: expected one finite scale, "
+                             f"got shape {s.shape} {s[:3]}")
     else:
         _check_float(name, st, shape)
-        q, scale = absmean_ternary(_widen(st.read(name), st.dtype(name)))
+        q, scale = absmean_ternary(_finite(st, name, _widen(st.read(name), st.dtype(name))))
         s = np.array([scale], np.float32)
     check_zero_linear(name, q)
     yield name, q

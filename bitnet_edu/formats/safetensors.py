@@ -16,6 +16,7 @@ shapes, then each tensor's bytes as they come.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -76,21 +77,39 @@ def safetensors_header(path) -> tuple[dict, int]:
         raise ValueError(f"{path}: safetensors header is not a JSON object")
     header.pop("__metadata__", None)
     data_start, data_len = 8 + n, size - 8 - n
+
+    def whole(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
     for name, e in header.items():
         try:
-            dtype, shape, (b, end) = e["dtype"], [int(s) for s in e["shape"]], e["data_offsets"]
-        except (KeyError, TypeError, ValueError):
+            dtype, shape, offsets = e["dtype"], e["shape"], e["data_offsets"]
+        except (KeyError, TypeError):
             raise ValueError(f"{path}: tensor {name!r} has a malformed header entry "
-                             f"{e!r}") from None
-        if dtype not in _DTYPES:
+                             f"(needs dtype, shape and data_offsets)") from None
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
             raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(_DTYPES[dtype]).itemsize
-        if not (0 <= b <= end) or end - b != nbytes:
+        if not isinstance(shape, list) or not all(whole(s) for s in shape):
+            raise ValueError(f"{path}: tensor {name!r} has a malformed shape {shape!r} "
+                             "(a list of whole numbers >= 0)")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(whole, offsets))):
+            raise ValueError(f"{path}: tensor {name!r} has malformed data_offsets {offsets!r} "
+                             "(two whole numbers [begin, end])")
+        b, end = offsets
+        nbytes = math.prod(shape) * np.dtype(_DTYPES[dtype]).itemsize  # exact: no int64 wrap
+        if not b <= end or end - b != nbytes:
             raise ValueError(f"{path}: tensor {name!r} ({dtype} {shape}) needs {nbytes} bytes "
                              f"but its data_offsets are [{b}, {end}]")
         if end > data_len:
             raise ValueError(f"{path}: truncated file: tensor {name!r} ends at byte offset "
                              f"{data_start + end} but the file has only {size} bytes")
+    # two tensors sharing bytes would make one silently the other's data
+    spans = sorted((e["data_offsets"][0], e["data_offsets"][1], k) for k, e in header.items()
+                   if e["data_offsets"][1] > e["data_offsets"][0])
+    for (_, e0, k0), (b1, _, k1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise ValueError(f"{path}: tensors {k0!r} and {k1!r} overlap: {k1!r} starts at data "
+                             f"byte {b1}, before {k0!r} ends at {e0}")
     return header, data_start
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..config import BitNetConfig
 from ..formats.gguf import iter_gguf_checkpoint
 from ..formats.hf import iter_hf_checkpoint, read_generation_config, read_tokenizer
 from .transformer import BitNetModel
@@ -71,6 +72,10 @@ def _load_hf_dir(p: Path, kernel, head, progress) -> BitNetModel:
     eos = read_generation_config(p).get("eos_token_id")
     if eos is not None:
         config = {**config, "eos_token_id": eos}
+        try:
+            BitNetConfig.from_dict(config)
+        except ValueError as e:
+            raise ValueError(f"{p / 'generation_config.json'}: {e}") from None
     return _load(p.name, config, it, read_tokenizer(p), kernel, head, progress)
 
 

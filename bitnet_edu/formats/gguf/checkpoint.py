@@ -128,11 +128,11 @@ def gguf_model_metadata(config: dict, *, name: str = "bitnet_edu",
     return meta
 
 
-def _expected_shapes(config: dict) -> dict:
+def _expected_shapes(config: dict, path="GGUF") -> dict:
     try:
         return expected_tensors(BitNetConfig.from_dict(config))
     except (TypeError, ValueError, ZeroDivisionError) as e:
-        raise GGUFError(f"GGUF metadata gives an invalid model config: {e}") from None
+        raise GGUFError(f"{path}: the metadata gives an invalid model config: {e}") from None
 
 
 def _linear(reader: GGUFReader, gname: str, name: str):
@@ -142,7 +142,7 @@ def _linear(reader: GGUFReader, gname: str, name: str):
         q, scale = reader.i2s(gname)
     elif t.ggml_type in (GGML_F32, GGML_F16):
         try:
-            q, scale = absmean_ternary(reader.float32(gname))
+            q, scale = absmean_ternary(_finite(reader, gname, reader.float32(gname)))
         except ValueError as e:
             raise GGUFError(f"{reader.path}: linear tensor {gname!r}: {e}") from None
     else:
@@ -176,7 +176,8 @@ def iter_gguf_checkpoint(path, progress: bool = False, *, blocks: bool = False):
     if config["num_hidden_layers"] > len(names):  # also bounds the work of listing expected names
         raise GGUFError(f"{reader.path}: block_count={config['num_hidden_layers']} but the file "
                         f"has only {len(names)} tensors")
-    want = {n: tuple(s) for n, s in _expected_shapes(config).items() if not n.endswith("_scale")}
+    want = {n: tuple(s) for n, s in _expected_shapes(config, reader.path).items()
+            if not n.endswith("_scale")}
     missing = [n for n in want if n not in names]
     if missing:
         raise GGUFError(f"{reader.path}: missing tensor {hf_to_gguf_name(missing[0])!r} "
@@ -200,9 +201,19 @@ def iter_gguf_checkpoint(path, progress: bool = False, *, blocks: bool = False):
             del q  # before the scale: the consumer may pack and free the weight then
             yield name + "_scale", scale
         elif blocks and len(want[name]) == 2 and reader.tensors[gname].ggml_type in _FLOAT_TYPES:
-            yield name, RowBlocks(want[name], lambda a, b, g=gname: reader.float32(g, rows=(a, b)))
+            yield name, RowBlocks(want[name], lambda a, b, g=gname: _finite(
+                reader, g, reader.float32(g, rows=(a, b))))
         else:
-            yield name, reader.float32(gname)
+            yield name, _finite(reader, gname, reader.float32(gname))
+
+
+def _finite(reader: GGUFReader, gname: str, a: np.ndarray) -> np.ndarray:
+    """``a`` if every value is finite, else GGUFError naming the file and tensor."""
+    if not np.isfinite(a).all():
+        bad = int(a.size - np.isfinite(a).sum())
+        raise GGUFError(f"{reader.path}: tensor {gname!r} has {bad} non-finite value(s) "
+                        "(NaN or inf)")
+    return a
 
 
 def read_gguf_checkpoint(path, progress: bool = True):
