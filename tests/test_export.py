@@ -52,8 +52,9 @@ def test_weights_config_and_tokenizer_survive(exported):
         else:
             np.testing.assert_array_equal(weights[k], w, err_msg=k)
     tok0 = Tokenizer.from_file(str(d / "tokenizer.json"))
-    for text in TEXTS:
-        assert tok.encode(text).ids == tok0.encode(text).ids, text
+    for text in TEXTS:  # the GGUF says add_bos_token = true: its tokenizer puts bos in front
+        assert tok.encode(text).ids == [config["bos_token_id"]] + tok0.encode(text).ids, text
+        assert tok.encode(text, add_special_tokens=False).ids == tok0.encode(text).ids, text
 
 
 def test_file_is_in_bitnet_cpp_layout(exported):
@@ -78,7 +79,13 @@ def test_gguf_model_matches_hf_dir_model(exported):
     np.testing.assert_allclose(b, a, atol=1e-4 * np.abs(a).max())
     assert (a.argmax(1) == b.argmax(1)).all()
     assert got.generate(IDS[:4], 16, stop=[]) == ref.generate(IDS[:4], 16, stop=[])
-    assert got.tokenizer.encode(TEXTS[0]).ids == ref.tokenizer.encode(TEXTS[0]).ids
+    from bitnet_edu.model.generation import _prompt_ids
+    bos = ref.config.bos_token_id
+    for text in TEXTS:  # a text prompt is the same ids (bos first) from the GGUF and the HF dir
+        want = _prompt_ids(ref, text)[0]
+        if text.startswith("<|begin_of_text|>"):  # as llama.cpp: the flag adds bos regardless
+            want = [bos] + want
+        assert _prompt_ids(got, text)[0] == want, text
 
 
 def test_gguf_model_matches_transformers(exported):

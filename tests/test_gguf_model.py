@@ -65,10 +65,13 @@ def test_round_trip_weights_config_tokenizer(tmp_path):
     for k, w in weights.items():
         assert got[k].dtype == (np.int8 if k.endswith("_proj.weight") else np.float32), k
         np.testing.assert_array_equal(got[k], w, err_msg=k)
-    for text in TEXTS:
-        assert tok2.encode(text).ids == tok.encode(text).ids, text
-        assert tok2.decode(tok2.encode(text).ids) == tok.decode(tok.encode(text).ids)
-    assert tok2.token_to_id("<|eot_id|>") == 2 and tok2.encode("<|eot_id|>").ids == [2]
+    for text in TEXTS:  # add_bos_token = true (a bos id exists): bos in front, as bitnet.cpp
+        assert tok2.encode(text).ids == [0] + tok.encode(text).ids, text
+        assert tok2.encode(text, add_special_tokens=False).ids == tok.encode(text).ids, text
+        assert tok2.decode(tok2.encode(text).ids, skip_special_tokens=True) == \
+            tok.decode(tok.encode(text).ids)
+    assert tok2.token_to_id("<|eot_id|>") == 2
+    assert tok2.encode("<|eot_id|>", add_special_tokens=False).ids == [2]
 
 
 def test_layout_matches_bitnet_cpp(tmp_path):

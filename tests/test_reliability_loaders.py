@@ -415,3 +415,75 @@ def test_hub_cache_snapshot_links_into_blobs_are_allowed(tmp_path):
         f.rename(blob)
         (snap / f.name).symlink_to(os.path.relpath(blob, snap))
     assert load_model(snap, progress=False).config.num_hidden_layers == 2
+
+
+# --- defect 11: the exported GGUF and bitnet.cpp agree on bos; the FFN activation is written ----
+
+@pytest.fixture(scope="module")
+def default_gguf(tmp_path_factory):
+    """The shipped default model exported with to_gguf (its tokenizer.json has no
+    post-processor, which made to_gguf write add_bos_token = false)."""
+    from bitnet_edu.formats.gguf import to_gguf
+    m = load_model(progress=False, head="float32")
+    path = tmp_path_factory.mktemp("gguf") / "default.gguf"
+    to_gguf(m, path, progress=False)
+    return m, path
+
+
+def test_to_gguf_writes_add_bos_token_and_relu2(default_gguf):
+    """Defect 11: add_bos_token was false for the shipped model (bitnet.cpp then diverged
+    from our greedy output at token 0); now true whenever a bos id exists, and
+    ``<arch>.hidden_activation = "relu2"`` is written."""
+    from bitnet_edu.formats.gguf import GGUFReader
+    m, path = default_gguf
+    assert m.tokenizer.encode("Hello").ids[:1] != [m.config.bos_token_id]  # no post-processor
+    meta = GGUFReader(path).metadata
+    assert meta["tokenizer.ggml.add_bos_token"] is True
+    assert meta["tokenizer.ggml.bos_token_id"] == m.config.bos_token_id
+    assert meta["bitnet-b1.58.hidden_activation"] == "relu2"
+
+
+def test_gguf_prompt_gets_bos_exactly_as_the_flag_says(default_gguf, tmp_path, monkeypatch):
+    """Defect 11: our GGUF loader honours add_bos_token as llama.cpp does (true: bos in front
+    of a text prompt, once; false: none), and greedy output from the GGUF equals the HF
+    model's; the HF path is unchanged (bos added when the tokenizer does not)."""
+    from bitnet_edu.formats.gguf import export, to_gguf
+    from bitnet_edu.formats.gguf.container import T_BOOL, Value
+    from bitnet_edu.model.generation import _prompt_ids
+    m, path = default_gguf
+    bos, text = m.config.bos_token_id, "Once upon a time"
+    plain = m.tokenizer.encode(text).ids
+    assert m.add_bos_token is None and _prompt_ids(m, text)[0] == [bos] + plain
+    g = load_model(path, progress=False, head="float32")
+    assert g.add_bos_token is True and _prompt_ids(g, text)[0] == [bos] + plain
+    assert g.generate(text, 8) == m.generate(text, 8)
+
+    def no_bos(*a, **kw):
+        meta = real(*a, **kw)
+        meta["tokenizer.ggml.add_bos_token"] = Value(T_BOOL, False)
+        return meta
+    real = export.tokenizer_to_gguf
+    monkeypatch.setattr(export, "tokenizer_to_gguf", no_bos)
+    to_gguf(m, tmp_path / "nobos.gguf", progress=False)
+    n = load_model(tmp_path / "nobos.gguf", progress=False, head="float32")
+    assert n.add_bos_token is False and _prompt_ids(n, text)[0] == plain
+
+
+def test_gguf_with_another_hidden_activation_is_refused(tmp_path, monkeypatch):
+    """Defect 11: a GGUF saying its FFN is SiLU is not silently run as ReLU²."""
+    from bitnet_edu.formats.gguf import checkpoint, export, to_gguf
+    from bitnet_edu.formats.gguf.container import T_STRING, Value
+    m = random_model({**TINY, "hidden_size": 128, "intermediate_size": 256,
+                      "num_attention_heads": 4}, kernel="naive", head="float32")
+
+    def silu(config, **kw):
+        meta = real(config, **kw)
+        meta["bitnet-b1.58.hidden_activation"] = Value(T_STRING, "silu")
+        return meta
+    real = checkpoint.gguf_model_metadata
+    monkeypatch.setattr(export, "gguf_model_metadata", silu)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        to_gguf(m, tmp_path / "silu.gguf", progress=False)
+    with pytest.raises(ValueError, match="hidden_activation='silu'"):
+        load_model(tmp_path / "silu.gguf", progress=False)

@@ -110,7 +110,8 @@ def _prompt_ids(model, prompt):
     if isinstance(prompt, str):
         ids = model.encode(prompt)
         bos = model.config.bos_token_id
-        if bos is not None and (not ids or ids[0] != bos):
+        if bos is not None and getattr(model, "add_bos_token", None) is not False \
+                and (not ids or ids[0] != bos):  # False: a GGUF saying no bos (as llama.cpp)
             ids = [int(bos)] + ids
         return ids, True
     try:

@@ -82,7 +82,12 @@ def _load_hf_dir(p: Path, kernel, head, progress) -> BitNetModel:
 def _load_gguf(p: Path, kernel, head, progress) -> BitNetModel:
     it = iter_gguf_checkpoint(p, blocks=True)
     config, tokenizer = next(it)
-    return _load(p.name, config, it, tokenizer, kernel, head, progress)
+    model = _load(p.name, config, it, tokenizer, kernel, head, progress)
+    # as llama.cpp: tokenizer.ggml.add_bos_token (default true) decides whether a text prompt
+    # gets bos in front; the GGUF tokenizer's post-processor adds it exactly when the flag is set
+    bos = model.config.bos_token_id
+    model.add_bos_token = bos is not None and tokenizer.encode("a").ids[:1] == [bos]
+    return model
 
 
 def _load(name: str, config: dict, tensors, tokenizer, kernel, head, progress) -> BitNetModel:

@@ -153,6 +153,9 @@ class BitNetModel:
         self.kernel_name = kernel
         self.kernel = kernels.get(kernel)
         self.tokenizer = tokenizer
+        # bos in front of a text prompt: None = whenever the tokenizer does not add it (HF, as
+        # transformers' 2B4T); True/False = a GGUF's tokenizer.ggml.add_bos_token (llama.cpp)
+        self.add_bos_token: bool | None = None
         self.fast = True  # False: use the NumPy reference glue (slower, same numbers)
         # Numba threads for the forward pass; None = auto: the current Numba setting, but one
         # thread for a small model, where waking a second thread for every matmul costs more than

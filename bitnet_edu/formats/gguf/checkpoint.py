@@ -104,6 +104,10 @@ def config_from_gguf(meta: dict) -> dict:
     for k, v in (("bos", bos), ("eos", eos), ("eot", eot), ("padding", pad)):
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
             raise GGUFError(f"metadata tokenizer.ggml.{k}_token_id={v!r} is not a token id")
+    act = meta.get(f"{arch}.hidden_activation", "relu2")
+    if act != "relu2":
+        raise GGUFError(f"metadata {arch}.hidden_activation={act!r}: only 'relu2' (squared "
+                        "ReLU, BitNet b1.58's FFN) is supported")
     cfg.update(bos_token_id=bos,
                eos_token_id=[eos, eot] if eot is not None and eos is not None else eos,
                pad_token_id=pad, hidden_act="relu2",
@@ -121,6 +125,9 @@ def gguf_model_metadata(config: dict, *, name: str = "bitnet_edu",
         v = config[hf]
         meta[f"{arch}.{key}"] = (Value(T_FLOAT32, float(v)) if hf in _FLOAT_HPARAMS
                                  else Value(T_UINT32, int(v)))
+    # the FFN activation, for readers that would otherwise build LLaMA's SiLU for this arch
+    # (bitnet.cpp's pending fixes and llama.cpp read it; see the README's bitnet.cpp notes)
+    meta[f"{arch}.hidden_activation"] = Value(T_STRING, config.get("hidden_act", "relu2"))
     head_dim, heads = config["head_dim"], config["num_attention_heads"]
     if head_dim * heads != config["hidden_size"]:  # llama.cpp then needs the explicit sizes
         meta[f"{arch}.attention.key_length"] = Value(T_UINT32, int(head_dim))

@@ -106,14 +106,6 @@ def _pre_name(pre_tokenizer) -> str:
                      f"pre-tokenizer; this one has {json.dumps(p)[:200]}")
 
 
-def _adds_bos(tok, bos) -> bool:
-    if bos is None:
-        return False
-    with_special = tok.encode("a").ids
-    plain = tok.encode("a", add_special_tokens=False).ids
-    return with_special[:1] == [bos] and with_special[1:] == plain
-
-
 def tokenizer_to_gguf(tok, *, vocab_size: int, bos_token_id, eos_token_id, pad_token_id=None,
                       chat_template: str | None = None) -> dict:
     """The ``tokenizer.ggml.*`` metadata (typed :class:`Value` s) for a byte-level BPE tokenizer.
@@ -157,7 +149,9 @@ def tokenizer_to_gguf(tok, *, vocab_size: int, bos_token_id, eos_token_id, pad_t
     for key, v in ids.items():
         if v is not None:
             meta[f"tokenizer.ggml.{key}"] = Value(T_UINT32, int(v))
-    meta["tokenizer.ggml.add_bos_token"] = Value(T_BOOL, _adds_bos(tok, bos_token_id))
+    # true whenever there is a bos id: our generate() puts bos in front of every text prompt
+    # (tokenizer.json's own post-processor or not), and bitnet.cpp follows this flag
+    meta["tokenizer.ggml.add_bos_token"] = Value(T_BOOL, bos_token_id is not None)
     if chat_template:
         meta["tokenizer.chat_template"] = Value(T_STRING, chat_template)
     return meta
