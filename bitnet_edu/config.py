@@ -114,7 +114,8 @@ class BitNetConfig:
         number in ``[1, MAX_SIZE]`` (``vocab_size`` may be 0; ``max_position_embeddings`` up to
         ``MAX_POSITIONS``), a bool, a
         ``rope_theta`` that is not a finite number > 0, an ``rms_norm_eps`` that is not a
-        finite number >= 0, a token id that is not a whole number >= 0 (or a list of them)."""
+        finite number >= 0, a token id that is not a whole number in ``[0, 2**31)`` (or a
+        list of them)."""
         def whole(v) -> bool:
             return isinstance(v, (int, _np_integer())) and not isinstance(v, bool)
 
@@ -144,12 +145,14 @@ class BitNetConfig:
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
             v = getattr(self, key)
             items = v if isinstance(v, (list, tuple)) and key == "eos_token_id" else [v]
-            if v is None or all(whole(i) and i >= 0 for i in items):
+            if v is None or (items and all(whole(i) and 0 <= i < 2**31 for i in items)):
                 continue
-            if key == "pad_token_id" and whole(v):
+            if key == "pad_token_id" and whole(v) and -2**31 <= v < 2**31:
                 continue  # some configs say -1 for "no padding"; padding is never looked up
-            raise ValueError(f"config {key}={v!r}: expected a token id (a whole number >= 0)"
-                             + (" or a list of them" if key == "eos_token_id" else ""))
+            raise ValueError(f"config {key}={v!r}: expected a token id (a whole number in "
+                             "[0, 2**31))"
+                             + (" or a non-empty list of them; null for none"
+                                if key == "eos_token_id" else ""))
         if not isinstance(self.extra, dict):
             raise ValueError("config extra must be a dict")
 

@@ -487,3 +487,69 @@ def test_gguf_with_another_hidden_activation_is_refused(tmp_path, monkeypatch):
         to_gguf(m, tmp_path / "silu.gguf", progress=False)
     with pytest.raises(ValueError, match="hidden_activation='silu'"):
         load_model(tmp_path / "silu.gguf", progress=False)
+
+
+# --- found by the fuzz harness: every loader error a ValueError naming the file ----------------
+
+def test_fuzz_findings_are_clean_errors_naming_the_file(tmp_path):
+    """Defects 5 / 10 (fuzz findings): a non-object quantization_config raised AttributeError,
+    a deeply nested safetensors header RecursionError, a null shard name TypeError, a
+    tokenizer.json whose post-processor names a missing token a Rust panic at the first
+    prompt; an index listing a tensor that no shard holds loaded silently."""
+    _, d = _hf_dir(tmp_path, "q")
+    _edit_config(d, quantization_config=0.5)
+    with pytest.raises(ValueError, match="config.json: quantization_config=0.5"):
+        load_model(d, progress=False)
+
+    f = tmp_path / "deep.safetensors"
+    text = b"[" * 100000 + b"]" * 100000
+    f.write_bytes(len(text).to_bytes(8, "little") + text)
+    from bitnet_edu.formats.safetensors import safetensors_header
+    with pytest.raises(ValueError, match="deep.safetensors: corrupt safetensors JSON"):
+        safetensors_header(f)
+
+    d = _sharded(tmp_path / "idx")
+    p = d / "model.safetensors.index.json"
+    good = json.loads(p.read_text())
+    for wm, why in [({**good["weight_map"], "model.norm.weight": None}, "not a file name"),
+                    ({**good["weight_map"], "model.extra.weight": "model-00001-of-00001"
+                      ".safetensors"}, "no shard holds it"),
+                    ({k: v for k, v in good["weight_map"].items() if k != "model.norm.weight"},
+                     "not in its weight_map")]:
+        p.write_text(json.dumps({"weight_map": wm}))
+        with pytest.raises(ValueError, match=why):
+            load_model(d, progress=False)
+    p.write_text(json.dumps(good))
+
+    from tokenizers import Tokenizer, models, processors
+    tok = Tokenizer(models.BPE(vocab={"a": 0}, merges=[]))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<nope> $A", special_tokens=[("<nope>", 5)])
+    tok.save(str(d / "tokenizer.json"))
+    spec = json.loads((d / "tokenizer.json").read_text())
+    spec["post_processor"]["special_tokens"] = {}  # the template names a token it lacks
+    (d / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="tokenizer.json: the tokenizer cannot encode"):
+        load_model(d, progress=False)
+
+
+def test_gguf_metadata_of_the_wrong_type_is_a_clean_error(tmp_path, monkeypatch):
+    """Defect 10 (fuzz finding): an array where a string belongs (general.architecture,
+    tokenizer.ggml.model) raised numpy's "truth value of an array is ambiguous"."""
+    from bitnet_edu.formats.gguf import checkpoint, export, to_gguf
+    from bitnet_edu.formats.gguf.container import T_ARRAY, T_INT32, Value
+    m = random_model({**TINY, "hidden_size": 128, "intermediate_size": 256,
+                      "num_attention_heads": 4}, kernel="naive", head="float32")
+    real = checkpoint.gguf_model_metadata
+    for key in ("general.architecture", "bitnet-b1.58.hidden_activation"):
+        def bad(config, key=key, **kw):
+            meta = real(config, **kw)
+            meta[key] = Value(T_ARRAY, np.zeros(3, np.int32), T_INT32)
+            return meta
+        monkeypatch.setattr(export, "gguf_model_metadata", bad)
+        path = tmp_path / f"{key}.gguf"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            to_gguf(m, path, progress=False)
+        with pytest.raises(ValueError, match=rf"{key}.gguf: .*{key}="):
+            load_model(path, progress=False)

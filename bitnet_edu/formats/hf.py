@@ -52,8 +52,22 @@ def _json(path: Path, obj: bool = True):
 
 
 def read_tokenizer(path):
-    """``tokenizers.Tokenizer`` from the directory's ``tokenizer.json``, or None if absent."""
-    return load_tokenizer(path)
+    """``tokenizers.Tokenizer`` from the directory's ``tokenizer.json``, or None if absent.
+
+    A tokenizer that parses but cannot encode (a post-processor naming a missing token makes
+    the Rust library panic, an exception outside ``Exception``) is a ValueError here, at load,
+    not at the first prompt."""
+    tok = load_tokenizer(path)
+    if tok is not None:
+        try:
+            tok.encode("Hello, world! 123")
+            tok.encode("Hello", "world")  # a pair: the post-processor's other template
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # pyo3's PanicException derives from BaseException
+            raise ValueError(f"{Path(path) / 'tokenizer.json'}: the tokenizer cannot encode "
+                             f"text ({type(e).__name__}: {str(e)[:200]})") from None
+    return tok
 
 
 def read_generation_config(path) -> dict:
@@ -99,24 +113,43 @@ def _confined(path: Path, name, where: str) -> Path:
     return path / rel
 
 
-def _safetensor_files(path: Path) -> list[Path]:
+def _safetensor_files(path: Path) -> tuple[list[Path], dict | None]:
+    """The weight files, and the index's ``weight_map`` (tensor -> shard name) or None."""
     index = path / "model.safetensors.index.json"
     if index.exists():
         wm = _json(index).get("weight_map")
         if not isinstance(wm, dict) or not wm:
             raise ValueError(f"{index}: weight_map must be an object of tensor name -> shard file")
-        bad = next((v for v in wm.values() if not isinstance(v, str)), None)
-        if bad is not None:
-            raise ValueError(f"{index}: shard name {bad!r} is not a file name")
-        return [_confined(path, s, str(index)) for s in sorted(set(wm.values()))]
+        bad = [v for v in wm.values() if not isinstance(v, str)]
+        if bad:
+            raise ValueError(f"{index}: shard name {bad[0]!r} is not a file name")
+        return [_confined(path, s, str(index)) for s in sorted(set(wm.values()))], wm
     single = path / "model.safetensors"
     if not single.exists():
         raise ValueError(f"{path}: no model.safetensors (or model.safetensors.index.json) found")
-    return [_confined(path, single.name, str(path))]
+    return [_confined(path, single.name, str(path))], None
+
+
+def _check_index(path: Path, wm: dict, files: dict) -> None:
+    """The index must list every tensor of the shards, each in the shard that holds it."""
+    index = path / "model.safetensors.index.json"
+    for name, shard in wm.items():
+        if name not in files:
+            raise ValueError(f"{index}: tensor {name!r} is listed in {shard!r} but no shard "
+                             "holds it")
+        if Path(shard) != files[name].path.relative_to(path):
+            raise ValueError(f"{index}: tensor {name!r} is listed in {shard!r} but is in "
+                             f"{str(files[name].path.relative_to(path))!r}")
+    unlisted = next((n for n in files if n not in wm), None)
+    if unlisted is not None:
+        raise ValueError(f"{index}: tensor {unlisted!r} of {files[unlisted].path.name!r} is not "
+                         "in its weight_map")
 
 
 def _quant_mode(config: dict, raw: dict) -> str:
     qc = config.get("quantization_config") or {}
+    if not isinstance(qc, dict):
+        raise ValueError(f"quantization_config={qc!r}: expected an object")
     if qc:
         if qc.get("quant_method", "bitnet") != "bitnet":
             raise ValueError(f"quantization_config.quant_method={qc.get('quant_method')!r} is "
@@ -147,12 +180,15 @@ def iter_hf_checkpoint(path, *, progress=None, blocks: bool = False):
     except ValueError as e:
         raise ValueError(f"{cfg_path}: {e}") from None
     files = {}
-    for f in _safetensor_files(path):
+    shards, weight_map = _safetensor_files(path)
+    for f in shards:
         st = SafetensorsFile(f)  # validates sizes and offsets before any read
         twice = next((n for n in st.header if n in files), None)
         if twice is not None:
             raise ValueError(f"{f}: tensor {twice!r} is also in {files[twice].path.name}")
         files.update({n: st for n in st.header})
+    if weight_map is not None:
+        _check_index(path, weight_map, files)
     try:
         mode = _quant_mode(config, files)
     except ValueError as e:
@@ -211,9 +247,10 @@ def _finite(st: SafetensorsFile, name: str, a: np.ndarray) -> np.ndarray:
 
 def _check_float(name, st: SafetensorsFile, shape) -> None:
     if st.shape(name) != tuple(shape):
-        raise ValueError(f"tensor {name!r}: expected shape {tuple(shape)}, got {st.shape(name)}")
+        raise ValueError(f"{st.path}: tensor {name!r}: expected shape {tuple(shape)}, got "
+                         f"{st.shape(name)}")
     if st.dtype(name) not in _FLOATS:
-        raise ValueError(f"tensor {name!r}: expected a float dtype (BF16/F16/F32), got "
+        raise ValueError(f"{st.path}: tensor {name!r}: expected a float dtype (BF16/F16/F32), got "
                          f"{st.dtype(name)}")
 
 
@@ -228,14 +265,15 @@ def _linear(name, st: SafetensorsFile, files: dict, mode: str, shape):
     if mode == "offline":
         dtype = st.dtype(name)
         if dtype not in ("U8", "I8") or st.shape(name) != (out // 4, k):
-            raise ValueError(f"tensor {name!r}: a packed offline linear must be uint8 of shape "
+            raise ValueError(f"{st.path}: tensor {name!r}: a packed offline linear must be uint8 "
+                             f"of shape "
                              f"{(out // 4, k)}, got {dtype} {st.shape(name)}")
         try:
             q = unpack_hf(st.read(name).view(np.uint8))
         except ValueError as e:
-            raise ValueError(f"tensor {name!r}: {e}") from None
+            raise ValueError(f"{st.path}: tensor {name!r}: {e}") from None
         if sname not in files:
-            raise ValueError(f"missing tensor {sname!r} (the scale of {name!r})")
+            raise ValueError(f"{st.path}: missing tensor {sname!r} (the scale of {name!r})")
         s = files[sname].read(sname)
         s = _widen(s, files[sname].dtype(sname)).reshape(-1)
         if s.size != 1 or not np.isfinite(s[0]):

@@ -70,7 +70,7 @@ def safetensors_header(path) -> tuple[dict, int]:
                              f"(file has {size} bytes)")
         try:
             header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise ValueError(f"{path}: corrupt safetensors JSON header (bytes 8..{8 + n}): "
                              f"{e}") from None
     if not isinstance(header, dict):

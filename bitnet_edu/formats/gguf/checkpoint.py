@@ -77,7 +77,7 @@ def hf_to_gguf_name(name: str) -> str:
 def config_from_gguf(meta: dict) -> dict:
     """HF ``config.json`` keys from GGUF metadata (``bitnet-b1.58`` or ``bitnet-25``)."""
     arch = meta.get("general.architecture")
-    if arch not in ARCHITECTURES:
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise GGUFError(f"general.architecture={arch!r}: expected one of {ARCHITECTURES}")
     cfg = {}
     for key, hf in _HPARAMS.items():
@@ -105,7 +105,7 @@ def config_from_gguf(meta: dict) -> dict:
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
             raise GGUFError(f"metadata tokenizer.ggml.{k}_token_id={v!r} is not a token id")
     act = meta.get(f"{arch}.hidden_activation", "relu2")
-    if act != "relu2":
+    if not isinstance(act, str) or act != "relu2":
         raise GGUFError(f"metadata {arch}.hidden_activation={act!r}: only 'relu2' (squared "
                         "ReLU, BitNet b1.58's FFN) is supported")
     cfg.update(bos_token_id=bos,
@@ -168,8 +168,11 @@ def iter_gguf_checkpoint(path, progress: bool = False, *, blocks: bool = False):
     embedding is 1.3 GB as float32).
     """
     reader = GGUFReader(path)
-    config = config_from_gguf(reader.metadata)
-    tokenizer = tokenizer_from_gguf(reader.metadata)
+    try:
+        config = config_from_gguf(reader.metadata)
+        tokenizer = tokenizer_from_gguf(reader.metadata)
+    except GGUFError as e:
+        raise GGUFError(f"{reader.path}: {e}") from None
     for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type"):
         reader.metadata.pop(key, None)  # now in the tokenizer: 2B4T's are ~40 MB of Python strings
     names = {}

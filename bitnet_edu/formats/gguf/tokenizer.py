@@ -49,7 +49,7 @@ def tokenizer_from_gguf(meta: dict):
     from tokenizers import AddedToken, Tokenizer, decoders, models, processors
 
     kind = meta.get("tokenizer.ggml.model")
-    if kind != "gpt2":
+    if not isinstance(kind, str) or kind != "gpt2":
         raise GGUFError(f"tokenizer.ggml.model={kind!r} is not supported (only 'gpt2' "
                         "byte-level BPE)")
     tokens, merges = meta.get("tokenizer.ggml.tokens"), meta.get("tokenizer.ggml.merges")
