@@ -20,25 +20,29 @@ is counted, not fatal.  Outcomes:
 ============  =============================================================  ==========
 clean         a ``ValueError`` (or subclass): the expected result            ok
 loaded        loaded and ran (the mutation was harmless, or warned)          ok
-nonfinite     loaded, but the logits hold NaN or inf                         reported
+nonfinite     loaded, but the logits hold NaN or inf (from a mutation not     reported
+              known to be invalid, e.g. a flipped weight byte)
 accepted      loaded without a warning although the input is invalid         failure
               (shard outside the directory, NaN weights, a config that
-              contradicts the weights, overlapping data, ...)
+              contradicts the weights, overlapping data, bad token ids, ...)
 other         any other exception (type and message recorded)                failure
 memory        ``MemoryError``: an allocation ran into the address limit      failure
 crash         the child died from a signal (segfault, abort)                 failure
 hang          the child ran past the time limit                              failure
 ============  =============================================================  ==========
 
-A ``clean`` error whose message names neither the file nor its directory is counted in the
-``unnamed`` column (every loader error should name its file).
+A ``clean`` load error whose message names neither the file nor its directory is counted in
+the ``unnamed`` column (every loader error should name its file).  The children share one
+Numba thread pool set up before the first fork: Numba's own ``workqueue`` (GNU OpenMP's does
+not survive ``fork``), so run the fuzzer in a fresh process.
 
     python -m bitnet_edu.fuzz --n 10000             # all formats, 10000 cases in all
     python -m bitnet_edu.fuzz --n 500 --format config --seed 3
     python -m bitnet_edu.fuzz --format index --case 17 --keep /tmp/case   # replay one case
 
-prints a table of outcomes per format and the first examples of every non-clean outcome;
-the exit status is 1 if any case ended in a failure outcome.  POSIX only (``os.fork``).
+prints a table of outcomes per format, then every signature of a non-clean outcome (kind,
+exception type, where it was raised) with its count and first examples; the exit status is 1
+if any case ended in a failure outcome.  POSIX only (``os.fork``).
 """
 
 from __future__ import annotations
