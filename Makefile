@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  := torch==2.13.0
 export BITNET_EDU_FAST ?= 1
 
-.PHONY: demo test test-unit test-avx2 exercises bench clean lab screenshots
+.PHONY: demo test test-unit test-avx2 test-arm64 exercises bench clean lab screenshots
 
 # An AVX2-only laptop CPU (no AVX-512, no VNNI), through Numba's own target switch: the code
 # LLVM emits for it runs on this machine too, so the portable kernel paths are tested here.
@@ -44,6 +44,20 @@ test-unit: $(VENV)/.test-installed
 # the kernel, head and model tests compiled for an AVX2-only CPU (part of `make test`)
 test-avx2: $(VENV)/.test-installed
 	$(AVX2_ENV) $(PY) -m pytest -q -p no:cacheprovider $(KERNEL_TESTS)
+
+# the kernel, head and self-check tests and a greedy run of the default model (compared with
+# this machine's) on an emulated aarch64 CPU: qemu user mode, with a Python from Debian's arm64
+# packages and PyPI's aarch64 wheels that scripts/arm64_env.sh sets up in .arm64/ (needs root
+# once, for dpkg --add-architecture arm64).  Not part of `make test`: about 15-20 min cold.
+ARM64_ENV := BITNET_EDU_CACHE_DIR=$(CURDIR)/.arm64/numba-cache
+test-arm64: $(VENV)/.test-installed
+	HOST_PY=$(PY) scripts/arm64_env.sh
+	$(ARM64_ENV) .arm64/python -m bitnet_edu.kernels
+	$(ARM64_ENV) .arm64/python -m pytest -q -p no:cacheprovider tests/test_kernels.py \
+		tests/test_head_kernel.py tests/test_kernel_interface.py tests/test_selfcheck.py
+	BITNET_EDU_ARM64_PYTHON=$(CURDIR)/.arm64/python \
+		BITNET_EDU_ARM64_CACHE=$(CURDIR)/.arm64/numba-cache \
+		$(PY) -m pytest -q -p no:cacheprovider tests/test_arm64_greedy.py
 
 exercises: $(VENV)/.test-installed
 	$(PY) -m bitnet_edu.make_exercises
