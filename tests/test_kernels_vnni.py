@@ -112,6 +112,8 @@ def test_asm_has_vpdpbusd_on_zmm():
 
 
 def _subprocess(code, **env):
+    if "NUMBA_CACHE_DIR" in env:  # the package's own cache variable wins over Numba's: set both
+        env.setdefault("BITNET_EDU_CACHE_DIR", env["NUMBA_CACHE_DIR"])
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
     r = subprocess.run([sys.executable, "-c", code], env=env, text=True, capture_output=True,
                        timeout=300, cwd=ROOT)
