@@ -16,7 +16,9 @@ unsigned ``w ^ 0x80 = w + 128`` in the register (one XOR), the activations stay 
     sum_i (w_i + 128) * x_i = sum_i w_i * x_i + 128 * sum_i x_i
 
 and the correction ``128 * sum_b(s_b * sum_{i in b} x_i)`` is one number per token, computed
-once.  Per row and block: 4 x (one 64-byte table load, one XOR, one activation load from L1,
+once.  AVX2 has no ``vpdpbusd``: there the signed table is multiplied as
+``|w| x (x * sign(w))`` (``vpabsb``, ``vpsignb``, ``vpmaddubsw``, ``vpmaddwd``; exact, no
+correction), half the instructions of splitting ``w + 128`` into two unsigned halves.  Per row and block: 4 x (one 64-byte table load, one XOR, one activation load from L1,
 one ``vpdpbusd``), then the 16 int32 lanes are converted to float and multiplied by the block
 scale into 16 float lanes; one horizontal sum per row at the end.
 
@@ -78,9 +80,46 @@ def numpy_head_logits(x: np.ndarray, table: np.ndarray, row_scale: np.ndarray) -
 
 # --- the intrinsic --------------------------------------------------------------------------------
 
+#: AVX2 multiplies the int8 table as |w| x (x * sign(w)) (:func:`_signed_block`), so no +128
+#: correction; elsewhere the flipped table ``w ^ 0x80`` and ``corr``.  Chosen from the target
+#: Numba compiles for (the same at import and in every codegen of the process).
+SIGNED = isa() == "avx2"
+_V32x8, _V16x16, _V8x32 = (ir.VectorType(ir.IntType(8), 32), ir.VectorType(ir.IntType(16), 16),
+                           ir.VectorType(I32, 8))
+
+
+def _llvm(builder, name, ret, operands):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+        ret, [o.type for o in operands]), name)
+    return builder.call(fn, operands)
+
+
+def _signed_block(builder, trow, xrow, base):
+    """AVX2: int32 lanes ``<16 x i32>`` summing to ``sum_i w_i * x_i`` over the 256 signed bytes
+    at ``base``: per 32 bytes ``vpabsb`` + ``vpsignb`` + ``vpmaddubsw`` (|w| unsigned, x with w's
+    sign) + ``vpmaddwd``, half the work of splitting ``w ^ 0x80`` into two unsigned halves.
+    Exact: a ``vpmaddubsw`` pair is at most 2 * 128 * 127 = 32512 (x in [-127, 127])."""
+    i64 = ir.IntType(64)
+    ones = ir.Constant(_V16x16, [1] * 16)
+    halves = [None, None]
+    for k in range(QK // 32):
+        off = builder.add(base, i64(32 * k))
+        w, x = (builder.load(builder.bitcast(builder.gep(row, [off]), _V32x8.as_pointer()),
+                             align=1) for row in (trow, xrow))
+        aw = _llvm(builder, "llvm.abs.v32i8", _V32x8, [w, ir.Constant(ir.IntType(1), 0)])
+        sx = _llvm(builder, "llvm.x86.avx2.psign.b", _V32x8, [x, w])
+        m = _llvm(builder, "llvm.x86.avx2.pmadd.wd", _V8x32,
+                  [_llvm(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16x16, [aw, sx]), ones])
+        h = halves[k % 2]
+        halves[k % 2] = m if h is None else builder.add(h, m)
+    return builder.shuffle_vector(halves[0], halves[1],
+                                  ir.Constant(ir.VectorType(I32, 16), list(range(16))))
+
+
 @intrinsic
 def _row_dot(typingctx, table, r, xq, scale, t):
-    """float32 ``sum_b scale[t, b] * sum_{i in b} (table[r, i] + 128) * xq[t, i]``."""
+    """float32 ``sum_b scale[t, b] * sum_{i in b} (table[r, i] + 128) * xq[t, i]`` (without the
+    ``+ 128`` where :data:`SIGNED`)."""
     def codegen(context, builder, signature, args):
         target = isa(target_features(context))
         i64 = ir.IntType(64)
@@ -95,13 +134,16 @@ def _row_dot(typingctx, table, r, xq, scale, t):
         facc = cgutils.alloca_once_value(builder, ir.Constant(V16xf, None))
         with cgutils.for_range(builder, nb) as loop:
             base = builder.mul(loop.index, i64(QK))
-            accs = []
-            for s in range(QK // 64):  # 4 independent vpdpbusd chains
-                off = builder.add(base, i64(64 * s))
-                w = builder.xor(load64(builder, trow, off), flip)
-                accs.append(dpbusd(builder, ir.Constant(V16x32, None), w,
-                                   load64(builder, xrow, off), target, 255))
-            tot = builder.add(builder.add(accs[0], accs[1]), builder.add(accs[2], accs[3]))
+            if target == "avx2":
+                tot = _signed_block(builder, trow, xrow, base)
+            else:
+                accs = []
+                for s in range(QK // 64):  # 4 independent vpdpbusd chains
+                    off = builder.add(base, i64(64 * s))
+                    w = builder.xor(load64(builder, trow, off), flip)
+                    accs.append(dpbusd(builder, ir.Constant(V16x32, None), w,
+                                       load64(builder, xrow, off), target, 255))
+                tot = builder.add(builder.add(accs[0], accs[1]), builder.add(accs[2], accs[3]))
             accumulate_scaled(builder, facc, tot, builder.load(builder.gep(srow, [loop.index])))
         return reduce_sum(builder, facc)
 
@@ -158,6 +200,8 @@ def head_logits(x: np.ndarray, table: np.ndarray, row_scale: np.ndarray) -> np.n
     if table.shape[1] % QK:
         raise ValueError(f"hidden size {table.shape[1]} must be a multiple of {QK}")
     xq, scale, corr = _quantize_blocks(x)
+    if SIGNED:  # the row dots are already sum(w * x)
+        corr = np.zeros_like(corr)
     out = np.empty((x.shape[0], table.shape[0]), np.float32)
     _head(table, np.ascontiguousarray(row_scale, np.float32), xq, scale, corr, out)
     return out

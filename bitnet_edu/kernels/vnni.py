@@ -31,16 +31,19 @@ of codes, 4 shifts, 4 ANDs, 4 activation loads (from L1), 4 ``vpdpbusd``.
 Exactness: each ``vpdpbusd`` lane adds 4 products of at most 2 * 128 in magnitude, int32 lanes
 without saturation; a row sum is at most 2 * 128 * in (far below 2**31).
 
-CPU support: the intrinsic emits ``vpdpbusd`` only when the target Numba compiles for has
-``avx512vnni`` (:func:`has_vnni`); elsewhere it emits the same arithmetic in portable LLVM IR
-(int16 products, summed into int32), so the kernel works, just slower, on every CPU
-(:func:`bitnet_edu.kernels.intrinsics.dpbusd`).
+CPU support: the byte dot product is chosen at compile time from the target Numba compiles for
+(:func:`bitnet_edu.kernels.intrinsics.isa`): ``vpdpbusd`` on zmm (AVX-512 VNNI), on ymm
+(AVX-VNNI), ``vpmaddubsw`` + ``vpmaddwd`` on AVX2, exact widening LLVM IR elsewhere, so the
+kernel gives the same integers on every CPU.  AVX2 has its own loop (:func:`_avx2_dot`): per
+32-byte half and slice one ``vpmaddubsw`` per (row, token) into int16 sums, widened by one
+``vpmaddwd`` per :data:`WIDEN` chunks, as bitnet.cpp's AVX2 I2_S kernel does.
 
 GEMV (decode): ``prange`` over groups of rows, one row at a time, 4 accumulators (one per
 slice) so 4 ``vpdpbusd`` chains overlap.  GEMM (prefill): a register tile of ``TILE`` rows x
-``TOKENS`` tokens: each decoded chunk feeds ``TOKENS`` tokens and each activation load feeds
-``TILE`` rows (32 ``vpdpbusd`` per 2 code loads and 16 activation loads), activations of the
-token group stay in L1, the group's codes in L2.
+``TOKENS`` tokens (per instruction set, :data:`TILES`): each decoded chunk feeds ``TOKENS``
+tokens and each activation load feeds ``TILE`` rows (2 x 4 on zmm: 32 ``vpdpbusd`` per 2 code
+loads and 16 activation loads), activations of the token group stay in L1, the group's codes
+in L2.
 
 The model's fast paths skip the generic checks: :meth:`VnniKernel.linear_fast` prepares the
 activation operands in one Numba call (:func:`operands`) and calls the kernel loop directly;
@@ -56,16 +59,21 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._base import I2SKernel, pad_cols
-from .intrinsics import (I32, V16x32, V64x8, array_args, dpbusd, dpbusd_sum, has_vnni,  # noqa: F401
+from .intrinsics import (I32, V16x32, V64x8, array_args, dpbusd, has_vnni,  # noqa: F401
                          int64_args, isa, load64, prefetch_row, serial_twin, target_features)
 
 __all__ = ["KERNEL", "VnniKernel", "has_vnni", "permute_x", "numpy_matmul", "operands",
            "operands_1", "gemv_1"]
 
 BLOCK = 256   # weights per 64-byte chunk (two I2_S blocks)
-TILE, TOKENS = 2, 4  # GEMM register tile: 2 rows x 4 tokens = 8 accumulators, 8 decoded slices
+#: GEMM register tile (rows x tokens) per instruction set, measured (prefill at the 2B4T shape):
+#: zmm has 32 registers for 2 x 4 accumulators and 8 decoded slices; AVX-VNNI's ymm halves need
+#: twice the registers (2 x 2); AVX2 keeps int16 sums per (row, token) (1 x 4, see _avx2_dot)
+TILES = {"avx512vnni": (2, 4), "avxvnni": (2, 2), "avx2": (1, 4), "portable": (2, 4)}
+TILE, TOKENS = TILES[isa()]  # the target of this process's compiles (part of the cache key)
 ROWS = 32           # rows per parallel work item (their codes stay in L2 while tokens stream)
 SHIFTS = (6, 4, 2, 0)
+WIDEN = 4  # AVX2: chunks whose int16 sums are added before one widening (exact up to 5)
 AHEAD = 4  # decode GEMV: rows prefetched ahead (measured best of 0, 4, 8, 16, 32)
 
 
@@ -96,6 +104,86 @@ def numpy_matmul(codes: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 # --- the intrinsic -------------------------------------------------------------------------------
 
+_V32x8, _V16x16, _V8x32 = (ir.VectorType(ir.IntType(8), 32), ir.VectorType(ir.IntType(16), 16),
+                           ir.VectorType(I32, 8))
+
+
+def _llvm(builder, name, ret, operands):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+        ret, [o.type for o in operands]), name)
+    return builder.call(fn, operands)
+
+
+def _avx2_chunk(builder, crow, xrow, chunk, part):
+    """One 64-byte chunk of codes per row on AVX2, a ``len(crow) x len(xrow)`` tile: per 32-byte
+    half and slice, ``vpmaddubsw`` (codes x activations -> int16 pairs) added into the int16 sums
+    ``part[r][j]`` (pointers to ``<16 x i16>``)."""
+    i64 = ir.IntType(64)
+    three = ir.Constant(_V32x8, [3] * 32)
+    sums = [[builder.load(p) for p in row] for row in part]
+    for h in range(2):
+        v = [builder.load(builder.bitcast(builder.gep(c, [builder.add(builder.mul(
+            chunk, i64(64)), i64(32 * h))]), _V32x8.as_pointer()), align=1) for c in crow]
+        for s, shift in enumerate(SHIFTS):
+            cs = [builder.and_(builder.lshr(w, ir.Constant(_V32x8, [shift] * 32)), three)
+                  for w in v]
+            for j, xr in enumerate(xrow):
+                off = builder.add(builder.mul(chunk, i64(BLOCK)), i64(64 * s + 32 * h))
+                xv = builder.load(builder.bitcast(builder.gep(xr, [off]), _V32x8.as_pointer()),
+                                  align=1)
+                for r, c in enumerate(cs):
+                    m = _llvm(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16x16, [c, xv])
+                    sums[r][j] = builder.add(sums[r][j], m)
+    for row, srow in zip(part, sums):
+        for p, v in zip(row, srow):
+            builder.store(v, p)
+
+
+def _avx2_dot(builder, crow, xrow, nchunks, acc):
+    """The AVX2 loop of :func:`_make_dot`: int16 sums per (row, token) over ``WIDEN`` chunks,
+    then ONE ``vpmaddwd`` each into the int32 sums ``acc`` (pointers to ``<8 x i32>``): the
+    widening and the int32 sums leave the inner loop, so a 1 x 8 tile's 8 int16 sums, a row's
+    codes and one activation load fit in AVX2's 16 ymm registers.  Exact: an int16 lane adds
+    8 * WIDEN pairs, each at most 2 * 3 * 128 (codes <= 3): 24576 < 32767."""
+    i64 = ir.IntType(64)
+    zero16, ones = ir.Constant(_V16x16, None), ir.Constant(_V16x16, [1] * 16)
+    part = [[cgutils.alloca_once_value(builder, zero16) for _ in xrow] for _ in crow]
+    ngroups = builder.udiv(builder.add(nchunks, i64(WIDEN - 1)), i64(WIDEN))
+    with cgutils.for_range(builder, ngroups) as g:
+        for row in part:
+            for p in row:
+                builder.store(zero16, p)
+        lo = builder.mul(g.index, i64(WIDEN))
+        hi = builder.select(builder.icmp_unsigned("<", builder.add(lo, i64(WIDEN)), nchunks),
+                            builder.add(lo, i64(WIDEN)), nchunks)
+        with cgutils.for_range_slice(builder, lo, hi, i64(1)) as (chunk, _):
+            _avx2_chunk(builder, crow, xrow, chunk, part)
+        for prow, arow in zip(part, acc):
+            for p, a in zip(prow, arow):
+                w = _llvm(builder, "llvm.x86.avx2.pmadd.wd", _V8x32, [builder.load(p), ones])
+                builder.store(builder.add(builder.load(a), w), a)
+
+
+def _vnni_dot(builder, crow, xrow, nchunks, acc, target):
+    """The loop of :func:`_make_dot` on every other target: one :func:`dpbusd` per (row, token,
+    slice) into ``acc[r][j][s % len(acc[r][j])]`` (pointers to ``<16 x i32>``)."""
+    i64 = ir.IntType(64)
+    with cgutils.for_range(builder, nchunks) as loop:
+        cs = []
+        for c in crow:
+            v = load64(builder, c, builder.mul(loop.index, i64(64)))
+            cs.append([builder.and_(builder.lshr(v, ir.Constant(V64x8, [s] * 64)),
+                                    ir.Constant(V64x8, [3] * 64)) for s in SHIFTS])
+        for j, xr in enumerate(xrow):
+            xv = [load64(builder, xr, builder.add(builder.mul(loop.index, i64(BLOCK)),
+                                                  i64(64 * s))) for s in range(len(SHIFTS))]
+            for r in range(len(crow)):
+                for s in range(len(SHIFTS)):
+                    a = acc[r][j][s % len(acc[r][j])]
+                    builder.store(dpbusd(builder, builder.load(a), cs[r][s], xv[s], target, 3),
+                                  a)
+
+
 def _make_dot(rows: int, tokens: int):
     """An intrinsic ``dot(codes, o, xp, t0, acc)`` for a ``rows x tokens`` tile:
     ``acc[r * tokens + j] = sum_k c[o + r, k] * x[t0 + j, k]`` (int32), codes uint8 ``[out, kp/4]``,
@@ -103,14 +191,13 @@ def _make_dot(rows: int, tokens: int):
 
     Per 64-byte chunk: ``rows`` loads of codes, ``(v >> shift) & 3`` per slice, one ``vpdpbusd``
     per (row, token, slice); each activation load feeds ``rows`` of them.  At least 4 accumulators
-    so that 4 ``vpdpbusd`` chains run at once (a 1x1 tile keeps one per slice).
+    so that 4 ``vpdpbusd`` chains run at once (a 1x1 tile keeps one per slice).  AVX2 has its own
+    loop (:func:`_avx2_dot`: 256-bit halves, int16 sums widened once per :data:`WIDEN` chunks).
     """
     split = max(1, 4 // (rows * tokens))  # accumulators per (row, token)
 
     def codegen(context, builder, signature, args):
         target = isa(target_features(context))
-        # AVX2: one accumulator per (row, token), the 4 slices' int16 sums widened once
-        nacc = 1 if target == "avx2" else split
         i64 = ir.IntType(64)
         ca, xa, oa = array_args(context, builder, signature, args, 0, 2, 4)
         o, t0 = int64_args(context, builder, signature, args, 1, 3)
@@ -120,31 +207,20 @@ def _make_dot(rows: int, tokens: int):
                 for r in range(rows)]
         xrow = [builder.gep(xa.data, [builder.mul(builder.add(t0, i64(j)), kp)])
                 for j in range(tokens)]
-        zero = ir.Constant(V16x32, None)
+        avx2 = target == "avx2"
+        vec = _V8x32 if avx2 else V16x32
+        nacc = 1 if avx2 else split
+        zero = ir.Constant(vec, None)
         acc = [[[cgutils.alloca_once_value(builder, zero) for _ in range(nacc)]
                 for _ in range(tokens)] for _ in range(rows)]
-        with cgutils.for_range(builder, builder.udiv(nbytes, i64(64))) as loop:
-            cs = []
-            for r in range(rows):
-                v = load64(builder, crow[r], builder.mul(loop.index, i64(64)))
-                cs.append([builder.and_(builder.lshr(v, ir.Constant(V64x8, [s] * 64)),
-                                        ir.Constant(V64x8, [3] * 64)) for s in SHIFTS])
-            for j in range(tokens):
-                xv = [load64(builder, xrow[j], builder.add(builder.mul(loop.index, i64(BLOCK)),
-                                                           i64(64 * s)))
-                      for s in range(len(SHIFTS))]
-                for r in range(rows):
-                    if nacc == 1:
-                        a = acc[r][j][0]
-                        builder.store(dpbusd_sum(builder, builder.load(a), list(zip(cs[r], xv)),
-                                                 target, 3), a)
-                        continue
-                    for s in range(len(SHIFTS)):
-                        a = acc[r][j][s % nacc]
-                        builder.store(dpbusd(builder, builder.load(a), cs[r][s], xv[s], target, 3),
-                                      a)
+        if avx2:
+            _avx2_dot(builder, crow, xrow, builder.udiv(nbytes, i64(64)),
+                      [[a[0] for a in row] for row in acc])
+        else:
+            _vnni_dot(builder, crow, xrow, builder.udiv(nbytes, i64(64)), acc, target)
         reduce = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(I32, [V16x32]), "llvm.vector.reduce.add.v16i32")
+            builder.module, ir.FunctionType(I32, [vec]),
+            f"llvm.vector.reduce.add.v{vec.count}i32")
         for r in range(rows):
             for j in range(tokens):
                 tot = builder.load(acc[r][j][0])
