@@ -48,7 +48,7 @@ test-avx2: $(VENV)/.test-installed
 # the kernel, head and self-check tests and a greedy run of the default model (compared with
 # this machine's) on an emulated aarch64 CPU: qemu user mode, with a Python from Debian's arm64
 # packages and PyPI's aarch64 wheels that scripts/arm64_env.sh sets up in .arm64/ (needs root
-# once, for dpkg --add-architecture arm64).  Not part of `make test`: about 15-20 min cold.
+# once, for dpkg --add-architecture arm64).  Not part of `make test`: 20-25 min on 2 cores.
 ARM64_ENV := BITNET_EDU_CACHE_DIR=$(CURDIR)/.arm64/numba-cache
 test-arm64: $(VENV)/.test-installed
 	HOST_PY=$(PY) scripts/arm64_env.sh
