@@ -1,11 +1,24 @@
-"""Full 2B4T-shape inference speed: ``python -m bitnet_edu.bench decode [--threads 1,2] [--transformers]``.
+"""Full 2B4T-shape inference speed: ``python -m bitnet_edu.bench decode [--threads 1,2]``.
 
-Random ternary weights at the real shape (speed does not depend on the values).  Each thread
-count runs in a fresh subprocess so its peak RSS and cold start (process start -> model built
-and first prefill compiled) are its own.  Reported: prefill tok/s over a 128-token prompt,
-decode tok/s over 64 tokens, peak RSS, for the int8 head (the default) and the 4-bit head
-(``--head``); with ``--transformers`` also transformers'
-BitNetForCausalLM at the same shape (slow, ~5 GB: few tokens) and the ratio.
+Random ternary weights at the real shape (speed does not depend on the values).  Each
+configuration (thread count, head, situation) runs in a fresh subprocess, so its peak RSS and
+cold start (process start -> model built and first prefill compiled) are its own; inside it the
+measurement is repeated ``--repeats`` times and the MEDIAN is reported (a shared laptop is
+noisy; the best run flatters).  Reported: prefill tok/s over a 128-token prompt, decode tok/s
+over 64 tokens, peak RSS, for the int8 head (the default) and the 4-bit head (``--head``).
+
+* ``--isa avx2|avxvnni|portable``: Numba compiles our kernels for that CPU instead of this one
+  (its own target switch, its own compiled-code cache), so an AVX2-only laptop's speed can be
+  measured on an AVX-512 machine; each row names the instruction set its process ran.
+* ``--bitnet-cpp DIR``: also runs bitnet.cpp's ``DIR/bin/llama-bench`` (same prompt, tokens,
+  threads and repeats) on a GGUF written from the same random model (``to_gguf``, cached), and
+  prints ours / bitnet.cpp.  Its head is the f16 embedding; ours is int8 or int4.
+* ``--busy N``: the whole measurement again with N competing busy processes (a Python loop each,
+  pinned nowhere): a student's laptop with a browser and JupyterLab running.
+* ``--threads`` takes numbers (the engine is told that many threads) and ``default`` (nothing
+  set: the engine's automatic choice, and bitnet.cpp's own default).
+* ``--transformers``: also transformers' BitNetForCausalLM at the same shape (slow, ~5 GB: few
+  tokens) and the ratio.
 """
 
 from __future__ import annotations
@@ -13,15 +26,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 TARGETS = {"decode_tok_s": 22.0, "prefill_tok_s": 110.0, "peak_rss_gb": 0.9}
 
-_X86 = "+64bit,+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,+sse4.1,+ssse3,+sse3,+sse2,+sse,+cx16,+movbe,+lzcnt"
+_X86 = ("+64bit,+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,+sse4.1,+ssse3,+sse3,+sse2,"
+        "+sse,+cx16,+movbe,+lzcnt")
 #: --isa NAME: Numba compiles for another CPU than this one (its code still runs here), so an
 #: AVX2-only laptop's kernels can be measured on an AVX-512 machine
 ISA_TARGETS = {
@@ -30,6 +46,7 @@ ISA_TARGETS = {
     "avx2": {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": _X86},
     "portable": {"NUMBA_CPU_NAME": "generic", "NUMBA_CPU_FEATURES": "+64bit,+sse2,+sse"},
 }
+DEFAULT = 0  # --threads "default": nothing set, the engine chooses
 
 
 def _isa_env(name: str) -> dict:
@@ -40,9 +57,10 @@ def _isa_env(name: str) -> dict:
     return env
 
 
-def _busy_loop():  # a competing program: one core's worth of pure-Python work
-    while True:
-        pass
+def _start_busy() -> subprocess.Popen:
+    """A competing program: one core's worth of pure-Python work, pinned nowhere (a plain child
+    process; ``.kill()`` ends it)."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
 def _peak_rss_gb() -> float:
@@ -50,31 +68,41 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def run_ours(threads: int, prompt: int, new: int, head: str, layers: int | None, kernel) -> dict:
-    """Time one configuration in this process (call in a fresh one for honest RSS)."""
+def _median(xs):
+    return float(statistics.median(xs))
+
+
+def run_ours(threads: int, prompt: int, new: int, head: str, layers: int | None, kernel,
+             repeats: int = 1) -> dict:
+    """Time one configuration in this process (call in a fresh one for honest RSS):
+    ``repeats`` times a ``prompt``-token prefill then ``new`` decode steps, each from an empty
+    cache; medians.  ``threads``: ``model.threads`` (0: left at None, the automatic choice)."""
     t0 = time.perf_counter()
-    import numba
-    numba.set_num_threads(threads)
+    from bitnet_edu.kernels.intrinsics import isa
     from bitnet_edu.model.random import random_model
     over = {"num_hidden_layers": layers} if layers else {}
     m = random_model("2b4t", seed=0, head=head, kernel=kernel, **over)
+    m.threads = threads or None
     built = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     ids = rng.integers(0, m.config.vocab_size, prompt).tolist()
     m.forward(ids[:8], m.new_cache(16), last_only=True)  # compile / load the Numba cache
+    m.forward(ids[:1], m.new_cache(16))                  # the one-token paths too
     cold = time.perf_counter() - t0
-    cache = m.new_cache(prompt + new)
-    t = time.perf_counter()
-    logits = m.forward(ids, cache, last_only=True)
-    prefill = time.perf_counter() - t
-    tok = int(np.argmax(logits[0]))
-    t = time.perf_counter()
-    for _ in range(new):
-        tok = int(np.argmax(m.forward([tok], cache)[0]))
-    decode = time.perf_counter() - t
-    from bitnet_edu.kernels.intrinsics import isa
+    pre, dec = [], []
+    for _ in range(repeats):
+        cache = m.new_cache(prompt + new)
+        t = time.perf_counter()
+        logits = m.forward(ids, cache, last_only=True)
+        pre.append(prompt / (time.perf_counter() - t))
+        tok = int(np.argmax(logits[0]))
+        t = time.perf_counter()
+        for _ in range(new):
+            tok = int(np.argmax(m.forward([tok], cache)[0]))
+        dec.append(new / (time.perf_counter() - t))
     return {"engine": f"bitnet_edu ({m.kernel_name} {isa()}, head {head})", "threads": threads,
-            "prefill_tok_s": prompt / prefill, "decode_tok_s": new / decode,
+            "prefill_tok_s": _median(pre), "decode_tok_s": _median(dec),
+            "prefill_runs": pre, "decode_runs": dec,
             "peak_rss_gb": _peak_rss_gb(), "build_s": built, "cold_start_s": cold,
             "weights_gb": m.memory_report()["total"] / 2**30}
 
@@ -86,7 +114,8 @@ def run_transformers(threads: int, new: int, layers: int | None) -> dict:
     from transformers.integrations.bitnet import replace_with_bitnet_linear
     from transformers.utils.quantization_config import BitNetQuantConfig
 
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
     t0 = time.perf_counter()
     cfg = BitNetConfig(tie_word_embeddings=True, max_position_embeddings=4096,
                        num_hidden_layers=layers or 30)
@@ -122,7 +151,10 @@ def run_transformers(threads: int, new: int, layers: int | None) -> dict:
             "peak_rss_gb": _peak_rss_gb(), "build_s": built, "cold_start_s": built}
 
 
-def head_accuracy(mode: str, rows: int = 16384, hidden: int = 2560, n: int = 64, seed: int = 0) -> dict:
+
+
+def head_accuracy(mode: str, rows: int = 16384, hidden: int = 2560, n: int = 64,
+                  seed: int = 0) -> dict:
     """Cost of a quantized head: its logits vs the float32 table's (random rows and states)."""
     from bitnet_edu.model.transformer import Head
     rng = np.random.default_rng(seed)
@@ -132,40 +164,99 @@ def head_accuracy(mode: str, rows: int = 16384, hidden: int = 2560, n: int = 64,
     rel = np.abs(approx - exact).max(axis=1) / np.abs(exact).max(axis=1)
     top5 = np.argsort(-approx, axis=1)[:, :5]
     top1 = exact.argmax(1)
-    return {"max_rel_err": float(rel.max()), "top1_agree": float(np.mean(top1 == approx.argmax(1))),
+    return {"max_rel_err": float(rel.max()),
+            "top1_agree": float(np.mean(top1 == approx.argmax(1))),
             "top1_in_top5": float(np.mean([e in t for e, t in zip(top1, top5)]))}
 
 
-def _start_busy():
-    import multiprocessing as mp
-    p = mp.get_context("spawn").Process(target=_busy_loop, daemon=True)
-    p.start()
-    return p
+# --- bitnet.cpp ----------------------------------------------------------------------------------
 
+def default_gguf(layers: int | None) -> Path:
+    """Where the bench keeps its GGUF of ``random_model("2b4t", seed=0)`` (1.2 GB at 30 layers):
+    the user's cache folder, reused by later runs."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "bitnet_edu" / "bench" / f"random-2b4t-{layers or 30}L.gguf"
+
+
+def write_gguf(path: Path, layers: int | None) -> Path:
+    """The same random model our rows run, written by ``to_gguf`` (in a child process, so its
+    memory is gone before anything is timed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    code = ("import sys, warnings; warnings.simplefilter('ignore')\n"
+            "from bitnet_edu.model.random import random_model\n"
+            "from bitnet_edu.formats import to_gguf\n"
+            "layers = int(sys.argv[2])\n"
+            "over = {'num_hidden_layers': layers} if layers else {}\n"
+            "to_gguf(random_model('2b4t', seed=0, **over), sys.argv[1], progress=False)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(layers or 0)],
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"writing {path} failed:\n{out.stderr[-2000:]}")
+    return path
+
+
+def parse_llama_bench(text: str) -> dict:
+    """llama-bench ``-o jsonl`` output -> ``{"prefill_tok_s", "decode_tok_s"}`` (medians of its
+    per-repetition ``samples_ts``; nan when a test is missing) and ``model_type``."""
+    res = {"prefill_tok_s": float("nan"), "decode_tok_s": float("nan"), "model_type": "?"}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        r = json.loads(line)
+        runs = r.get("samples_ts") or [r["avg_ts"]]
+        key = "decode_tok_s" if r.get("n_gen", 0) else "prefill_tok_s"
+        res[key] = _median(runs)
+        res[key.replace("tok_s", "runs")] = runs
+        res["model_type"] = r.get("model_type", "?")
+    return res
+
+
+def run_bitnet_cpp(build: str, gguf: Path, threads: int, prompt: int, new: int,
+                   repeats: int) -> dict:
+    """bitnet.cpp's ``llama-bench`` from build dir ``build`` on ``gguf`` (``threads`` 0: its own
+    default)."""
+    exe = Path(build) / "bin" / "llama-bench"
+    cmd = [str(exe), "-m", str(gguf), "-p", str(prompt), "-n", str(new), "-r", str(repeats),
+           "-o", "jsonl"] + (["-t", str(threads)] if threads else [])
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{exe} failed:\n{out.stderr[-2000:]}")
+    return {"engine": f"bitnet.cpp ({Path(build).name}, head f16)", "threads": threads,
+            **parse_llama_bench(out.stdout), "peak_rss_gb": float("nan"),
+            "cold_start_s": float("nan")}
+
+
+# --- driver --------------------------------------------------------------------------------------
 
 def _child(args) -> int:
-    fn = run_transformers if args.child == "transformers" else run_ours
-    kw = (dict(threads=args.threads_one, new=args.hf_tokens, layers=args.layers)
-          if args.child == "transformers" else
-          dict(threads=args.threads_one, prompt=args.prompt, new=args.new, head=args.head,
-               layers=args.layers, kernel=args.kernel))
-    print("RESULT " + json.dumps(fn(**kw)))
+    if args.child == "transformers":
+        r = run_transformers(threads=args.threads_one, new=args.hf_tokens, layers=args.layers)
+    else:
+        r = run_ours(threads=args.threads_one, prompt=args.prompt, new=args.new,
+                     head=args.head, layers=args.layers, kernel=args.kernel,
+                     repeats=args.repeats)
+    print("RESULT " + json.dumps(r))
     return 0
 
 
 def _spawn(args, child: str, threads: int, head: str = "int8") -> dict:
     cmd = [sys.executable, "-m", "bitnet_edu.bench", "decode", "--child", child,
            "--threads-one", str(threads), "--prompt", str(args.prompt), "--new", str(args.new),
-           "--head", head, "--hf-tokens", str(args.hf_tokens)]
+           "--head", head, "--hf-tokens", str(args.hf_tokens), "--repeats", str(args.repeats)]
     if args.layers:
         cmd += ["--layers", str(args.layers)]
     if args.kernel:
         cmd += ["--kernel", args.kernel]
+    env = dict(os.environ)
+    if threads:  # "default" leaves Numba's and OpenMP's own defaults alone
+        env.update(NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     # BLAS is not on our path (the ternary kernels and heads are Numba): one OpenBLAS thread,
     # so its idle pool never competes with Numba's workers for the cores.
-    env = {**os.environ, "NUMBA_NUM_THREADS": str(max(threads, 1)), "OMP_NUM_THREADS": str(threads),
-           "OPENBLAS_NUM_THREADS": "1" if child == "ours" else str(threads),
-           **(_isa_env(args.isa) if child == "ours" else {})}
+    env["OPENBLAS_NUM_THREADS"] = "1" if child == "ours" else str(threads or os.cpu_count())
+    if child == "ours":
+        env.update(_isa_env(args.isa))
+        env.update(kv.split("=", 1) for kv in args.env)
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -173,71 +264,124 @@ def _spawn(args, child: str, threads: int, head: str = "int8") -> dict:
     raise RuntimeError(f"{child} run failed:\n{out.stderr[-2000:]}")
 
 
+def _threads(spec: str) -> list[int]:
+    return [DEFAULT if s.strip() == "default" else int(s) for s in spec.split(",")]
+
+
+def _thr(t: int) -> str:
+    return "def" if t == DEFAULT else str(t)
+
+
+def print_table(rows: list[dict]) -> None:
+    """One line per run, then ours / bitnet.cpp per situation and thread count."""
+    print(f"{'engine':48s} {'busy':>4s} {'thr':>3s} {'prefill tok/s':>13s} {'decode tok/s':>12s} "
+          f"{'peak RSS GB':>11s} {'cold start s':>12s}")
+    for r in rows:
+        print(f"{r['engine']:48s} {r['busy']:4d} {_thr(r['threads']):>3s} "
+              f"{r['prefill_tok_s']:13.1f} {r['decode_tok_s']:12.2f} {r['peak_rss_gb']:11.2f} "
+              f"{r['cold_start_s']:12.1f}")
+    for r in rows:
+        if not r["engine"].startswith("bitnet_edu"):
+            continue
+        ref = [c for c in rows if c["engine"].startswith("bitnet.cpp")
+               and (c["busy"], c["threads"]) == (r["busy"], r["threads"])]
+        if ref:
+            c = ref[0]
+            print(f"ours / bitnet.cpp, {r['engine'][12:-1]}, busy {r['busy']}, "
+                  f"threads {_thr(r['threads'])}: prefill "
+                  f"{r['prefill_tok_s'] / c['prefill_tok_s']:.2f}x, decode "
+                  f"{r['decode_tok_s'] / c['decode_tok_s']:.2f}x")
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bitnet_edu.bench decode", description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    ap = argparse.ArgumentParser(prog="python -m bitnet_edu.bench decode",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", default="1,2",
+                    help="comma-separated thread counts; 'default': the automatic choice")
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--head", default="int8,int4",
-                    help="comma-separated heads: int8 (default model), int4 (8x smaller), float32 (exact)")
+                    help="comma-separated heads: int8 (default model), int4 (8x smaller), "
+                         "float32 (exact)")
     ap.add_argument("--kernel", default=None)
-    ap.add_argument("--layers", type=int, default=None, help="fewer layers (quick look; not the real shape)")
-    ap.add_argument("--transformers", action="store_true", help="also time transformers (~5 GB, slow)")
-    ap.add_argument("--hf-tokens", type=int, default=4)
+    ap.add_argument("--layers", type=int, default=None,
+                    help="fewer layers (quick look; not the real shape)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="timed runs per configuration; the median is reported")
     ap.add_argument("--isa", default="native", choices=list(ISA_TARGETS),
                     help="compile our kernels for this instruction set (avx2: an AVX2-only laptop)")
     ap.add_argument("--busy", type=int, default=0,
                     help="also measure with this many competing busy processes running")
+    ap.add_argument("--bitnet-cpp", default=None, metavar="DIR",
+                    help="also run bitnet.cpp's DIR/bin/llama-bench (DIR: its build folder)")
+    ap.add_argument("--gguf", default=None,
+                    help="the GGUF for --bitnet-cpp (default: written once from the random model)")
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment for our processes (e.g. NUMBA_THREADING_LAYER=tbb)")
+    ap.add_argument("--transformers", action="store_true",
+                    help="also time transformers (~5 GB, slow)")
+    ap.add_argument("--hf-tokens", type=int, default=4)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--threads-one", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         return _child(args)
-    rows = []
     heads = args.head.split(",")
     bad = [h for h in heads if h not in ("int8", "int4", "float32")]
     if bad:
         ap.error(f"unknown head {bad[0]!r}: choose from int8, int4, float32")
-    situations = [0] + ([args.busy] if args.busy else [])
-    for busy in situations:
+    if any("=" not in kv for kv in args.env):
+        ap.error("--env takes KEY=VALUE")
+    gguf = None
+    if args.bitnet_cpp:
+        if not (Path(args.bitnet_cpp) / "bin" / "llama-bench").exists():
+            ap.error(f"no llama-bench in {args.bitnet_cpp}/bin")
+        gguf = Path(args.gguf) if args.gguf else default_gguf(args.layers)
+        if not gguf.exists():
+            print(f"writing {gguf} (the random model for bitnet.cpp) ...", flush=True)
+            write_gguf(gguf, args.layers)
+    rows = []
+    for busy in [0] + ([args.busy] if args.busy else []):
         procs = [_start_busy() for _ in range(busy)]
         try:
-            for t in [int(s) for s in args.threads.split(",")]:
+            for t in _threads(args.threads):
                 for head in heads:
                     rows.append({**_spawn(args, "ours", t, head), "busy": busy})
+                if gguf is not None:
+                    rows.append({**run_bitnet_cpp(args.bitnet_cpp, gguf, t, args.prompt,
+                                                  args.new, args.repeats), "busy": busy})
                 if args.transformers:
                     rows.append({**_spawn(args, "transformers", t), "busy": busy})
         finally:
             for p in procs:
                 p.kill()
-                p.join()
+                p.wait()
     shape = f"2B4T shape{'' if not args.layers else f' with {args.layers} layers'}"
-    print(f"\n{shape}, random ternary weights, prompt {args.prompt}, decode {args.new} "
-          f"(transformers: {args.hf_tokens} decode tokens); load average now "
-          f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (other processes slow 2 threads most)")
-    print(f"{'engine':46s} {'busy':>4s} {'thr':>3s} {'prefill tok/s':>13s} {'decode tok/s':>12s} "
-          f"{'peak RSS GB':>11s} {'cold start s':>12s}")
-    for r in rows:
-        print(f"{r['engine']:46s} {r['busy']:4d} {r['threads']:3d} {r['prefill_tok_s']:13.1f} "
-              f"{r['decode_tok_s']:12.2f} {r['peak_rss_gb']:11.2f} {r['cold_start_s']:12.1f}")
+    print(f"\n{shape}, random ternary weights, prompt {args.prompt}, decode {args.new}, "
+          f"median of {args.repeats} runs (transformers: {args.hf_tokens} decode tokens); "
+          f"load average now {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+          + ("; busy N: N competing busy processes" if args.busy else ""))
+    print_table(rows)
     rows = [r for r in rows if r["busy"] == 0]  # targets: the unloaded machine
     for t in sorted({r["threads"] for r in rows}):
         ours = [r for r in rows if r["threads"] == t and r["engine"].startswith("bitnet_edu")]
         ours = sorted(ours, key=lambda r: -r["decode_tok_s"])
         hf = [r for r in rows if r["threads"] == t and r["engine"].startswith("transformers")]
         if ours and hf:
-            print(f"decode speed-up vs transformers at {t} thread(s): "
+            print(f"decode speed-up vs transformers at {_thr(t)} thread(s): "
                   f"{ours[0]['decode_tok_s'] / hf[0]['decode_tok_s']:.1f}x")
     ours = [r for r in rows if r["engine"].startswith("bitnet_edu")]
-    for head in dict.fromkeys(r["engine"] for r in ours):  # targets per head: its best thread count
+    for head in dict.fromkeys(r["engine"] for r in ours):  # targets per head: best thread count
         mine = [r for r in ours if r["engine"] == head]
         best = {k: (min if k == "peak_rss_gb" else max)(r[k] for r in mine) for k in TARGETS}
+        met = {k: best[k] <= v if k == "peak_rss_gb" else best[k] >= v for k, v in TARGETS.items()}
         print(f"targets, {head}: " + ", ".join(
-            f"{k} {best[k]:.2f} ({'met' if (best[k] <= v if k == 'peak_rss_gb' else best[k] >= v) else 'not met'}"
-            f", target {v})" for k, v in TARGETS.items()))
-    for mode in ("int8", "int4"):
-        acc = head_accuracy(mode)
-        print(f"{mode} head accuracy cost (16k random rows, 64 random hidden states): max relative logit "
-              f"error {acc['max_rel_err']:.2e}, top-1 agreement {acc['top1_agree']:.3f}, float top-1 in "
-              f"its top-5 {acc['top1_in_top5']:.3f}")
+            f"{k} {best[k]:.2f} ({'met' if met[k] else 'not met'}, target {v})"
+            for k, v in TARGETS.items()))
+    if not args.layers:  # the accuracy lines are about the real table size
+        for mode in ("int8", "int4"):
+            acc = head_accuracy(mode)
+            print(f"{mode} head accuracy cost (16k random rows, 64 random hidden states): max "
+                  f"relative logit error {acc['max_rel_err']:.2e}, top-1 agreement "
+                  f"{acc['top1_agree']:.3f}, float top-1 in its top-5 {acc['top1_in_top5']:.3f}")
     return 0

@@ -18,8 +18,10 @@ unsigned ``w ^ 0x80 = w + 128`` in the register (one XOR), the activations stay 
 and the correction ``128 * sum_b(s_b * sum_{i in b} x_i)`` is one number per token, computed
 once.  AVX2 has no ``vpdpbusd``: there the signed table is multiplied as
 ``|w| x (x * sign(w))`` (``vpabsb``, ``vpsignb``, ``vpmaddubsw``, ``vpmaddwd``; exact, no
-correction), half the instructions of splitting ``w + 128`` into two unsigned halves.  Per row and block: 4 x (one 64-byte table load, one XOR, one activation load from L1,
-one ``vpdpbusd``), then the 16 int32 lanes are converted to float and multiplied by the block
+correction), half the instructions of splitting ``w + 128`` into two unsigned halves.
+
+Per row and block: 4 x (one 64-byte table load, one XOR, one activation load from L1, one
+``vpdpbusd``), then the 16 int32 lanes are converted to float and multiplied by the block
 scale into 16 float lanes; one horizontal sum per row at the end.
 
     >>> xq, xs, corr = quantize_blocks(x)         # x float32 [T, n]
