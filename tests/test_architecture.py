@@ -21,6 +21,7 @@ LAYERS = {
     "norm": 0,            # the one NumPy RMSNorm
     "tokenizer": 0,
     "numba_cache": 0,     # where compiled kernels are cached (keyed on their sources)
+    "cpu_threads": 0,     # how many threads, and how they wait (measured policy)
     "quant": 1,
     "memory": 1.5, "energy": 1.5,    # arithmetic on a config
     "packing": 2,

@@ -15,7 +15,7 @@ import numba
 import pytest
 
 from bitnet_edu.bench import decode
-from bitnet_edu.model import transformer
+from bitnet_edu import cpu_threads
 from bitnet_edu.model.random import random_model
 
 FAKE_LLAMA_BENCH = """\
@@ -85,7 +85,7 @@ def test_busy_program_is_seen_and_auto_threads_leave_its_core():
     busy = decode._start_busy()
     try:
         time.sleep(0.5)
-        seen = [transformer.cpus_busy_elsewhere() for _ in range(20)]
+        seen = [cpu_threads.cpus_busy_elsewhere() for _ in range(20)]
     finally:
         busy.kill()
         busy.wait()
@@ -98,8 +98,8 @@ def test_auto_threads_follow_the_load(monkeypatch):
     prev = numba.get_num_threads()
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     for busy, want in ((0, min(prev, 2)), (1, 1), (5, 1)):
-        monkeypatch.setattr(transformer, "_BUSY", transformer._BusyCpus(keep=1))
-        monkeypatch.setattr(transformer, "cpus_busy_elsewhere", lambda b=busy: b)
+        monkeypatch.setattr(cpu_threads, "BUSY", cpu_threads.BusyCpus(keep=1))
+        monkeypatch.setattr(cpu_threads, "cpus_busy_elsewhere", lambda b=busy: b)
         with m._numba_threads():
             assert numba.get_num_threads() == want
         m.threads = 2  # an explicit count is kept whatever the load
@@ -111,8 +111,8 @@ def test_auto_threads_follow_the_load(monkeypatch):
 
 def test_busy_readings_keep_the_least_of_the_last_few(monkeypatch):
     readings = iter([0, 3, 1, 1, 1])
-    monkeypatch.setattr(transformer, "cpus_busy_elsewhere", lambda: next(readings))
-    b = transformer._BusyCpus(keep=3)
+    monkeypatch.setattr(cpu_threads, "cpus_busy_elsewhere", lambda: next(readings))
+    b = cpu_threads.BusyCpus(keep=3)
     assert [b.recent() for _ in range(5)] == [0, 0, 0, 1, 1]
 
 
@@ -126,3 +126,14 @@ def random_model_config() -> dict:
 def test_bad_arguments_are_usage_errors(args):
     with pytest.raises(SystemExit):
         decode.main(args)
+
+
+@pytest.mark.parametrize("given, want", [({}, "10000"), ({"GOMP_SPINCOUNT": "7"}, "7"),
+                                         ({"OMP_WAIT_POLICY": "active"}, None)])
+def test_openmp_spin_default_is_set_before_openmp_loads(given, want):
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    code = ("import os, bitnet_edu.kernels, numba\n"
+            "print(os.environ.get('GOMP_SPINCOUNT'), numba.config.THREADING_LAYER)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**env, **given}, timeout=120)
+    assert out.stdout.split()[0] == str(want), out.stderr[-2000:]

@@ -47,6 +47,7 @@ ISA_TARGETS = {
     "portable": {"NUMBA_CPU_NAME": "generic", "NUMBA_CPU_FEATURES": "+64bit,+sse2,+sse"},
 }
 DEFAULT = 0  # --threads "default": nothing set, the engine chooses
+_USER_ENV = dict(os.environ)  # bitnet.cpp runs in it (importing our kernels sets GOMP_SPINCOUNT)
 
 
 def _isa_env(name: str) -> dict:
@@ -219,7 +220,7 @@ def run_bitnet_cpp(build: str, gguf: Path, threads: int, prompt: int, new: int,
     exe = Path(build) / "bin" / "llama-bench"
     cmd = [str(exe), "-m", str(gguf), "-p", str(prompt), "-n", str(new), "-r", str(repeats),
            "-o", "jsonl"] + (["-t", str(threads)] if threads else [])
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=_USER_ENV)
     if out.returncode:
         raise RuntimeError(f"{exe} failed:\n{out.stderr[-2000:]}")
     return {"engine": f"bitnet.cpp ({Path(build).name}, head f16)", "threads": threads,

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import importlib
 
-from .. import numba_cache
+from .. import cpu_threads, numba_cache
 
 numba_cache.configure()  # before any cached kernel is defined: one cache per source version
+cpu_threads.configure_openmp()  # before OpenMP loads: short spin at barriers (see cpu_threads)
 
 from ._base import Kernel, Packed  # noqa: E402,F401
 from .reference import reference_matmul  # noqa: E402,F401

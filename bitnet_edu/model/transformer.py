@@ -16,7 +16,6 @@ readable, records a trace) and ``_layer_fast`` (Numba fused glue from :mod:`.fus
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 import warnings
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from .. import kernels
+from .. import cpu_threads, kernels
 from ..kernels import head as head_kernel
 from ..kernels import selfcheck
 from . import fused
@@ -36,42 +35,6 @@ from .layers import KVCache, apply_rope, attention, quantize_act, relu2_glu, rms
 __all__ = ["BitNetModel", "LayerWeights", "Head"]
 
 _ROPE_LOCK = threading.Lock()  # growth of a model's RoPE tables (BitNetModel._rope)
-
-
-def cpus_busy_elsewhere() -> int:
-    """How many CPUs other programs keep busy right now: the machine's runnable threads (the
-    "running" count of ``/proc/loadavg``, taken at this instant, unlike the load averages) minus
-    this process's own running threads.  0 where ``/proc`` is missing (not Linux)."""
-    try:
-        with open("/proc/loadavg") as f:
-            running = int(f.read().split()[3].split("/")[0])
-        mine = 0
-        for tid in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                stat = f.read()
-            mine += stat[stat.rindex(")") + 2] == "R"  # the state letter follows "(name) "
-    except (OSError, ValueError, IndexError):
-        return 0
-    return max(0, running - mine)
-
-
-class _BusyCpus:
-    """:func:`cpus_busy_elsewhere`, the least of its last few readings (one per forward pass),
-    so that a program that runs for an instant does not take a thread away from a whole run,
-    while one that stays busy does within a few tokens."""
-
-    def __init__(self, keep: int = 3):
-        self.readings, self.keep = [], keep
-        self.lock = threading.Lock()
-
-    def recent(self) -> int:
-        now = cpus_busy_elsewhere()
-        with self.lock:
-            self.readings = (self.readings + [now])[-self.keep:]
-            return min(self.readings)
-
-
-_BUSY = _BusyCpus()
 
 
 @dataclass
@@ -197,9 +160,7 @@ class BitNetModel:
         # Numba threads for the forward pass; None = auto: the current Numba setting, but one
         # thread for a small model, where waking a second thread for every matmul costs more than
         # the matmul (measured: the 1.8 MB default model decodes ~15x faster on one thread), and
-        # no more threads than CPUs other programs leave free (a thread that waits for a busy
-        # core stalls every parallel step: measured 2B4T decode with one busy program on 2 cores,
-        # 4.5 tok/s on 2 threads, 9.7 on 1).
+        # no more threads than CPUs other programs leave free (see cpu_threads).
         self.threads: int | None = None
         # RoPE tables grow with the context actually used (:meth:`_rope`), not sized by
         # max_position_embeddings at load: a config may claim 2**31 positions
@@ -344,8 +305,8 @@ class BitNetModel:
         if self.threads is None:
             if sum(L.nbytes for L in self.layers) < self.SMALL_MODEL_BYTES:
                 n = 1
-            else:  # leave the cores other programs keep busy to them (see cpus_busy_elsewhere)
-                n = min(n, os.cpu_count() - _BUSY.recent())
+            else:  # leave the cores other programs keep busy to them
+                n = cpu_threads.auto_threads(n)
         numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
         try:
             yield
