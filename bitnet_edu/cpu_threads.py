@@ -20,11 +20,15 @@ the same cores (``python -m bitnet_edu.bench decode --busy 1`` measures both sit
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
 import threading
+import time
 
 __all__ = ["SPINCOUNT", "configure_openmp", "openmp_settings", "cpus_busy_elsewhere", "BusyCpus",
-           "BUSY", "auto_threads"]
+           "BUSY", "auto_threads", "busy_programs"]
 
 #: GOMP_SPINCOUNT set by :func:`configure_openmp` unless the user chose a wait policy
 SPINCOUNT = "10000"
@@ -86,3 +90,17 @@ BUSY = BusyCpus()
 def auto_threads(wanted: int) -> int:
     """At most ``wanted`` threads, and no more than the CPUs other programs leave free (>= 1)."""
     return max(1, min(wanted, (os.cpu_count() or 1) - BUSY.recent()))
+
+
+@contextlib.contextmanager
+def busy_programs(n: int = 1):
+    """Run ``n`` competing programs (a pure-Python busy loop each, pinned nowhere: a browser tab
+    spinning, a second notebook training) for the duration of the ``with`` block."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        time.sleep(0.2)  # let them get going before anything is timed
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

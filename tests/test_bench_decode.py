@@ -82,13 +82,10 @@ def test_isa_targets_compile_for_the_named_cpu():
 
 
 def test_busy_program_is_seen_and_auto_threads_leave_its_core():
-    busy = decode._start_busy()
-    try:
-        time.sleep(0.5)
+    with cpu_threads.busy_programs(1) as procs:
+        time.sleep(0.3)
         seen = [cpu_threads.cpus_busy_elsewhere() for _ in range(20)]
-    finally:
-        busy.kill()
-        busy.wait()
+    assert procs[0].poll() is not None  # ended with the block
     assert max(seen) >= 1  # the busy loop is always runnable
 
 

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import cpu_threads
+
 TARGETS = {"decode_tok_s": 22.0, "prefill_tok_s": 110.0, "peak_rss_gb": 0.9}
 
 _X86 = ("+64bit,+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,+sse4.1,+ssse3,+sse3,+sse2,"
@@ -56,12 +58,6 @@ def _isa_env(name: str) -> dict:
         from bitnet_edu.numba_cache import _user_cache_base
         env["BITNET_EDU_CACHE_DIR"] = str(_user_cache_base() / f"isa-{name}")
     return env
-
-
-def _start_busy() -> subprocess.Popen:
-    """A competing program: one core's worth of pure-Python work, pinned nowhere (a plain child
-    process; ``.kill()`` ends it)."""
-    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
 def _peak_rss_gb() -> float:
@@ -343,8 +339,7 @@ def main(argv=None) -> int:
             write_gguf(gguf, args.layers)
     rows = []
     for busy in [0] + ([args.busy] if args.busy else []):
-        procs = [_start_busy() for _ in range(busy)]
-        try:
+        with cpu_threads.busy_programs(busy):
             for t in _threads(args.threads):
                 for head in heads:
                     rows.append({**_spawn(args, "ours", t, head), "busy": busy})
@@ -353,10 +348,6 @@ def main(argv=None) -> int:
                                                   args.new, args.repeats), "busy": busy})
                 if args.transformers:
                     rows.append({**_spawn(args, "transformers", t), "busy": busy})
-        finally:
-            for p in procs:
-                p.kill()
-                p.wait()
     shape = f"2B4T shape{'' if not args.layers else f' with {args.layers} layers'}"
     print(f"\n{shape}, random ternary weights, prompt {args.prompt}, decode {args.new}, "
           f"median of {args.repeats} runs (transformers: {args.hf_tokens} decode tokens); "
