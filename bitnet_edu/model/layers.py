@@ -11,7 +11,7 @@ import numpy as np
 from ..norm import rms_norm  # the one NumPy RMSNorm, re-exported here for the model code
 
 __all__ = ["rms_norm", "quantize_act", "rope_tables", "rotate_half", "apply_rope", "attention",
-           "relu2_glu", "KVCache"]
+           "relu2_glu", "silu_glu", "FFN_ACTIVATIONS", "KVCache"]
 
 
 def quantize_act(x: np.ndarray):
@@ -68,6 +68,20 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, return_pr
 def relu2_glu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     """BitNet's FFN activation: ``relu(gate)**2 * up`` (squared ReLU, gated)."""
     return np.square(np.maximum(gate, 0)) * up
+
+
+def silu_glu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """LLaMA's FFN activation: ``silu(gate) * up`` with ``silu(x) = x * sigmoid(x)``.  Not
+    BitNet's: here for the lesson 04 case study (a runtime that builds 2B4T's FFN with SiLU
+    instead of ReLU², microsoft/BitNet issue #588)."""
+    gate = np.asarray(gate, np.float32)
+    with np.errstate(over="ignore"):  # exp(-x) overflows to inf for x < -88: sigmoid -> 0, exact
+        sig = np.float32(1.0) / (np.float32(1.0) + np.exp(-gate))
+    return (gate * sig * up).astype(np.float32)
+
+
+#: the FFN activations ``BitNetModel.ffn_activation`` accepts: name -> gated NumPy function
+FFN_ACTIVATIONS = {"relu2": relu2_glu, "silu": silu_glu}
 
 
 class KVCache:

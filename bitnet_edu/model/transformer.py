@@ -30,7 +30,8 @@ from ..kernels import selfcheck
 from . import fused
 from ..formats.schema import NORMS, RowBlocks, expected_tensors
 from .config import BitNetConfig
-from .layers import KVCache, apply_rope, attention, quantize_act, relu2_glu, rms_norm, rope_tables
+from .layers import (FFN_ACTIVATIONS, KVCache, apply_rope, attention, quantize_act, rms_norm,
+                     rope_tables)
 
 __all__ = ["BitNetModel", "LayerWeights", "Head"]
 
@@ -157,6 +158,7 @@ class BitNetModel:
         # transformers' 2B4T); True/False = a GGUF's tokenizer.ggml.add_bos_token (llama.cpp)
         self.add_bos_token: bool | None = None
         self.fast = True  # False: use the NumPy reference glue (slower, same numbers)
+        self.ffn_activation = "relu2"  # the FFN's gated activation (see the property)
         # Numba threads for the forward pass; None = auto: the current Numba setting, but one
         # thread for a small model, where waking a second thread for every matmul costs more than
         # the matmul (measured: the 1.8 MB default model decodes ~15x faster on one thread), and
@@ -166,6 +168,21 @@ class BitNetModel:
         # max_position_embeddings at load: a config may claim 2**31 positions
         self._cos = self._sin = np.zeros((0, config.head_dim), np.float32)
         self.last_stats: dict = {}
+
+    @property
+    def ffn_activation(self) -> str:
+        """The FFN's gated activation: ``"relu2"`` (BitNet's, the default) or ``"silu"``
+        (LLaMA's: a deliberately wrong model, lesson 04's "fast but wrong" case study).  Any
+        other name is a ValueError.  Anything but ``"relu2"`` runs the NumPy reference path
+        (as ``fast = False``); the fused Numba glue computes ReLU² only."""
+        return self._ffn_activation
+
+    @ffn_activation.setter
+    def ffn_activation(self, name: str) -> None:
+        if not isinstance(name, str) or name not in FFN_ACTIVATIONS:
+            raise ValueError(f"ffn_activation must be one of {sorted(FFN_ACTIVATIONS)}, "
+                             f"got {name!r}")
+        self._ffn_activation = name
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -354,7 +371,7 @@ class BitNetModel:
             trace.append({"embedding": x.copy()})
         with self._numba_threads():
             for i, L in enumerate(self.layers):
-                if trace is not None or not self.fast:
+                if trace is not None or not self.fast or self.ffn_activation != "relu2":
                     x = self._layer_reference(i, L, x, cache, start, trace)
                 else:
                     x = self._layer_fast(i, L, x, cache, start)
@@ -437,7 +454,7 @@ class BitNetModel:
         gu = self._linear(L.gate_up, *quantize_act(z), 1.0)
         f = c.intermediate_size
         gate, up = gu[:, :f] * L.gate_up_scales[0], gu[:, f:] * L.gate_up_scales[1]
-        act = relu2_glu(gate, up)
+        act = FFN_ACTIVATIONS[self.ffn_activation](gate, up)
         actn = rms_norm(act, L.ffn_sub_norm, eps)
         out = hid + self._linear(L.down, *quantize_act(actn), L.down_scale)
         if trace is not None:
