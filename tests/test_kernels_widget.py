@@ -28,3 +28,28 @@ def test_controls_update_figure():
     assert "T-MAC offset" in wd.label.value
     with pytest.raises(ValueError, match="multiple of 12"):
         LookupTableStepper(k=10)
+
+
+def test_kernel_race_medians_spread_and_16bit_baseline(monkeypatch):
+    from bitnet_edu import kernels
+    from bitnet_edu.bench import kernels as bench
+    from bitnet_edu.widgets import kernel_race
+    from bitnet_edu.widgets.kernel_race import KernelRace
+
+    monkeypatch.setattr(bench, "loadavg", lambda: 3.0)  # a busy machine: the warning shows
+    w = KernelRace(repeat=3)
+    res = w.race()
+    assert list(res) == kernels.available() + ["numpy float32"]
+    for name, ms in res.items():
+        lo, hi = w.spread[name]
+        assert lo <= ms <= hi
+    assert list(w.figure.data[0].y) == list(res.values())
+    assert len(w.figure.data[0].error_y.array) == len(res)
+    (b16, ms16), = w.baseline16.items()
+    assert b16 in ("torch bf16", "numpy float16") and w.figure.data[1].y[0] == ms16 > 0
+    assert "load average 3.00" in w.status.value and "busy" in w.status.value
+    # without torch, NumPy float16 stands in
+    wf = np.ones((4, 8), np.float32)
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)
+    name, fn = kernel_race._baseline16(wf, np.ones((1, 8), np.float32))
+    assert name == "numpy float16" and fn().dtype == np.float16 and float(fn()[0, 0]) == 8
