@@ -116,3 +116,62 @@ def test_check_names_are_unique_across_stages():
                 assert name not in owner, f"{name} defined in both {owner[name]} and {m.name}"
                 owner[name] = m.name
                 assert getattr(pkg, name).__module__.endswith(m.name)
+
+
+def _tiny_solution(answer_source="**Answer.** 42, measured above."):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("from bitnet_edu import checks"),
+        nbformat.v4.new_code_cell("def f(x):\n    ### BEGIN SOLUTION\n    return x\n    ### END SOLUTION\n\n\n"
+                                  "checks.check_sqnr(f)"),
+        nbformat.v4.new_markdown_cell("## Questions\n\n* Why?"),
+        nbformat.v4.new_markdown_cell(answer_source, metadata={"tags": ["answer"]}),
+        nbformat.v4.new_code_cell("print('answer code')", metadata={"tags": ["answer", "other"]}),
+    ]
+    return nb
+
+
+def test_answer_cells_are_dropped_from_the_student_copy():
+    nb = _tiny_solution()
+    student = mk.student_notebook(mk.mark_for_nbgrader(nb))
+    text = mk.render(student)
+    assert "42, measured" not in text and "answer code" not in text
+    assert "## Questions" in text  # the prompt stays
+    # the solution notebook keeps them, marked as ungraded nbgrader solution cells
+    marked = mk.mark_for_nbgrader(nb)
+    answers = [c for c in marked.cells if mk.is_answer(c)]
+    assert len(answers) == 2
+    assert all(c.metadata.nbgrader["solution"] and not c.metadata.nbgrader["grade"] for c in answers)
+
+
+def test_solution_and_check_in_one_cell_are_split_for_nbgrader():
+    marked = mk.mark_for_nbgrader(_tiny_solution())
+    sol, test = marked.cells[1], marked.cells[2]
+    assert sol.source.endswith("### END SOLUTION") and test.source == "checks.check_sqnr(f)"
+    assert sol.metadata.nbgrader == {"grade": False, "grade_id": "solution_f", "locked": False,
+                                     "schema_version": 3, "solution": True}
+    assert test.metadata.nbgrader == {"grade": True, "grade_id": "check_sqnr", "locked": True,
+                                      "points": 1, "schema_version": 3, "solution": False}
+    assert mk.render(mk.mark_for_nbgrader(marked)) == mk.render(marked), "marking is idempotent"
+
+
+def test_check_mode_catches_a_changed_answer_cell(tmp_path, capsys):
+    (tmp_path / "solutions").mkdir()
+    src = tmp_path / "solutions" / "01_x.ipynb"
+    nbformat.write(_tiny_solution(), src)
+    assert mk.main(["--root", str(tmp_path)]) == 0
+    assert mk.main(["--root", str(tmp_path), "--check"]) == 0
+    ex = tmp_path / "exercises" / "01_x.ipynb"
+    assert "42, measured" not in ex.read_text()
+    # someone edits the exercise by hand: drift
+    ex.write_text(ex.read_text().replace("## Questions", "## Questions (edited)"))
+    assert mk.main(["--root", str(tmp_path), "--check"]) == 1
+    assert "out of date: exercises/01_x.ipynb" in capsys.readouterr().out
+    assert mk.main(["--root", str(tmp_path)]) == 0
+    # an answer cell that loses its tag would leak to students: drift too
+    nb = nbformat.read(src, as_version=4)
+    for c in nb.cells:
+        if mk.is_answer(c) and c.cell_type == "markdown":
+            c.metadata.tags = []
+    nbformat.write(nb, src)
+    assert mk.main(["--root", str(tmp_path), "--check"]) == 1
