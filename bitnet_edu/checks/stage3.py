@@ -1,17 +1,30 @@
-"""Checks for stage 3 (kernels): naive GEMV, the TL1 table, an I2_S byte, the T-MAC table.
+"""Checks for Lesson 03 (kernels): naive GEMV, the TL1 table, an I2_S byte, the T-MAC table,
+a Numba GEMV that beats ``naive``, and a decode roofline estimate.
 
 Each check compares the student's function with the package's kernels on random inputs and
-on the extremes (all +1 / all -1 weights, activations -128 and 127).
+on the extremes (all +1 / all -1 weights, activations -128 and 127), and names the classic
+mistakes it recognises (int8/int16 overflow in the accumulator, a forgotten offset, bits
+counted as bytes, ...).
 """
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
+import os
+import sys
+import time
+
 import numpy as np
 
+from .. import kernels as K
+from ..config import BitNetConfig
 from ..kernels import mad, reference_matmul, tl1, tmac
+from . import _core
 from ._core import as_array, check, expect_equal, student_call
 
-__all__ = ["check_naive_gemv", "check_tl1_table", "check_decode_i2s_byte", "check_tmac_table"]
+__all__ = ["check_naive_gemv", "check_tl1_table", "check_decode_i2s_byte", "check_tmac_table",
+           "check_fast_gemv", "check_roofline_tok_s"]
 
 
 @check
@@ -62,3 +75,216 @@ def check_tmac_table(build_tmac_table):
         want = tmac.build_table(x4.reshape(1, 4))[0, 0]
         what = f"T-MAC table for x = {x4.tolist()}"
         expect_equal(as_array(student_call(build_tmac_table, x4), what).reshape(-1), want, what)
+
+
+# --- a Numba GEMV that beats naive ---------------------------------------------------------------
+
+OVERFLOW = "int8/int16 overflow in the accumulator"
+
+
+def _wrap(v, bits):
+    v = np.asarray(v, np.int64)
+    half = 1 << (bits - 1)
+    return (v + half) % (1 << bits) - half
+
+
+def _gemv_cases():
+    rng = np.random.default_rng(3)
+    cases = {
+        "random [64, 512]": (rng.integers(-1, 2, (64, 512)), rng.integers(-128, 128, 512)),
+        "random [37, 300] (`in` not a multiple of 4 or 128)": (rng.integers(-1, 2, (37, 300)),
+                                                              rng.integers(-128, 128, 300)),
+        "all -1 weights, x = -128, in = 1024 (sum 131072)": (-np.ones((3, 1024)),
+                                                             np.full(1024, -128)),
+        "all +1 weights, x = 127, in = 640": (np.ones((2, 640)), np.full(640, 127)),
+        "mixed signs, x in {-128, 127}": (rng.integers(-1, 2, (16, 768)),
+                                          rng.choice([-128, 127], 768)),
+        "one row [1, 1]": (np.array([[-1]]), np.array([-128])),
+    }
+    return {k: (w.astype(np.int8), x.astype(np.int8)) for k, (w, x) in cases.items()}
+
+
+@contextlib.contextmanager
+def _numba_deadline(fn, seconds):
+    """A hard deadline for compiled code: a loop inside an @njit function holds the interpreter,
+    so neither the check's timeout nor Kernel -> Interrupt can stop it.  faulthandler's watchdog
+    runs in C: at the deadline it ends the process (the notebook says "kernel died" / restarts)
+    instead of leaving the cell hanging for ever."""
+    if not hasattr(fn, "py_func") or seconds <= 0 or not hasattr(faulthandler, "dump_traceback_later"):
+        yield
+        return
+    devnull = open(os.devnull, "w")
+    try:
+        faulthandler.dump_traceback_later(seconds, exit=True, file=devnull)
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        devnull.close()
+
+
+def _diagnose_gemv(got, w, x, want, what):
+    """A named classic mistake when ``got`` matches one, else None."""
+    g = np.asarray(got).astype(np.int64).reshape(-1)
+    want64 = want.astype(np.int64)
+    x64 = x.astype(np.int64)
+    if g.size != want.size:
+        if g.size == w.shape[1]:
+            return (f"{what}: {g.size} values, one per *input*: the result has one value per output "
+                    f"row (`out` = {w.shape[0]}); did you sum over the wrong axis?")
+        return f"{what}: expected {want.size} values (one per output row), got {g.size}"
+    if np.array_equal(g, want64):
+        return None
+    for bits in (8, 16):
+        if np.array_equal(g, _wrap(want64, bits)) and np.abs(want64).max() >= 1 << (bits - 1):
+            return (f"{what}: {OVERFLOW} — your sums wrapped around modulo 2**{bits} (the true "
+                    f"sums reach {int(np.abs(want64).max())}); accumulate in int32")
+    neg = -x64
+    neg_wrapped = np.where(x64 == -128, -128, neg)  # -(-128) computed in int8 is -128
+    wrong_neg = (w == 1).astype(np.int64) @ x64 + (w == -1).astype(np.int64) @ neg_wrapped
+    if not np.array_equal(wrong_neg, want64) and np.array_equal(g, wrong_neg):
+        return (f"{what}: {OVERFLOW} — negating an int8 -128 gives -128 again, so weights of -1 "
+                f"on x = -128 contribute -128 instead of +128; widen x to int32 *before* negating")
+    if np.array_equal(g, want64 + x64.sum()) and x64.sum() != 0:
+        return (f"{what}: every row is off by exactly sum(x) = {int(x64.sum())}: with codes "
+                f"c = w + 1 you must subtract sum(x) once (the offset trick)")
+    if np.array_equal(g, -want64) and want64.any():
+        return f"{what}: every value has the wrong sign: are your codes for +1 and -1 swapped?"
+    return None
+
+
+def _sweep_ms(fn, packed, x, repeat):
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn(packed, x)
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(ts)), float(min(ts)), float(max(ts))
+
+
+def _timed(fn, packed, x, repeat):
+    """Median ms of fn(packed, x): one warm-up call (compiles), fewer repeats if it is slow."""
+    t0 = time.perf_counter()
+    fn(packed, x)  # compile / warm up
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fn(packed, x)
+    one = time.perf_counter() - t0
+    reps = repeat if one < 0.05 else 1
+    return _sweep_ms(fn, packed, x, reps) + (first,)
+
+
+@check
+def check_fast_gemv(pack, gemv, naive=None, shape=(2048, 2048), repeat=9):
+    """``pack(w int8 [out, in]) -> your layout``; ``gemv(packed, x int8 [in]) -> int32 [out]``
+    equal to ``w @ x`` on every case; then timed against your ``naive(w, x)`` (optional) and
+    ``kernels.get("naive")`` on ``shape`` (pass = exact; the speed is reported)."""
+    for what, (w, x) in _gemv_cases().items():
+        want = reference_matmul(w, x)
+        packed = student_call(pack, w)
+        if packed is None:
+            raise AssertionError(f"pack on {what}: returned None — did you forget `return`?")
+        with _numba_deadline(gemv, _core.TIMEOUT_S + 5):
+            got = student_call(gemv, packed, x)
+        got_a = as_array(got, f"gemv on {what}")
+        if got_a.dtype.kind == "f":
+            raise AssertionError(f"gemv on {what}: returned floats ({got_a.dtype}); the exact "
+                                 f"answer is an integer array (int32): keep the sum in integers")
+        msg = _diagnose_gemv(got_a, w, x, want, f"gemv on {what}")
+        if msg:
+            raise AssertionError(msg)
+        expect_equal(got_a.reshape(-1), want, f"gemv on {what}")
+    # exact everywhere: now the race, on a shape the size of a small projection
+    rng = np.random.default_rng(4)
+    w = rng.integers(-1, 2, shape).astype(np.int8)
+    x = rng.integers(-128, 128, shape[1]).astype(np.int8)
+    kn = K.get("naive")
+    kp = kn.pack(w)
+    ref_ms = _timed(lambda p, v: kn.matmul(p, v), kp, x, repeat)
+    packed = student_call(pack, w)
+    with _numba_deadline(gemv, _core.TIMEOUT_S + 5):
+        mine = student_call(_timed, gemv, packed, x, repeat, copy_args=False)
+    lines = [f"exact on {len(_gemv_cases())} cases. Timing {shape[0]}x{shape[1]} GEMV "
+             f"(median of up to {repeat}, min-max in brackets):",
+             f"  your gemv             {mine[0]:9.3f} ms [{mine[1]:.3f}-{mine[2]:.3f}]"
+             f"  (first call {mine[3]:.2f} s: compile)",
+             f"  kernels.get('naive')  {ref_ms[0]:9.3f} ms [{ref_ms[1]:.3f}-{ref_ms[2]:.3f}]"
+             f"  -> yours is {ref_ms[0] / mine[0]:.2f}x its speed"]
+    if naive is not None:
+        try:
+            own = student_call(_timed, naive, w, x, repeat, copy_args=False)
+            lines.append(f"  your naive            {own[0]:9.3f} ms [{own[1]:.3f}-{own[2]:.3f}]"
+                         f"  -> yours is {own[0] / mine[0]:.2f}x its speed")
+        except NotImplementedError:
+            lines.append("  your naive: not implemented yet (exercise 1), not timed")
+    from ..bench.kernels import busy_warning, loadavg
+    warn = busy_warning(loadavg())
+    if warn:
+        lines.append("  " + warn)
+    if mine[0] > ref_ms[0]:
+        lines.append("  SLOWER than kernels.get('naive'): exact, but not fast yet. Things to "
+                     "look at: is it compiled (@njit)? is the loop over output rows parallel "
+                     "(prange)? does each weight byte you load serve several weights? are the "
+                     "inner loads contiguous?")
+    print("\n".join(lines))
+
+
+# --- the decode roofline -------------------------------------------------------------------------
+
+def _roofline_want(bw, cfg, bits, *, bits_as_bytes=False, head=True, head_ternary=False,
+                   head_twice=False, gib=False):
+    linear = cfg.linear_params * bits / (1 if bits_as_bytes else 8)
+    head_b = cfg.head_params * (bits / 8 if head_ternary else 2.0) * (2 if head_twice else 1)
+    b = linear + (head_b if head else 0)
+    return bw * (2**30 if gib else 1e9) / b
+
+
+_ROOFLINE_MISTAKES = {
+    "bits counted as bytes": (dict(bits_as_bytes=True),
+                              "you counted bits as bytes: a weight of 2 bits is 2/8 of a byte"),
+    "forgot the head": (dict(head=False),
+                        "you forgot the output head (the embedding matrix, vocab x hidden, read "
+                        "in bf16 for every token): it is a large share of the bytes"),
+    "head as ternary": (dict(head_ternary=True),
+                        "the output head / embedding is not ternary: it stays in bf16 (2 bytes)"),
+    "head counted twice": (dict(head_twice=True),
+                           "you counted the tied embedding twice: the head reads the matrix once "
+                           "per token, the embedding lookup only one row"),
+    "GiB": (dict(gib=True), "GB here means 10**9 bytes, not 2**30 (GiB)"),
+    "bits as bytes, no head": (dict(bits_as_bytes=True, head=False),
+                               "you counted bits as bytes *and* forgot the output head"),
+}
+
+
+@check
+def check_roofline_tok_s(decode_tok_s_ceiling, rtol=0.03):
+    """``decode_tok_s_ceiling(bandwidth_gbs, cfg, bits_per_weight) -> tok/s``: bandwidth (GB/s,
+    1 GB = 1e9 bytes) / bytes read per token (linears at ``bits_per_weight``, the head in bf16)."""
+    cases = [(20.0, "2b4t", 2.0), (50.0, "2b4t", 1.58), (8.0, "llama2-7b", 2.0),
+             (20.0, "2b4t", 16.0), (100.0, "llama2-70b", 1.67)]
+    for bw, name, bits in cases:
+        cfg = BitNetConfig.preset(name)
+        want = _roofline_want(bw, cfg, bits)
+        what = f"decode_tok_s_ceiling({bw:g} GB/s, {name}, {bits:g} bits)"
+        got = student_call(decode_tok_s_ceiling, bw, cfg, bits)
+        if got is None:
+            raise AssertionError(f"{what}: returned None — did you forget `return`?")
+        try:
+            g = float(np.asarray(got).reshape(-1)[0]) if np.ndim(got) else float(got)
+        except (TypeError, ValueError, IndexError):
+            raise AssertionError(f"{what}: expected a number of tokens per second, got "
+                                 f"{type(got).__name__}") from None
+        if np.isclose(g, want, rtol=rtol):
+            continue
+        for label, (kw, msg) in _ROOFLINE_MISTAKES.items():
+            alt = _roofline_want(bw, cfg, bits, **kw)
+            if not np.isclose(alt, want, rtol=rtol) and np.isclose(g, alt, rtol=rtol):
+                raise AssertionError(f"{what}: got {g:.4g} tok/s, expected about {want:.4g}: {msg}")
+        if g > 0 and np.isclose(1 / g, want, rtol=rtol):
+            raise AssertionError(f"{what}: got {g:.4g}, which is seconds per token: return tokens "
+                                 f"per second (its inverse)")
+        if g > 0 and np.isclose(1e3 / g, want, rtol=rtol):
+            raise AssertionError(f"{what}: got {g:.4g}, which looks like ms per token: return "
+                                 f"tokens per second")
+        raise AssertionError(f"{what}: got {g:.4g} tok/s, expected about {want:.4g} (within "
+                             f"{rtol:.0%}). Hint: count the bytes one token reads — every weight "
+                             f"of every linear once, and what else?")
