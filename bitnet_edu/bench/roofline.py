@@ -54,21 +54,22 @@ def tok_s_ceiling(bandwidth_gbs: float, n_bytes: float) -> float:
     return bandwidth_gbs * 1e9 / n_bytes
 
 
-def kernel_rows(race: dict, config=None, threads: int | None = None) -> list[dict]:
+def kernel_rows(race: dict, config=None, threads: int | None = None,
+                bandwidth_gbs: float | None = None) -> list[dict]:
     """Per kernel at T = 1 (decode): the roofline of the *linears* at its own bits per weight,
     the tok/s its measured GEMV speed would give on them, and the fraction of the roofline.
 
     The GEMV was timed on one shape of the race; its time per weight is scaled to all the
     linear weights of ``config`` (default 2B4T).  ``bound`` is "memory" when the kernel streams
-    its weights at >= :data:`MEMORY_BOUND_FRACTION` of the bandwidth measured in the same run,
-    else "compute".  ``threads=None``: the thread count whose GEMVs were fastest in the run.  Times: the median, with the min-max range as ``tok_s_lo`` / ``tok_s_hi``.
+    its weights at >= :data:`MEMORY_BOUND_FRACTION` of the bandwidth (``bandwidth_gbs``, default:
+    the one the race measured with that thread count), else "compute".  ``threads=None``: the thread count whose GEMVs were fastest in the run.  Times: the median, with the min-max range as ``tok_s_lo`` / ``tok_s_hi``.
     """
     c = _cfg(config)
     if threads is None:  # the thread count that decoded fastest in this run (on a busy machine: 1)
         tot = {th: sum(r["ms"] for r in race["rows"] if r["T"] == 1 and r["threads"] == th)
                for th in race["threads"]}
         threads = min((th for th in tot if tot[th] > 0), key=tot.get, default=max(race["threads"]))
-    bw = race["bandwidth_gbs"][str(threads)]
+    bw = bandwidth_gbs or race["bandwidth_gbs"][str(threads)]
     out = []
     rows = [r for r in race["rows"] if r["T"] == 1 and r["threads"] == threads]
     shape = max({(r["out"], r["in"]) for r in rows}, key=lambda s: s[0] * s[1]) if rows else None
