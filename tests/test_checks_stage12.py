@@ -1,4 +1,4 @@
-"""The stage 1–2 exercise checks: a right answer passes, a stub is NOT IMPLEMENTED, a subtly wrong
+"""The Lesson 01–02 exercise checks: a right answer passes, a stub is NOT IMPLEMENTED, a subtly wrong
 answer FAILs with a message that names the mistake, and nothing ever raises out of a check."""
 
 import numpy as np
@@ -108,6 +108,46 @@ def correct_forward(x, wq, ws, norm_weight=None):
     return (xq.astype(np.int32) @ wq.T.astype(np.int32)).astype(np.float32) * xs * np.float32(ws)
 
 
+def _mult_sqnr(w, m, clip=True, ref=np.mean):
+    s = m * float(ref(np.abs(w)))
+    q = np.rint(w / s)
+    q = np.clip(q, -1, 1) if clip else q
+    return quant.sqnr_db(w, q * s)
+
+
+def best_multiplier(w, multipliers):
+    return max(multipliers, key=lambda m: _mult_sqnr(w, m))
+
+
+def best_multiplier_argmin(w, multipliers):
+    return min(multipliers, key=lambda m: _mult_sqnr(w, m))
+
+
+def best_multiplier_no_clip(w, multipliers):
+    return max(multipliers, key=lambda m: _mult_sqnr(w, m, clip=False))
+
+
+def best_multiplier_max(w, multipliers):
+    return max(multipliers, key=lambda m: _mult_sqnr(w, m, ref=np.max))
+
+
+def best_multiplier_default(w, multipliers):
+    return 1.0
+
+
+def best_multiplier_index(w, multipliers):
+    return int(np.argmax([_mult_sqnr(w, m) for m in multipliers]))
+
+
+def best_multiplier_first_grid(w, multipliers):  # assumes the candidates are sorted: ignores order
+    return [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0][
+        int(np.argmax([_mult_sqnr(w, m) for m in multipliers]))]
+
+
+def ste_twice(x, xq):  # x enters twice where autograd sees it
+    return x + x + (xq - 2 * x).detach()
+
+
 def correct_matmul(xq, xs, wq, ws):
     return (xq.astype(np.int32) @ wq.T.astype(np.int32)).astype(np.float32) * xs * np.float32(ws)
 
@@ -117,6 +157,7 @@ CORRECT = {
     "check_absmax_int8": quant.absmax_int8,
     "check_pack_hf": packing.pack_hf,
     "check_sqnr": quant.sqnr_db,
+    "check_best_multiplier": best_multiplier,
     "check_ste": bitlinear.ste,
     "check_rms_norm": bitlinear.rms_norm,
     "check_int_accumulate_rescale": correct_matmul,
@@ -132,8 +173,15 @@ WRONG = [  # (check, wrong function, words the FAIL message must contain)
     ("check_absmax_int8", absmax_inverse_scale, "max|x| / 127"),
     ("check_pack_hf", pack_consecutive, "CONSECUTIVE"),
     ("check_sqnr", sqnr_20log, "10·log10"),
+    ("check_best_multiplier", best_multiplier_argmin, "LOWEST"),
+    ("check_best_multiplier", best_multiplier_no_clip, "not clipped"),
+    ("check_best_multiplier", best_multiplier_max, "MEAN"),
+    ("check_best_multiplier", best_multiplier_default, "absmean itself"),
+    ("check_best_multiplier", best_multiplier_index, "INDEX"),
+    ("check_best_multiplier", best_multiplier_first_grid, "another order"),
     ("check_ste", ste_no_detach, "gradient"),
     ("check_ste", ste_returns_xq, "does not depend on x"),
+    ("check_ste", ste_twice, "twice"),
     ("check_rms_norm", rms_layernorm, "LayerNorm"),
     ("check_rms_norm", rms_no_eps, "eps"),
     ("check_int_accumulate_rescale", matmul_int8, "int32"),

@@ -21,7 +21,8 @@ from ._core import as_array, check, expect_close, expect_dtype, expect_equal, st
 if os.environ.get("NBGRADER_EXECUTION") in ("autograde", "validate"):
     os.environ.setdefault("BITNET_EDU_GRADING", "1")
 
-__all__ = ["check_absmean_ternary", "check_absmax_int8", "check_pack_hf", "check_sqnr"]
+__all__ = ["check_absmean_ternary", "check_absmax_int8", "check_pack_hf", "check_sqnr",
+           "check_best_multiplier"]
 
 
 def _cases(seed: int = 0) -> dict:
@@ -157,3 +158,68 @@ def check_sqnr(sqnr_db):
     same = _number(student_call(sqnr_db, w, w), "an exact copy")
     if not (np.isinf(float(same)) and float(same) > 0):
         raise AssertionError(f"an exact copy has no noise: return float('inf'), got {same!r}")
+
+
+def _ternary_sqnr(w, m: float, *, clip: bool = True, ref: str = "mean") -> float:
+    """SQNR of ternary rounding of ``w`` with scale ``m * mean|w|`` (or ``m * max|w|``)."""
+    base = float(np.mean(np.abs(w))) if ref == "mean" else float(np.max(np.abs(w)))
+    s = max(m * base, 1e-5)
+    q = np.rint(w / s)
+    if clip:
+        q = np.clip(q, -1, 1)
+    return quant.sqnr_db(w, q * s)
+
+
+def _best(w, grid, **kw) -> float:
+    return grid[int(np.argmax([_ternary_sqnr(w, m, **kw) for m in grid]))]
+
+
+@check
+def check_best_multiplier(best_multiplier):
+    """``best_multiplier(w, multipliers)``: the candidate ``m`` whose ternary rounding with scale
+    ``m * mean|w|`` has the highest SQNR — found by measuring every candidate.
+
+    The answers on all cases are collected first, then compared with what each classic mistake
+    would return on *every* case (argmin, no clipping, a max-based scale, always x1.0), so the
+    message names the mistake and not a coincidence on one case.
+    """
+    rng = np.random.default_rng(1)
+    grid = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0]
+    cases = [("Gaussian weights [64, 256]", rng.normal(0, 0.02, (64, 256)), grid),
+             ("Laplace weights [64, 256]", rng.laplace(0, 0.02, (64, 256)), grid),
+             ("uniform weights [32, 128]", rng.uniform(-0.05, 0.05, (32, 128)), grid),
+             ("Gaussian, candidates in another order", rng.normal(0, 1.0, (48, 64)),
+              [1.0, 3.0, 0.5, 2.0, 1.25, 0.75, 2.5, 1.5, 1.75])]
+    got, rows = [], []
+    for name, w, cand in cases:
+        w = w.astype(np.float32)
+        scores = {m: _ternary_sqnr(w, m) for m in cand}
+        best = max(scores, key=scores.get)
+        g = _number(student_call(best_multiplier, w, list(cand)), f"{name}: your multiplier")
+        if g not in scores:
+            if float(g).is_integer() and 0 <= int(g) < len(cand) and cand[int(g)] == best:
+                raise AssertionError(f"{name}: you returned the INDEX {int(g)} of the best candidate; "
+                                     f"return the multiplier itself")
+            raise AssertionError(f"{name}: return one of the candidates {cand}, got {g!r}")
+        got.append(g)
+        rows.append((name, w, cand, scores))
+    wrong = [(r, g) for r, g in zip(rows, got) if r[3][g] < max(r[3].values()) - 1e-9]
+    if not wrong:
+        return
+    mistakes = [
+        ("you picked the LOWEST SQNR; signal over noise: higher is better",
+         [min(r[3], key=r[3].get) for r in rows]),
+        ("your rounding is not clipped to {-1, 0, +1}: values beyond 1.5 scales become 2, 3... "
+         "(not ternary)", [_best(r[1], r[2], clip=False) for r in rows]),
+        ("your scale is m * max|w|; the rule scales the MEAN of |w|",
+         [_best(r[1], r[2], ref="max") for r in rows]),
+        ("x1.0 is the absmean itself: measure every candidate instead of assuming the default is "
+         "optimal", [1.0] * len(rows)),
+    ]
+    (name, _, _, scores), g = wrong[0]
+    msg = (f"{name}: x{g:g} gives {scores[g]:.2f} dB, but x{max(scores, key=scores.get):g} gives "
+           f"{max(scores.values()):.2f} dB")
+    for why, answers in mistakes:
+        if got == answers:
+            raise AssertionError(f"{msg} — {why}")
+    raise AssertionError(msg)

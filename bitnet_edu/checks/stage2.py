@@ -1,4 +1,4 @@
-"""Checks for stage 2 (BitLinear: STE, RMSNorm sub-norm, the integer forward).
+"""Checks for Lesson 02 (BitLinear: STE, RMSNorm sub-norm, the integer forward).
 
 Each check compares the student's function with the package (``bitnet_edu.bitlinear``) on
 several inputs, including all-zero tokens, large values that overflow int8/int16 sums, and
@@ -36,14 +36,18 @@ def check_ste(ste):
         expect_close(out.detach().numpy(), want, f"{name}: forward value (must equal xq)")
         if not out.requires_grad:
             raise AssertionError(f"{name}: the output does not depend on x, so no gradient reaches the "
-                                 f"weights. Keep x in the graph: x + (xq - x).detach()")
+                                 f"weights. The value must be xq, but x itself must stay in the graph")
         g = torch.randn_like(x)
         (grad,) = torch.autograd.grad(out, x, g)
         if torch.allclose(grad, torch.zeros_like(grad)):
-            raise AssertionError(f"{name}: the gradient is zero — that is round()'s true gradient; "
-                                 f"the STE passes it straight through (detach the rounding difference)")
-        expect_close(grad.numpy(), g.numpy(), f"{name}: gradient (should pass the upstream gradient "
-                     f"through unchanged; detach (xq - x), not x)")
+            raise AssertionError(f"{name}: the gradient is zero — that is round()'s true gradient, which "
+                                 f"the STE replaces by the identity: which part of your expression must "
+                                 f"autograd not see?")
+        if torch.allclose(grad, 2 * g):
+            raise AssertionError(f"{name}: the gradient is twice the upstream one — x enters your "
+                                 f"expression twice where autograd can see it")
+        expect_close(grad.numpy(), g.numpy(), f"{name}: gradient (the STE passes the upstream gradient "
+                     f"through unchanged: d out / d x = 1)")
 
 
 @check
