@@ -81,6 +81,24 @@ def step_mod_no_scale(q, k, v, group):
     return step(q, k, v, group, kv_of=lambda i: i % k.shape[1], scale=lambda d: 1.0)
 
 
+def step_tile(q, k, v, group):  # np.tile repeats the whole kv block: head h gets kv head h % n_kv
+    h, d = q.shape
+    kk, vv = np.tile(k, (1, group, 1)), np.tile(v, (1, group, 1))
+    s = np.einsum("hd,shd->hs", q, kk) / np.sqrt(d)
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    return np.einsum("hs,shd->hd", p, vv).reshape(-1)
+
+
+def step_repeat(q, k, v, group):  # np.repeat keeps neighbours together: right
+    h, d = q.shape
+    kk, vv = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
+    s = np.einsum("hd,shd->hs", q, kk) / np.sqrt(d)
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    return np.einsum("hs,shd->hd", p, vv).reshape(-1)
+
+
 def step_2d_out(q, k, v, group):
     return step(q, k, v, group).reshape(q.shape)
 
@@ -179,6 +197,7 @@ def ctx_float_whole(c, n_bytes, bytes_per_value=2):
 
 
 RIGHT = [(checks.check_rope, rope_right), (checks.check_attention_step, step_right),
+         (checks.check_attention_step, step_repeat),
          (checks.check_top_p, top_p_right), (checks.check_top_p, top_p_loop),
          (checks.check_max_context, ctx_right)]
 
@@ -188,6 +207,7 @@ WRONG = [
     (checks.check_rope, rope_wrong_sign, "wrong way"),
     (checks.check_rope, rope_identity, "did not rotate"),
     (checks.check_attention_step, step_mod, "`h % n_kv` mistake"),
+    (checks.check_attention_step, step_tile, "`h % n_kv` mistake"),
     (checks.check_attention_step, step_no_scale, "forgot the 1/sqrt(head_dim)"),
     (checks.check_attention_step, step_mod_no_scale, "forgot 1/sqrt(head_dim)), and query head"),
     (checks.check_attention_step, step_over_d, "divided by head_dim"),
