@@ -53,3 +53,34 @@ def test_kernel_race_medians_spread_and_16bit_baseline(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "torch", None)
     name, fn = kernel_race._baseline16(wf, np.ones((1, 8), np.float32))
     assert name == "numpy float16" and fn().dtype == np.float16 and float(fn()[0, 0]) == 8
+
+
+def test_bench_race_keeps_spread_load_and_16bit_baseline(monkeypatch):
+    import sys
+
+    from bitnet_edu.bench import kernels as bench
+    from bitnet_edu.bench import roofline
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # no torch: NumPy float16 stands in
+    monkeypatch.setattr(bench, "loadavg", lambda: 2.0)
+    logs = []
+    r = bench.run(shapes=[(64, 256)], threads=(1,), tokens=(1,), names=["naive", "mad"], quick=True,
+                  cold_mb=1, repeat=3, compile_cost=False, log=logs.append)
+    assert r["baseline16"] == "numpy f16" and r["busy"] and r["loadavg_before"] == 2.0
+    for row in r["rows"]:
+        assert row["ms_min"] <= row["ms_q1"] <= row["ms"] <= row["ms_q3"] <= row["ms_max"]
+        assert row["repeat"] == 3 and row["b16_ms"] > 0 and "torch_bf16_ms" not in row
+    table = bench.format_table(r)
+    assert "WARNING: the machine was busy" in table and "vs numpy f16" in table
+    assert any("WARNING" in s for s in logs)
+    assert bench.busy_warning(0.1, 0.2) == ""
+
+    b = roofline.bytes_per_token(bits_per_weight=2.0)
+    from bitnet_edu.config import BitNetConfig
+    c = BitNetConfig.preset("2b4t")
+    assert b["linear"] == c.linear_params / 4 and b["head"] == 2 * c.head_params
+    assert roofline.tok_s_ceiling(10.0, 1e9) == 10.0
+    rows = roofline.kernel_rows(r, bandwidth_gbs=1000.0)
+    assert {x["kernel"] for x in rows} == {"naive", "mad"}
+    assert all(x["bound"] == "compute" and x["tok_s_lo"] <= x["tok_s"] <= x["tok_s_hi"] for x in rows)
+    assert "bound" in roofline.format_rows(rows) and len(roofline.roofline_figure(rows).data) == 2
