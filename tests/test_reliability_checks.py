@@ -67,7 +67,7 @@ CORRECT = {
     "check_decode_i2s_byte": mad.decode_byte,
     "check_tmac_table": lambda x4: tmac.build_table(x4.reshape(1, 4))[0, 0],
     "check_rope": apply_rope,
-    "check_attention_step": lambda q, k, v: attention(q[None], k, v, k.shape[0] - 1)[0],
+    "check_attention_step": lambda q, k, v, group: attention(q[None], k, v, k.shape[0] - 1)[0],
     "check_top_p": top_p_filter,
     "check_ste_weight": lambda w: w + (bitlinear.weight_quant(w) - w).detach(),
     "check_two_stage_schedule": lambda step, tc: (lr_at(step, tc), weight_decay_at(step, tc)),
