@@ -122,6 +122,49 @@ def _numba_deadline(fn, seconds):
         devnull.close()
 
 
+def _terminates_in_child(fn, calls, seconds):
+    """Run ``fn(*args)`` for each ``args`` in ``calls`` in a forked child first, so that a loop
+    that never ends (compiled code holds the interpreter: no timeout or interrupt reaches it)
+    ends the child, not the notebook's kernel.  Raises AssertionError on a timeout or a crash of
+    the child; returns without a result (the caller then runs ``fn`` itself).  Without ``fork``
+    (Windows) it does nothing and :func:`_numba_deadline` is the only guard."""
+    if not hasattr(os, "fork") or not hasattr(fn, "py_func"):
+        return
+    rd, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: call, report the outcome in one byte, leave without cleanup
+        code = b"0"
+        try:
+            for args in calls:
+                fn(*args)
+        except BaseException:  # noqa: BLE001 - the parent's own call will report it properly
+            code = b"1"
+        os.write(wr, code)
+        os._exit(0)
+    os.close(wr)
+    deadline = time.monotonic() + seconds
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                raise AssertionError(
+                    f"your gemv did not return within {seconds:.0f} s — an endless loop? (a loop "
+                    f"index that never reaches its bound, or a while loop whose condition never "
+                    f"changes). It ran in a separate process, so your kernel is fine.")
+            time.sleep(0.02)
+        if os.read(rd, 1) == b"" and os.WIFSIGNALED(status):
+            raise AssertionError(
+                f"your gemv crashed the process it ran in (signal {os.WTERMSIG(status)}): an "
+                f"index outside an array? Numba does not check bounds (boundscheck=True "
+                f"in @njit helps while debugging). Your kernel is fine: it ran separately.")
+    finally:
+        os.close(rd)
+
+
 def _diagnose_gemv(got, w, x, want, what):
     """A named classic mistake when ``got`` matches one, else None."""
     g = np.asarray(got).astype(np.int64).reshape(-1)
@@ -182,11 +225,21 @@ def check_fast_gemv(pack, gemv, naive=None, shape=(2048, 2048), repeat=9, thread
     ``kernels.get("naive")`` on ``shape`` with ``threads`` Numba threads (default 1: the code,
     not the thread pool, which on a shared 2-core machine mostly measures the other programs).
     Pass = exact; the speed is reported."""
-    for what, (w, x) in _gemv_cases().items():
-        want = reference_matmul(w, x)
-        packed = student_call(pack, w)
-        if packed is None:
+    cases = _gemv_cases()
+    packs = {}
+    for what, (w, x) in cases.items():
+        packs[what] = student_call(pack, w)
+        if packs[what] is None:
             raise AssertionError(f"pack on {what}: returned None — did you forget `return`?")
+    rng = np.random.default_rng(4)
+    w_race = rng.integers(-1, 2, shape).astype(np.int8)
+    x_race = rng.integers(-128, 128, shape[1]).astype(np.int8)
+    p_race = student_call(pack, w_race)
+    _terminates_in_child(gemv, [(packs[k], cases[k][1].copy()) for k in cases]
+                         + [(p_race, x_race.copy())], _core.TIMEOUT_S + 5)
+    for what, (w, x) in cases.items():
+        want = reference_matmul(w, x)
+        packed = packs[what]
         with _numba_deadline(gemv, _core.TIMEOUT_S + 5):
             got = student_call(gemv, packed, x)
         got_a = as_array(got, f"gemv on {what}")
@@ -198,11 +251,9 @@ def check_fast_gemv(pack, gemv, naive=None, shape=(2048, 2048), repeat=9, thread
             raise AssertionError(msg)
         expect_equal(got_a.reshape(-1), want, f"gemv on {what}")
     # exact everywhere: now the race, on a shape the size of a small projection
-    rng = np.random.default_rng(4)
-    w = rng.integers(-1, 2, shape).astype(np.int8)
-    x = rng.integers(-128, 128, shape[1]).astype(np.int8)
+    w, x = w_race, x_race
     kn = K.get("naive")
-    contestants = {"your gemv": (gemv, student_call(pack, w), x),
+    contestants = {"your gemv": (gemv, p_race, x),
                    "kernels.get('naive')": (lambda p, v: kn.matmul(p, v), kn.pack(w), x)}
     own = naive is not None
     if own:
