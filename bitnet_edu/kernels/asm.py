@@ -16,8 +16,9 @@ from numba.core.registry import CPUDispatcher
 
 from . import get
 
-#: instructions worth looking for: multiply-adds (vpmaddwd: 16x16->32 bit; vpmaddubsw / vpdpbusd:
-#: the unsigned x signed byte multiply-adds bitnet.cpp uses, VNNI), shuffles (vpshufb: the
+#: instructions worth looking for: multiply-adds (vpmaddwd: 16x16->32 bit; vpmaddubsw: the
+#: unsigned x signed byte multiply-add bitnet.cpp's x86 I2_S kernel uses with vpmaddwd; vpdpbusd:
+#: both in one AVX-512 VNNI / AVX-VNNI instruction, which our vnni kernel uses), shuffles (vpshufb: the
 #: lookup-table instruction of C kernels), gathers, and 512-bit (zmm) vs 256-bit (ymm) registers.
 WATCH = ("vpmaddwd", "vpmaddubsw", "vpdpbusd", "vpdpwssd", "vpshufb", "vpgatherdd", "vpmullw",
          "vpmulld", "vgf2p8affineqb", "vfmadd231ps")
