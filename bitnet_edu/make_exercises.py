@@ -24,8 +24,8 @@ nbgrader out of the box: :func:`mark_for_nbgrader` gives every cell the metadata
   test cell is overwritten from the release at grading time, so the student's code must not live
   in it);
 * a cell with a BEGIN/END SOLUTION block is an autograded **solution** cell;
-* an ``answer`` cell is an ungraded solution cell (nbgrader's release shows "YOUR ANSWER HERE"
-  where ours drops the cell);
+* an ``answer`` cell is a solution cell worth 0 points (nbgrader requires a markdown one to be a
+  manually graded cell; its release shows "YOUR ANSWER HERE" where ours drops the cell);
 * the "All checks" summary cell (several checks and a tally) is read-only, not graded again.
 
 Under ``nbgrader autograde`` the checks raise on anything but PASS without any setting (nbgrader
@@ -124,6 +124,8 @@ def mark_for_nbgrader(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         if is_answer(cell):
             meta = dict(grade=False, solution=True, locked=False,
                         grade_id=_grade_id(f"answer_{k}", used))
+            if cell.cell_type == "markdown":  # nbgrader: a markdown answer is a manual grade cell
+                meta.update(grade=True, points=0)
         elif cell.cell_type == "code" and BEGIN in cell.source:
             names = _DEF.findall(cell.source)
             meta = dict(grade=False, solution=True, locked=False,

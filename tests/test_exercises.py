@@ -141,7 +141,10 @@ def test_answer_cells_are_dropped_from_the_student_copy():
     marked = mk.mark_for_nbgrader(nb)
     answers = [c for c in marked.cells if mk.is_answer(c)]
     assert len(answers) == 2
-    assert all(c.metadata.nbgrader["solution"] and not c.metadata.nbgrader["grade"] for c in answers)
+    assert all(c.metadata.nbgrader["solution"] for c in answers)
+    # nbgrader wants a markdown solution cell to be a (manual) grade cell: worth 0 points
+    assert all(c.metadata.nbgrader.get("points", 0) == 0 for c in answers)
+    assert [c.metadata.nbgrader["grade"] for c in answers] == [True, False]
 
 
 def test_solution_and_check_in_one_cell_are_split_for_nbgrader():
