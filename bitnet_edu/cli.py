@@ -68,12 +68,13 @@ def _add_model_args(p):
 def _add_sampling_args(p):
     p.add_argument("-n", "--max-new-tokens", type=_int_at_least(1, "tokens to generate"),
                    default=64)
-    # sampling by default: greedy decoding of a small model loops on one phrase
-    p.add_argument("--temperature", type=_float_in(0, math.inf, "0 = greedy"), default=0.8,
+    # sampling by default: greedy decoding of a small model loops on one phrase; the defaults are
+    # the 2B4T quick-start settings (temperature 0.7, top-p 0.9, repetition penalty 1.05)
+    p.add_argument("--temperature", type=_float_in(0, math.inf, "0 = greedy"), default=0.7,
                    help="0 = greedy")
     p.add_argument("--top-k", type=_int_at_least(0, "0 = off"), default=0, help="0 = off")
-    p.add_argument("--top-p", type=_float_in(0, 1, "1 = off"), default=0.95)
-    p.add_argument("--repetition-penalty", default=1.0,
+    p.add_argument("--top-p", type=_float_in(0, 1, "1 = off"), default=0.9)
+    p.add_argument("--repetition-penalty", default=1.05,
                    type=_float_in(0, math.inf, "1 = off, > 1 discourages repeats", low_open=True))
     p.add_argument("--seed", type=_int_at_least(0, "any non-negative integer"), default=None)
 

@@ -1,4 +1,4 @@
-"""The main demo (``make demo``): one pass through every stage, measured on this machine.
+"""The main demo (``make demo``): one pass through every lesson, measured on this machine.
 
     python -m bitnet_edu.demo [--prompt TEXT] [--max-new-tokens N] [--no-2b]
 """
@@ -12,6 +12,10 @@ import sys
 import time
 
 import numpy as np
+
+
+#: how the demo samples: temperature 0.7, top-p 0.9, repetition penalty 1.05
+SAMPLING = dict(temperature=0.7, top_p=0.9, repetition_penalty=1.05)
 
 
 def _rule(title: str):
@@ -33,7 +37,7 @@ def stage1(rng):
     from .quant import error_report
 
     shape = _shape("q_proj")
-    _rule(f"Stage 1: absmean ternary quantization of one {shape[0]}x{shape[1]} layer (2B4T q_proj)")
+    _rule(f"Lesson 01: absmean ternary quantization of one {shape[0]}x{shape[1]} layer (2B4T q_proj)")
     w = (rng.standard_normal(shape) * 0.02).astype(np.float32)
     r = error_report(w)
     print(f"scale = mean|W| = {r['scale']:.5f}")
@@ -48,7 +52,7 @@ def stage1(rng):
 def stage2(w, rng):
     from .bitlinear import BitLinearInference
 
-    _rule("Stage 2: BitLinear inference form (int8 x ternary -> int32 -> one rescale)")
+    _rule("Lesson 02: BitLinear inference form (int8 x ternary -> int32 -> one rescale)")
     layer = BitLinearInference.from_float(w)
     x = rng.standard_normal((4, w.shape[1])).astype(np.float32)
     y, steps = layer.forward(x, trace=True)
@@ -67,7 +71,7 @@ def stage3():
 
     th = numba.get_num_threads()
     shape = _shape("gate_proj")
-    _rule(f"Stage 3: ternary kernels vs numpy float32 ({shape[0]}x{shape[1]} GEMV, {th} threads)")
+    _rule(f"Lesson 03: ternary kernels vs numpy float32 ({shape[0]}x{shape[1]} GEMV, {th} threads)")
     res = run(shapes=[shape], threads=(th,), tokens=(1,), names=["naive", "mad", kernels.DEFAULT],
               cold_mb=64, repeat=3, compile_cost=False, torch_bf16=False, log=lambda s: None)
     for r in res["rows"]:
@@ -79,9 +83,9 @@ def stage3():
 def stage4(prompt: str, max_new_tokens: int):
     import bitnet_edu
 
-    _rule("Stage 4-5: text from the embedded BitNet (trained with this package)")
+    _rule("Lessons 04-05: text from the embedded BitNet (trained with this package)")
     if not (bitnet_edu.DEFAULT_MODEL / "config.json").exists():
-        print("the embedded model is not installed; see README (python -m bitnet_edu.train --config tiny)")
+        print("the embedded model is not installed; see README (python -m bitnet_edu.train --config small)")
         return
     t0 = time.perf_counter()
     model = bitnet_edu.load_model()
@@ -91,7 +95,8 @@ def stage4(prompt: str, max_new_tokens: int):
     print(f"warm-up (Numba compile on the first run only): {time.perf_counter() - t0:.1f} s")
     print(f"prompt: {prompt!r}\n")
     t0 = time.perf_counter()
-    for piece in model.stream(prompt, max_new_tokens=max_new_tokens, temperature=0.8, top_p=0.95, seed=0):
+    # the 2B4T quick-start settings (arXiv 2504.12285's model card): greedy decoding loops
+    for piece in model.stream(prompt, max_new_tokens=max_new_tokens, seed=0, **SAMPLING):
         print(piece, end="", flush=True)
     dt = time.perf_counter() - t0
     s = model.last_stats
@@ -121,7 +126,7 @@ def stage4_2b(tokens: int = 16):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="bitnet_edu demo: every stage, measured here")
+    ap = argparse.ArgumentParser(description="bitnet_edu demo: every lesson, measured here")
     ap.add_argument("--prompt", default="In the beginning")
     ap.add_argument("--max-new-tokens", type=int, default=60)
     ap.add_argument("--no-2b", action="store_true", help="skip the 2B-shape speed demo")

