@@ -47,7 +47,8 @@ def test_marking_is_idempotent_and_counts_every_check():
     nb = nbformat.read(LESSON, as_version=4)
     once = mk.mark_for_nbgrader(nb)
     assert mk.render(mk.mark_for_nbgrader(once)) == mk.render(once)
-    tests = [c for c in once.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    tests = [c for c in once.cells if c.metadata.get("nbgrader", {}).get("grade")
+             and not c.metadata.nbgrader.solution]  # the autograded tests (not 0-point answers)
     assert tests and all(c.metadata.nbgrader.locked and c.metadata.nbgrader.points >= 1 for c in tests)
     calls = sum(len(mk._CHECK_CALL.findall(c.source)) for c in tests)
     assert sum(c.metadata.nbgrader.points for c in tests) == calls
