@@ -18,7 +18,8 @@ unsigned ``w ^ 0x80 = w + 128`` in the register (one XOR), the activations stay 
 and the correction ``128 * sum_b(s_b * sum_{i in b} x_i)`` is one number per token, computed
 once.  AVX2 has no ``vpdpbusd``: there the signed table is multiplied as
 ``|w| x (x * sign(w))`` (``vpabsb``, ``vpsignb``, ``vpmaddubsw``, ``vpmaddwd``; exact, no
-correction), half the instructions of splitting ``w + 128`` into two unsigned halves.
+correction), half the instructions of splitting ``w + 128`` into two unsigned halves.  ARM64's
+``sdot`` (``"neondot"``) multiplies signed by signed bytes: the table as it is, no correction.
 
 Per row and block: 4 x (one 64-byte table load, one XOR, one activation load from L1, one
 ``vpdpbusd``), then the 16 int32 lanes are converted to float and multiplied by the block
@@ -37,7 +38,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .intrinsics import (I32, V16x32, V16xf, V64x8, accumulate_scaled, array_args, dpbusd,
-                         dpbusd_sum, int64_args, isa, load64, prefetch_row, reduce_sum,
+                         dpbusd_sum, int64_args, isa, load64, prefetch_row, reduce_sum, sdot,
                          target_features)
 from .intrinsics import prefetch  # noqa: F401  (its old home; kept importable)
 
@@ -82,10 +83,11 @@ def numpy_head_logits(x: np.ndarray, table: np.ndarray, row_scale: np.ndarray) -
 
 # --- the intrinsic --------------------------------------------------------------------------------
 
-#: AVX2 multiplies the int8 table as |w| x (x * sign(w)) (:func:`_signed_block`), so no +128
-#: correction; elsewhere the flipped table ``w ^ 0x80`` and ``corr``.  Chosen from the target
-#: Numba compiles for (the same at import and in every codegen of the process).
-SIGNED = isa() == "avx2"
+#: AVX2 multiplies the int8 table as |w| x (x * sign(w)) (:func:`_signed_block`) and ARM64's
+#: sdot signed x signed, so no +128 correction; elsewhere the flipped table ``w ^ 0x80`` and
+#: ``corr``.  Chosen from the target Numba compiles for (the same at import and in every codegen
+#: of the process).
+SIGNED = isa() in ("avx2", "neondot")
 _V32x8, _V16x16, _V8x32 = (ir.VectorType(ir.IntType(8), 32), ir.VectorType(ir.IntType(16), 16),
                            ir.VectorType(I32, 8))
 
@@ -138,6 +140,11 @@ def _row_dot(typingctx, table, r, xq, scale, t):
             base = builder.mul(loop.index, i64(QK))
             if target == "avx2":
                 tot = _signed_block(builder, trow, xrow, base)
+            elif target == "neondot":  # 4 independent chains of 4 sdot, no flip
+                accs = [sdot(builder, ir.Constant(V16x32, None),
+                             *(load64(builder, row, builder.add(base, i64(64 * s)))
+                               for row in (trow, xrow))) for s in range(QK // 64)]
+                tot = builder.add(builder.add(accs[0], accs[1]), builder.add(accs[2], accs[3]))
             else:
                 accs = []
                 for s in range(QK // 64):  # 4 independent vpdpbusd chains

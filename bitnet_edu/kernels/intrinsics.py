@@ -6,7 +6,8 @@ inside ``numba.extending.intrinsic`` functions.  The pieces they share live here
 * vector types: ``V64x8`` (64 bytes, one zmm register), ``V16x32`` (16 int32 lanes),
   ``V16xf`` (16 float32 lanes);
 * :func:`dpbusd`: ``acc += u8 . s8`` in groups of 4 bytes, the instruction where the target
-  CPU has AVX-512 VNNI (:func:`has_vnni`), portable LLVM IR with the same sum elsewhere;
+  CPU has AVX-512 VNNI (:func:`has_vnni`), its nearest equivalent on AVX-VNNI, AVX2 and ARM64
+  with the dot-product extension (:func:`sdot`), portable LLVM IR with the same sum elsewhere;
 * :func:`load64`, :func:`accumulate_scaled`, :func:`reduce_sum`: IR helpers for a codegen;
 * :func:`prefetch` (a Numba intrinsic) and :func:`prefetch_row` (a Numba function) for the
   row streams of decode, which the hardware prefetcher alone leaves below DRAM bandwidth;
@@ -29,12 +30,13 @@ from numba.core.registry import cpu_target
 from numba.extending import intrinsic
 
 __all__ = ["I8", "I32", "F32", "V64x8", "V16x32", "V16xf", "target_features", "has_vnni",
-           "ISAS", "isa", "dpbusd", "dpbusd_sum", "array_args", "int64_args", "load64", "accumulate_scaled", "reduce_sum", "prefetch", "prefetch_row",
-           "serial_twin"]
+           "ISAS", "isa", "dpbusd", "dpbusd_sum", "sdot", "array_args", "int64_args", "load64",
+           "accumulate_scaled", "reduce_sum", "prefetch", "prefetch_row", "serial_twin"]
 
 I8, I32, F32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
 V64x8, V16x32, V16xf = ir.VectorType(I8, 64), ir.VectorType(I32, 16), ir.VectorType(F32, 16)
 VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
+SDOT = "llvm.aarch64.neon.sdot.v4i32.v16i8"
 
 
 def target_features(context=None) -> str:
@@ -54,8 +56,8 @@ def has_vnni(features: str | None = None) -> bool:
     return "+avx512vnni" in features.split(",")
 
 
-#: the byte-dot-product instruction sets, best first (see :func:`isa`)
-ISAS = ("avx512vnni", "avxvnni", "avx2", "portable")
+#: the byte-dot-product instruction sets, best first per architecture (see :func:`isa`)
+ISAS = ("avx512vnni", "avxvnni", "avx2", "neondot", "portable")
 
 
 def isa(features: str | None = None) -> str:
@@ -67,7 +69,11 @@ def isa(features: str | None = None) -> str:
     * ``"avxvnni"``: the VEX ``vpdpbusd`` on 256-bit ymm (Intel Alder Lake and later laptops);
     * ``"avx2"``: ``vpmaddubsw`` (u8 x s8 pairs -> int16) + ``vpmaddwd`` (-> int32) on ymm, as
       bitnet.cpp's x86 I2_S kernel does (every x86 laptop since 2013);
-    * ``"portable"``: exact widening integer arithmetic in plain LLVM IR (ARM64, old x86).
+    * ``"neondot"``: ARM64 ``sdot`` (signed x signed bytes, 4 per int32 lane) on 128-bit NEON
+      registers, where the target has the dot-product extension ``+dotprod`` (Apple M1 and
+      later, Cortex-A76 / Neoverse N1 and later, AWS Graviton2 and later);
+    * ``"portable"``: exact widening integer arithmetic in plain LLVM IR (ARM64 without
+      ``+dotprod``, old x86).
     """
     f = set((target_features() if features is None else features).split(","))
     if "+avx512vnni" in f and "+avx512bw" in f:
@@ -76,6 +82,8 @@ def isa(features: str | None = None) -> str:
         return "avxvnni"
     if "+avx2" in f:
         return "avx2"
+    if "+dotprod" in f:  # an AArch64 feature name only (x86 has none of that name)
+        return "neondot"
     return "portable"
 
 
@@ -90,6 +98,15 @@ def _halves(builder, v, n):
 def _concat(builder, a, b, n):
     """One ``2n``-element vector from two ``n``-element ones."""
     return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(I32, 2 * n), list(range(2 * n))))
+
+
+def _quarters(builder, v, n):
+    """The four quarters of an ``n``-element vector ``v`` (one 128-bit NEON register each for
+    ``<64 x i8>`` and ``<16 x i32>``)."""
+    idx = ir.IntType(32)
+    return [builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(idx, n // 4),
+                                                     list(range(q, q + n // 4))))
+            for q in range(0, n, n // 4)]
 
 
 def _call(builder, name, ret, operands):
@@ -114,6 +131,21 @@ def _madd(builder, w16, factor: int):
                  [w16, ir.Constant(_V16x16, [factor] * 16)])
 
 
+_V4x32 = ir.VectorType(I32, 4)
+
+
+def sdot(builder, acc, a, b):
+    """IR for ARM64 ``sdot`` on 64 bytes: ``acc <16 x i32> +=`` products of the SIGNED bytes
+    ``a`` and ``b`` (``<64 x i8>`` each), lane ``i`` adding bytes ``4i..4i+3``: four
+    ``llvm.aarch64.neon.sdot.v4i32.v16i8``, one per 16-byte quarter into the matching
+    ``<4 x i32>`` quarter of ``acc``.  Exact: a lane adds 4 products of at most 128 * 128.
+    Needs a target with ``+dotprod`` (:func:`isa` ``"neondot"``)."""
+    out = [_call(builder, SDOT, _V4x32, [q, x, y]) for q, x, y in
+           zip(_quarters(builder, acc, 16), _quarters(builder, a, 64), _quarters(builder, b, 64))]
+    lo, hi = _concat(builder, out[0], out[1], 4), _concat(builder, out[2], out[3], 4)
+    return _concat(builder, lo, hi, 8)
+
+
 def dpbusd(builder, acc, u8, s8, target, u8_max: int = 255):
     """IR for ``acc <16 x i32> +=`` the products ``u8 x s8`` of 64 unsigned and 64 signed bytes
     (``<64 x i8>`` each), summed in int32: exactly what ``vpdpbusd`` adds.
@@ -122,7 +154,8 @@ def dpbusd(builder, acc, u8, s8, target, u8_max: int = 255):
     in which of the 16 lanes depends on the instruction set; every caller only ever uses the
     sum over all lanes (or scales all lanes alike), and that sum is exact on every target.
     ``u8_max``: the largest unsigned operand the caller can pass (ternary codes 2, nibbles 15,
-    a flipped int8 table 255): small operands let AVX2 use one ``vpmaddubsw`` per 32 bytes.
+    a flipped int8 table 255): small operands let AVX2 use one ``vpmaddubsw`` per 32 bytes and
+    ARM64 one signed ``sdot`` per 16 bytes (:func:`sdot`; u8 <= 127 is the same signed byte).
     """
     if target is True or target == "avx512vnni":
         return _call(builder, VPDPBUSD, V16x32, [acc, builder.bitcast(u8, V16x32),
@@ -133,6 +166,15 @@ def dpbusd(builder, acc, u8, s8, target, u8_max: int = 255):
                for a, u, x in zip(_halves(builder, acc, 16), _halves(builder, u8, 64),
                                   _halves(builder, s8, 64))]
         return _concat(builder, *out, 8)
+    if target == "neondot":
+        if u8_max <= 127:  # codes, nibbles: the same value read as a signed byte
+            return sdot(builder, acc, u8, s8)
+        # u8 = (u8 read as int8) + 256 * top bit: two exact sdots (the int8 read needs no AND,
+        # unlike a low-7-bits split); 256 * (top . s8) is at most 2**17 per lane
+        top = builder.lshr(u8, ir.Constant(V64x8, [7] * 64))
+        hi = sdot(builder, ir.Constant(V16x32, None), top, s8)
+        hi = builder.shl(hi, ir.Constant(V16x32, [8] * 16))
+        return builder.add(sdot(builder, acc, u8, s8), hi)
     if target == "avx2":
         if 2 * u8_max * 128 <= 32767:
             parts = [_madd(builder, w, 1) for w in _maddubs(builder, u8, s8)]

@@ -33,10 +33,12 @@ without saturation; a row sum is at most 2 * 128 * in (far below 2**31).
 
 CPU support: the byte dot product is chosen at compile time from the target Numba compiles for
 (:func:`bitnet_edu.kernels.intrinsics.isa`): ``vpdpbusd`` on zmm (AVX-512 VNNI), on ymm
-(AVX-VNNI), ``vpmaddubsw`` + ``vpmaddwd`` on AVX2, exact widening LLVM IR elsewhere, so the
-kernel gives the same integers on every CPU.  AVX2 has its own loop (:func:`_avx2_dot`): per
-32-byte half and slice one ``vpmaddubsw`` per (row, token) into int16 sums, widened by one
-``vpmaddwd`` per :data:`WIDEN` chunks, as bitnet.cpp's AVX2 I2_S kernel does.
+(AVX-VNNI), ``vpmaddubsw`` + ``vpmaddwd`` on AVX2, four ``sdot`` on 128-bit NEON registers on
+ARM64 with ``+dotprod`` (codes 0..2 are the same as signed bytes), exact widening LLVM IR
+elsewhere, so the kernel gives the same integers on every CPU.  AVX2 has its own loop
+(:func:`_avx2_dot`): per 32-byte half and slice one ``vpmaddubsw`` per (row, token) into int16
+sums, widened by one ``vpmaddwd`` per :data:`WIDEN` chunks, as bitnet.cpp's AVX2 I2_S kernel
+does.
 
 GEMV (decode): ``prange`` over groups of rows, one row at a time, 4 accumulators (one per
 slice) so 4 ``vpdpbusd`` chains overlap.  GEMM (prefill): a register tile of ``TILE`` rows x
@@ -68,8 +70,13 @@ __all__ = ["KERNEL", "VnniKernel", "has_vnni", "permute_x", "numpy_matmul", "ope
 BLOCK = 256   # weights per 64-byte chunk (two I2_S blocks)
 #: GEMM register tile (rows x tokens) per instruction set, measured (prefill at the 2B4T shape):
 #: zmm has 32 registers for 2 x 4 accumulators and 8 decoded slices; AVX-VNNI's ymm halves need
-#: twice the registers (2 x 2); AVX2 keeps int16 sums per (row, token) (1 x 4, see _avx2_dot)
-TILES = {"avx512vnni": (2, 4), "avxvnni": (2, 2), "avx2": (1, 4), "portable": (2, 4)}
+#: twice the registers (2 x 2); AVX2 keeps int16 sums per (row, token) (1 x 4, see _avx2_dot);
+#: NEON (from the machine code, not timed: no ARM machine here): a <16 x i32> accumulator is 4
+#: of its 32 q registers; 1 x 4 and 2 x 2 compile without spills (2 x 4: ~120 q spills per
+#: chunk; LLVM for cortex-a76 and apple-m1), and 1 x 4 decodes each row once for 4 tokens
+#: (24 shift/AND per 64 sdot; 2 x 2: 48)
+TILES = {"avx512vnni": (2, 4), "avxvnni": (2, 2), "avx2": (1, 4), "neondot": (1, 4),
+         "portable": (2, 4)}
 TILE, TOKENS = TILES[isa()]  # the target of this process's compiles (part of the cache key)
 ROWS = 32           # rows per parallel work item (their codes stay in L2 while tokens stream)
 SHIFTS = (6, 4, 2, 0)
@@ -342,7 +349,7 @@ class VnniKernel(I2SKernel):
 
     name = "vnni"
     summary = ("I2_S bytes decoded in registers, u8 x s8 byte dot products (vpdpbusd on VNNI CPUs, "
-               "vpmaddubsw+vpmaddwd on AVX2), minus sum(x)")
+               "vpmaddubsw+vpmaddwd on AVX2, sdot on ARM64), minus sum(x)")
     fast_gemm = True  # tokens share the decode, 4 at a time
     block = BLOCK     # one 64-byte load = two I2_S blocks
 
