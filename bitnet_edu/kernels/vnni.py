@@ -1,8 +1,9 @@
 """``vnni``: the I2_S bytes multiplied by ``vpdpbusd``, the AVX-512 VNNI byte dot product.
 
 Same arithmetic as :mod:`.mad` (codes ``c = w + 1`` in {0, 1, 2}, ``x @ w.T = x @ c.T - sum(x)``),
-but the multiply-add is the instruction bitnet.cpp's I2_S kernel uses on x86:
-``vpdpbusd acc, u8, s8`` multiplies 64 unsigned bytes by 64 signed bytes and adds each group of
+but the multiply-add is one AVX-512 VNNI instruction (bitnet.cpp's x86 I2_S kernel does the same
+work with the AVX2 pair ``vpmaddubsw`` + ``vpmaddwd``, which :func:`~.intrinsics.dpbusd` emits on
+AVX2): ``vpdpbusd acc, u8, s8`` multiplies 64 unsigned bytes by 64 signed bytes and adds each group of
 4 products into one of 16 int32 lanes.  Plain Numba code never emits it (LLVM does not match
 the pattern; notebook 03 counts the instructions), so :func:`_make_dot` builds
 ``numba.extending.intrinsic`` functions that write the inner loop in LLVM IR and call
