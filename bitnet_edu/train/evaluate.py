@@ -250,15 +250,17 @@ def sample_texts(model, tokenizer=None, *, prompts=PROMPTS, n_samples: int = 32,
                  progress: bool = True) -> list[dict]:
     """``n_samples`` continuations, prompt ``i % len(prompts)`` with RNG seed ``seed + i``.
 
-    Returns dicts ``{"prompt", "seed", "text", "truncated"}`` (``truncated``: stopped by
-    ``max_new_tokens``, not by an end-of-text token)."""
+    ``max_new_tokens`` is capped by the context left after the prompt.  Returns dicts
+    ``{"prompt", "seed", "text", "truncated"}`` (``truncated``: stopped by the token limit, not by
+    an end-of-text token)."""
     m = _adapter(model, tokenizer)
     opts = dict(temperature=temperature, top_p=top_p, top_k=top_k,
                 repetition_penalty=repetition_penalty)
     out = []
     for i in tqdm(range(n_samples), disable=not progress, desc="samples", mininterval=1.0):
         p = prompts[i % len(prompts)]
-        text, cut = m.sample(p, max_new_tokens, seed + i, **opts)
+        room = m.n_ctx - len(_with_bos(m.tokenizer.encode(p).ids, m.bos))
+        text, cut = m.sample(p, min(max_new_tokens, room), seed + i, **opts)
         out.append({"prompt": p, "seed": seed + i, "text": text, "truncated": bool(cut)})
     return out
 
@@ -348,5 +350,21 @@ def main(argv=None) -> dict:
     return r
 
 
+class _CallableModule(type(json)):
+    """Importing this submodule rebinds ``bitnet_edu.train.evaluate`` (the package attribute,
+    until then :func:`bitnet_edu.train.loop.evaluate`) to the module; calling the module calls
+    that function, so ``from bitnet_edu.train import evaluate; evaluate(model, data, tc)`` works
+    whichever was imported first."""
+
+    def __call__(self, *args, **kwargs):
+        from .loop import evaluate
+
+        return evaluate(*args, **kwargs)
+
+
 if __name__ == "__main__":
     main()
+else:
+    import sys
+
+    sys.modules[__name__].__class__ = _CallableModule

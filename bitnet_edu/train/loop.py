@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,7 +36,8 @@ from .data import get_batch
 from .model import zero_fraction
 
 __all__ = ["TrainConfig", "lr_at", "weight_decay_at", "train", "evaluate", "train_step",
-           "make_optimizer", "save_checkpoint", "load_checkpoint"]
+           "make_optimizer", "save_checkpoint", "load_checkpoint", "compiled", "bf16_fast",
+           "set_grad_dtype"]
 
 
 @dataclass
@@ -54,6 +56,8 @@ class TrainConfig:
     eval_iters: int = 8
     seed: int = 1337
     threads: int = 2
+    compile: bool = False  # torch.compile the training forward/backward (eager if it fails)
+    bf16_grads: bool = False  # bf16 backward matmuls in BitLinear, where the CPU has bf16 units
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,6 +116,53 @@ def train_step(model, opt, x, y, grad_clip: float = 1.0) -> float:
     return loss.item()
 
 
+def compiled(model):
+    """``torch.compile(model)`` (inductor: fuses the elementwise quantization, norm and RoPE ops
+    into C++ loops; needs a C++ compiler, compiles on the first call), or None where torch.compile
+    is unavailable.  The result shares ``model``'s parameters."""
+    try:
+        return torch.compile(model)
+    except Exception as e:  # noqa: BLE001 - any failure means: train eagerly
+        warnings.warn(f"torch.compile unavailable ({type(e).__name__}: {e}); training eagerly",
+                      RuntimeWarning, stacklevel=2)
+        return None
+
+
+def bf16_fast() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 matmuls
+    are emulated and slower than float32."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # an older torch
+        return False
+
+
+def set_grad_dtype(model, bf16: bool) -> bool:
+    """Set every BitLinear's backward matmul dtype (``BitLinear.grad_dtype``): bf16 when asked
+    and :func:`bf16_fast`, else float32.  Returns whether bf16 is in use."""
+    from ..bitlinear import BitLinear
+
+    use = bool(bf16) and bf16_fast()
+    if bf16 and not use:
+        warnings.warn("bf16_grads: this CPU has no native bf16 matmul; using float32",
+                      RuntimeWarning, stacklevel=2)
+    for m in model.modules():
+        if isinstance(m, BitLinear):
+            m.grad_dtype = torch.bfloat16 if use else None
+    return use
+
+
+def _first_step(fast, model, opt, x, y, grad_clip):
+    """The first step through the compiled ``fast`` (where compilation happens); on any
+    failure a warning and the same step eagerly.  Returns ``(loss, module to use from now)``."""
+    try:
+        return train_step(fast, opt, x, y, grad_clip), fast
+    except Exception as e:  # noqa: BLE001 - a compiler error of any kind
+        warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                      "training eagerly", RuntimeWarning, stacklevel=3)
+        return train_step(model, opt, x, y, grad_clip), model
+
+
 @torch.no_grad()
 def evaluate(model, data, tc: TrainConfig) -> float:
     """Mean loss over ``tc.eval_iters`` fixed batches of ``data`` (same batches at every call)."""
@@ -165,7 +216,8 @@ def train(model, train_data, val_data, tc: TrainConfig, out_dir=None, resume: bo
         callback: ``callback(step, model, history)`` called after every eval (notebook plots).
 
     History keys: ``step, loss, lr, weight_decay`` (every step), ``val_step, val_loss,
-    zero_fraction`` (every eval; zero fraction of the ternary weights, NaN for a float model).
+    zero_fraction`` (every eval; zero fraction of the ternary weights, NaN for a float model),
+    ``seconds``, ``bf16_grads`` and ``compiled`` (what this call actually used).
     """
     torch.set_num_threads(tc.threads)
     opt = make_optimizer(model, tc)
@@ -176,11 +228,18 @@ def train(model, train_data, val_data, tc: TrainConfig, out_dir=None, resume: bo
     t0 = time.perf_counter() - history["seconds"]
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, disable=not progress,
                desc="train", mininterval=2.0)
+    history["bf16_grads"] = set_grad_dtype(model, tc.bf16_grads)
+    fast = compiled(model) if tc.compile else None  # evaluation stays eager
     for step in bar:
         lr, wd = _set_schedule(opt, step, tc)
         g = torch.Generator().manual_seed(tc.seed * 100_003 + step)  # batch depends on (seed, step) only
         x, y = get_batch(train_data, tc.batch_size, tc.seq_len, g)
-        loss = train_step(model, opt, x, y, tc.grad_clip)
+        if fast is not None and step == start:
+            loss, fast = _first_step(fast, model, opt, x, y, tc.grad_clip)
+            if fast is model:
+                fast = None
+        else:
+            loss = train_step(model if fast is None else fast, opt, x, y, tc.grad_clip)
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at step {step}; lower the learning rate")
         for k, v in (("step", step), ("loss", loss), ("lr", lr), ("weight_decay", wd)):
@@ -202,4 +261,5 @@ def train(model, train_data, val_data, tc: TrainConfig, out_dir=None, resume: bo
             if callback is not None:
                 callback(step, model, history)
     history["seconds"] = time.perf_counter() - t0
+    history["compiled"] = fast is not None
     return history

@@ -1,7 +1,8 @@
 """Named configurations and the end-to-end recipe: corpus -> BPE -> QAT training -> HF export.
 
-``tiny`` is the shipped default model (``bitnet_edu.DEFAULT_MODEL``); ``micro`` trains in
-seconds (tests, notebook FAST mode); ``mini`` is the notebook's couple-of-minutes model.
+``small`` is the shipped default model (``bitnet_edu.DEFAULT_MODEL``; 11 M parameters, four
+epochs, torch.compile), ``tiny`` the one before it (lesson 05); ``micro`` trains in seconds
+(tests, notebook FAST mode); ``mini`` is the notebook's couple-of-minutes model.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Recipe:
     data_fraction: float = 1.0  # share of the corpus used (evenly spaced chapters)
     prompt: str = "And God said"
     notes: dict = field(default_factory=dict)
+    evaluation: dict = field(default_factory=dict)  # evaluate_model options (micro: a smaller one)
 
 
 CONFIGS = {
@@ -39,7 +41,7 @@ CONFIGS = {
                     num_key_value_heads=2, intermediate_size=176, max_position_embeddings=64),
         TrainConfig(steps=200, batch_size=16, seq_len=32, lr=2e-2, lr_stage2=6e-3, lr_min=2e-4, warmup=20,
                     eval_every=25, eval_iters=4),
-        data_fraction=0.05),
+        data_fraction=0.05, evaluation=dict(chapters=3, n_samples=4, max_new_tokens=32)),
     "mini": Recipe(
         ModelConfig(vocab_size=1024, hidden_size=128, num_hidden_layers=3, num_attention_heads=4,
                     num_key_value_heads=2, intermediate_size=384, max_position_embeddings=128),
@@ -51,6 +53,14 @@ CONFIGS = {
                     num_key_value_heads=2, intermediate_size=640, max_position_embeddings=256),
         TrainConfig(steps=450, batch_size=8, seq_len=256, lr=3e-3, lr_stage2=1e-3, lr_min=5e-5, warmup=40,
                     eval_every=50, eval_iters=8)),
+    # the shipped default model since issue 12: 11.0 M parameters (3.4x tiny's compute per
+    # token), 4.1 M tokens (4.2 epochs).  2 threads, idle machine: 2,060 tok/s compiled (~33 min),
+    # 1,860 eager (~37 min); bf16_grads=True: 2,980 (not used for the shipped model).
+    "small": Recipe(
+        ModelConfig(vocab_size=4096, hidden_size=384, num_hidden_layers=6, num_attention_heads=6,
+                    num_key_value_heads=2, intermediate_size=1024, max_position_embeddings=256),
+        TrainConfig(steps=1000, batch_size=16, seq_len=256, lr=3e-3, lr_stage2=1e-3, lr_min=3e-5,
+                    warmup=60, eval_every=100, eval_iters=8, compile=True)),
 }
 
 
@@ -123,11 +133,14 @@ def run(name: str = "tiny", out_dir=None, export_dir=None, resume: bool = False,
     hist = train(model, train_ids, val_ids, r.train, out_dir=out, resume=resume, progress=progress)
 
     export_hf(model, tok, export_dir)
+    quality = evaluate_export(export_dir, r.prompt, progress=progress, **r.evaluation)
+    tokens_seen = r.train.steps * r.train.batch_size * r.train.seq_len
     summary = {
         "config": name,
         "parameters": model.num_params(),
         "steps": r.train.steps,
-        "tokens_seen": r.train.steps * r.train.batch_size * r.train.seq_len,
+        "tokens_seen": tokens_seen,
+        "epochs": tokens_seen / len(train_ids),
         "train_tokens": int(len(train_ids)),
         "val_tokens": int(len(val_ids)),
         "final_train_loss": float(np.mean(hist["loss"][-20:])),
@@ -135,9 +148,14 @@ def run(name: str = "tiny", out_dir=None, export_dir=None, resume: bool = False,
         "val_perplexity": perplexity(model, val_ids, r.model.max_position_embeddings),
         "zero_fraction": hist["zero_fraction"][-1],
         "train_seconds": hist["seconds"],
+        "train_tokens_per_second": tokens_seen / hist["seconds"],
+        "compiled": hist.get("compiled", False),
+        "bf16_grads": hist.get("bf16_grads", False),
         "safetensors_bytes": packed_bytes(export_dir),
         "sample_prompt": r.prompt,
         "sample": sample(model, tok, r.prompt),
+        **quality,
+        "total_seconds": time.perf_counter() - t0,
         "machine": f"{platform.machine()}, torch {torch.__version__}",
         "model_config": r.model.to_dict(),
         "train_config": r.train.to_dict(),
@@ -149,6 +167,40 @@ def run(name: str = "tiny", out_dir=None, export_dir=None, resume: bool = False,
     return summary
 
 
+#: The model card's engine samples: (label, generate options); seed 0, 80 new tokens each.
+CARD_SAMPLES = (("temperature 0.8, top-p 0.95", dict(temperature=0.8, top_p=0.95)),
+                ("temperature 0.5, top-p 0.95", dict(temperature=0.5, top_p=0.95)),
+                ("temperature 0.8, top-p 0.95, repetition penalty 1.3",
+                 dict(temperature=0.8, top_p=0.95, repetition_penalty=1.3)))
+
+
+def evaluate_export(export_dir, prompt: str = "And God said", progress: bool = True,
+                    **options) -> dict:
+    """Quality of the exported model, through the Numba engine (what ships): bits/char and token
+    perplexity on the held-out chapters, word validity of 32 samples (:mod:`.evaluate`;
+    ``options`` go to :func:`~.evaluate.evaluate_model`), and the model card's samples
+    (:data:`CARD_SAMPLES`).  Returns the summary fields."""
+    import bitnet_edu
+
+    from .evaluate import evaluate_model
+
+    engine = bitnet_edu.load_model(export_dir)
+    ev = evaluate_model(engine, progress=progress, **options)
+    n_new = min(80, engine.config.max_position_embeddings - len(engine.encode(prompt)) - 1)
+    return {
+        "bits_per_char": ev["bits_per_char"],
+        "token_perplexity": ev["token_perplexity"],
+        "word_validity": ev["word_validity"],
+        "word_validity_words": ev["words"],
+        "invalid_words": ev["invalid_words"],
+        "eval_settings": {"stride": ev["bpc"]["stride"], "chapters": ev["chapters"],
+                          "val_chars": ev["bpc"]["chars"], **ev["sampling"]},
+        "engine_samples": [{"label": label, **opts, "seed": 0,
+                            "text": prompt + engine.generate(prompt, n_new, seed=0, **opts)}
+                           for label, opts in CARD_SAMPLES],
+    }
+
+
 def write_model_card(directory, s: dict) -> Path:
     """``MODEL_CARD.md`` from a :func:`run` summary."""
     m = ModelConfig.from_dict(s["model_config"])  # HF keys, or the old names (older summaries)
@@ -156,6 +208,35 @@ def write_model_card(directory, s: dict) -> Path:
     threads_note = "" if t["threads"] == 2 else (
         f" (`--threads {t['threads']}`: the 2-core machine was shared with other jobs, where one thread ran"
         " faster; the thread count changes only the float summation order)")
+    epochs = f", {s['epochs']:.1f} epochs of the training split" if "epochs" in s else ""
+    total = (f"; the whole run (data, training, export, evaluation) took "
+             f"{s['total_seconds'] / 60:.1f} minutes") if "total_seconds" in s else ""
+    speed = ""
+    if "train_tokens_per_second" in s:
+        speed = (f" ({s['train_tokens_per_second']:,.0f} tokens/s; torch.compile "
+                 f"{'on' if s['compiled'] else 'off'}, backward matmuls "
+                 f"{'bf16' if s['bf16_grads'] else 'float32'})")
+    quality = quality_note = ""
+    if "bits_per_char" in s:
+        e = s["eval_settings"]
+        quality = (f"| bits per character, held-out chapters (engine) | {s['bits_per_char']:.3f} |\n"
+                   f"| token perplexity, held-out chapters (engine) | {s['token_perplexity']:.1f} |\n"
+                   f"| sampled words that are words of the training text | "
+                   f"{s['word_validity']:.1%} of {s['word_validity_words']:,} |\n")
+        quality_note = (
+            f"\nBits per character: the {e['chapters']} held-out chapters ({e['val_chars']:,} characters), "
+            f"each from a bos token, every token scored once with windows of "
+            f"{m.max_position_embeddings} tokens advancing by {e['stride']}, through the Numba engine "
+            f"on this directory (`python -m bitnet_edu.train.evaluate`).  Word validity: "
+            f"{e['n_samples']} samples of {e['max_new_tokens']} tokens (temperature {e['temperature']:g}, "
+            f"top-p {e['top_p']:g}, seeds {e['seed']}..{e['seed'] + e['n_samples'] - 1}); words not in "
+            f"the training text include: {', '.join(s['invalid_words'][:8]) or '-'}.\n")
+    quote = lambda text: "> " + text.replace(chr(10), chr(10) + "> ")  # noqa: E731
+    if "engine_samples" in s:
+        samples = "".join(f"Sample ({x['label']}, seed {x['seed']}, Numba engine):\n\n"
+                          f"{quote(x['text'])}\n\n" for x in s["engine_samples"])
+    else:
+        samples = f"Sample (temperature 0.8, top-k 40, seed 0, torch QAT model):\n\n{quote(s['sample'])}\n"
     text = f"""# bitnet_edu default model (`{s['config']}`)
 
 A BitNet b1.58 language model trained from scratch with quantization-aware training by
@@ -188,24 +269,21 @@ It is a teaching model: it writes King-James-flavoured English, not sense.
 
 ## Training
 AdamW (betas 0.9/0.95), batch {t['batch_size']} x {t['seq_len']} tokens, {s['steps']} steps
-({s['tokens_seen']:,} tokens), gradient clipping {t['grad_clip']}, seed {t['seed']}.
+({s['tokens_seen']:,} tokens{epochs}), gradient clipping {t['grad_clip']}, seed {t['seed']}.
 Two-stage b1.58 schedule: warmup {t['warmup']} steps, stage 1 cosine from lr {t['lr']:g} with weight decay
 peaking at {t['weight_decay']}; at {int(t['stage1_frac'] * 100)} % of the steps the lr drops to
 {t['lr_stage2']:g} and decays to {t['lr_min']:g}, weight decay 0.
-{s['train_seconds'] / 60:.1f} minutes on {s['machine']}, {t['threads']} CPU thread(s){threads_note}.
+{s['train_seconds'] / 60:.1f} minutes{speed} on {s['machine']}, {t['threads']} CPU thread(s){threads_note}{total}.
 
 ## Results
 | metric | value |
 |---|---|
-| final training loss (mean of last 20 steps) | {s['final_train_loss']:.3f} |
+{quality}| final training loss (mean of last 20 steps) | {s['final_train_loss']:.3f} |
 | validation loss (eval batches) | {s['final_val_loss']:.3f} |
 | validation perplexity (whole split) | {s['val_perplexity']:.1f} |
 | fraction of zero weights | {s['zero_fraction']:.3f} |
-
-Sample (temperature 0.8, top-k 40, seed 0, torch QAT model):
-
-> {s['sample'].replace(chr(10), chr(10) + '> ')}
-
+{quality_note}
+{samples}
 ## Use
 ```python
 import bitnet_edu
