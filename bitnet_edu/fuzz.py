@@ -77,7 +77,7 @@ KINDS = ("clean", "loaded", "nonfinite") + FAILURES
 
 #: the tiny seed model: hidden and intermediate sizes are multiples of 128 (I2_S blocks), the
 #: vocabulary is the shipped tokenizer's
-TINY = dict(vocab_size=2048, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+TINY = dict(vocab_size=4096, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=32,
             max_position_embeddings=64, rope_theta=10000.0, bos_token_id=0, eos_token_id=0)
 _SHIPPED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -142,7 +142,10 @@ class Seeds:
         for name in _SHIPPED:
             shutil.copyfile(shipped / name, self.default / name)
         self.tiny = self._dir("tiny")
-        config, weights = random_model(dict(TINY), seed=0, head="float32").to_checkpoint()
+        # the shipped tokenizer over a random model: its vocabulary must cover the tokenizer's ids
+        vocab = json.loads((shipped / "config.json").read_text())["vocab_size"]
+        config, weights = random_model({**TINY, "vocab_size": vocab}, seed=0,
+                                       head="float32").to_checkpoint()
         write_hf_checkpoint(self.tiny, config, weights,
                             generation_config=json.loads(
                                 (shipped / "generation_config.json").read_text()))

@@ -272,11 +272,13 @@ def test_shipped_default_model_files_still_load():
     if not (DEFAULT_MODEL / "training.json").exists():
         pytest.skip("default model not shipped")
     summary = json.loads((DEFAULT_MODEL / "training.json").read_text())
-    tiny = CONFIGS["tiny"].model
-    assert ModelConfig.from_dict(summary["model_config"]) == tiny  # the old key names
+    small = CONFIGS["small"].model  # the recipe the shipped model came from
+    trained = ModelConfig.from_dict(summary["model_config"])
+    assert BitNetConfig.from_shape(trained) == BitNetConfig.from_shape(small)
+    assert trained.quantized and trained.max_position_embeddings == small.max_position_embeddings
     shipped = BitNetConfig.from_json(DEFAULT_MODEL / "config.json")
-    assert BitNetConfig.from_shape(shipped) == BitNetConfig.from_shape(tiny)
-    assert (shipped.rope_theta, shipped.max_position_embeddings) == (tiny.rope_theta, 256)
+    assert BitNetConfig.from_shape(shipped) == BitNetConfig.from_shape(small)
+    assert (shipped.rope_theta, shipped.max_position_embeddings) == (small.rope_theta, 256)
 
 
 def test_model_card_unchanged_from_old_or_new_summary(tmp_path):
@@ -290,7 +292,7 @@ def test_model_card_unchanged_from_old_or_new_summary(tmp_path):
     summary = json.loads((DEFAULT_MODEL / "training.json").read_text())
     want = (DEFAULT_MODEL / "MODEL_CARD.md").read_text()
     assert write_model_card(tmp_path, summary).read_text() == want
-    summary["model_config"] = CONFIGS["tiny"].model.to_dict()  # what run() writes now
+    summary["model_config"] = CONFIGS["small"].model.to_dict()  # what run() writes now
     assert write_model_card(tmp_path, summary).read_text() == want
 
 

@@ -36,7 +36,8 @@ def test_kernel_race_medians_spread_and_16bit_baseline(monkeypatch):
     from bitnet_edu.widgets import kernel_race
     from bitnet_edu.widgets.kernel_race import KernelRace
 
-    monkeypatch.setattr(bench, "loadavg", lambda: 3.0)  # a busy machine: the warning shows
+    from bitnet_edu import cpu_threads
+    monkeypatch.setattr(cpu_threads, "loadavg", lambda: 3.0)  # a busy machine: the warning shows
     w = KernelRace(repeat=3)
     res = w.race()
     assert list(res) == kernels.available() + ["numpy float32"]

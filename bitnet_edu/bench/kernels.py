@@ -92,27 +92,8 @@ def _median_time(fn, copies, repeat):
     return spread(_sweep_times(fn, copies, repeat))["median"]
 
 
-def loadavg() -> float | None:
-    """The 1-minute load average (None where the OS has none, e.g. Windows)."""
-    try:
-        return float(os.getloadavg()[0])
-    except (AttributeError, OSError):  # pragma: no cover
-        return None
-
-
-#: a 1-minute load average above this means other programs compete for the cores
-BUSY_LOAD = 0.5
-
-
-def busy_warning(load_before, load_after=None, rel_iqr=None) -> str:
-    """'' on a quiet machine, else a sentence saying the machine was busy and what that does."""
-    loads = [v for v in (load_before, load_after) if v is not None]
-    if not loads or max(loads) <= BUSY_LOAD:
-        return ""
-    sp = f"; the timings' median relative spread (IQR / median) was {rel_iqr:.0%}" if rel_iqr else ""
-    return (f"WARNING: the machine was busy (1-minute load average {max(loads):.2f} > {BUSY_LOAD}){sp}. "
-            f"Other programs share the cores and memory bus: medians are slower and noisier than "
-            f"on an idle machine; compare only figures measured in the same run, and rerun when idle.")
+# the load check lives with the thread policy; these names stay importable from here
+from ..cpu_threads import BUSY_LOAD, busy_warning, loadavg  # noqa: E402,F401
 
 
 def memory_bandwidth_stats(mb: int, threads: int, repeat: int = 5) -> dict:

@@ -281,7 +281,7 @@ def check_fast_gemv(pack, gemv, naive=None, shape=(2048, 2048), repeat=9, thread
     if own is None:
         lines.append("  your naive: not implemented yet (exercise 1), not timed")
     ref_ms = t["kernels.get('naive')"]
-    from ..bench.kernels import busy_warning, loadavg
+    from ..cpu_threads import busy_warning, loadavg
     warn = busy_warning(loadavg())
     if warn:
         lines.append("  " + warn)

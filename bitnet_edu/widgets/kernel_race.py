@@ -99,7 +99,7 @@ class KernelRace:
 
     def race(self) -> dict:
         """Run every contestant on the current settings, updating the bars as each finishes."""
-        from ..bench.kernels import busy_warning, loadavg
+        from ..cpu_threads import busy_warning, loadavg
 
         out, k = SHAPES[self.controls["shape"].value]
         t, threads = self.controls["tokens"].value, self.controls["threads"].value
