@@ -117,8 +117,8 @@ def stage4_2b(tokens: int = 16):
     out = model.generate(ids, max_new_tokens=tokens, temperature=0.0)
     dt = time.perf_counter() - t0
     print(f"decode: {len(out)} tokens in {dt:.2f} s = {len(out) / dt:.1f} tok/s "
-          f"(bitnet.cpp: ~20 tok/s on 2 cores); model {model.memory_report()['total'] / 2**30:.2f} GiB, "
-          f"process peak {peak_rss_mb():.0f} MB")
+          f"(vs bitnet.cpp: python -m bitnet_edu.bench decode --bitnet-cpp DIR); model "
+          f"{model.memory_report()['total'] / 2**30:.2f} GiB, process peak {peak_rss_mb():.0f} MB")
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if load > cores:
         print(f"note: load average {load:.1f} on {cores} cores — other programs share the CPU, so this "
