@@ -54,8 +54,9 @@ CONFIGS = {
         TrainConfig(steps=450, batch_size=8, seq_len=256, lr=3e-3, lr_stage2=1e-3, lr_min=5e-5, warmup=40,
                     eval_every=50, eval_iters=8)),
     # the shipped default model since issue 12: 11.0 M parameters (3.4x tiny's compute per
-    # token), 4.1 M tokens (4.2 epochs).  2 threads, idle machine: 2,060 tok/s compiled (~33 min),
-    # 1,860 eager (~37 min); bf16_grads=True: 2,980 (not used for the shipped model).
+    # token), 4.1 M tokens (4.2 epochs).  tok/s on 2 threads, quiet machine (two sessions):
+    # compiled 2,060-2,730 (25-33 min), eager 1,860-2,020 (34-37 min), bf16_grads=True
+    # 2,980-3,430 (not used for the shipped model); the shipped run: 1,900 on a busy machine.
     "small": Recipe(
         ModelConfig(vocab_size=4096, hidden_size=384, num_hidden_layers=6, num_attention_heads=6,
                     num_key_value_heads=2, intermediate_size=1024, max_position_embeddings=256),
