@@ -394,7 +394,7 @@ def _bad_ids(v) -> bool:
 
 
 def _config_must_fail(old: dict, new) -> bool:
-    """Whether a mutated ``config.json`` is invalid for the seed's weights."""
+    """Whether a mutated ``config.json`` is invalid for the weights of the fuzzing seed checkpoint (the file it was mutated from)."""
     if not isinstance(new, dict):
         return True
     if _shape_of(new) != _shape_of(old):

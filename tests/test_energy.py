@@ -1,4 +1,4 @@
-"""The per-token bytes/energy model: counts, formulas and the comparison with the seed's claim."""
+"""The per-token bytes/energy model: counts, formulas and the comparison with bitnet.cpp's measured range (arXiv 2410.16144)."""
 
 import pytest
 

@@ -2,8 +2,8 @@
 
 All arithmetic lives in :mod:`bitnet_edu.energy` (Horowitz's ISSCC 2014 45 nm table, cited
 there); this widget only displays it. Things to try: a longer context (the KV cache starts to
-matter), the head in int8 or ternary (the fp16 head is why 2B4T lands inside the seed's
-55-82 % and not at 87 %), the high DRAM figure (every bar doubles, the ratios barely move).
+matter), the head in int8 or ternary (the fp16 head is why 2B4T lands inside bitnet.cpp's
+measured 55-82 % (arXiv 2410.16144) and not at 87 %), the high DRAM figure (every bar doubles, the ratios barely move).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class EnergyCalculator:
         self.label.value = (
             f"<b>ternary</b> {t.bytes / 1e9:.2f} GB and {t.total_mj:.0f} mJ per token vs "
             f"<b>fp16</b> {fp.bytes / 1e9:.2f} GB and {fp.total_mj:.0f} mJ: <b>{r:.1%} less energy</b>, "
-            f"{E.verdict(r)} the seed's 55–82 %. DRAM traffic is {t.memory_pj / t.total_pj:.1%} of the "
+            f"{E.verdict(r)} bitnet.cpp's measured 55–82 % (arXiv 2410.16144). DRAM traffic is {t.memory_pj / t.total_pj:.1%} of the "
             f"ternary total; arithmetic alone would promise {red[0]:.0%}. "
             f"<i>Table: Horowitz, ISSCC 2014, 45 nm.</i>")
 
