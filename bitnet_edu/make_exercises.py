@@ -29,7 +29,7 @@ nbgrader out of the box: :func:`mark_for_nbgrader` gives every cell the metadata
 * the "All checks" summary cell (several checks and a tally) is read-only, not graded again.
 
 Under ``nbgrader autograde`` the checks raise on anything but PASS without any setting (nbgrader
-sets ``NBGRADER_EXECUTION=autograde``; see :mod:`bitnet_edu.checks.stage1`).
+sets ``NBGRADER_EXECUTION=autograde``; see :func:`bitnet_edu.checks._core.grading_mode`).
 
     python -m bitnet_edu.make_exercises            # mark solutions/, rewrite exercises/ from them
     python -m bitnet_edu.make_exercises --check    # exit 1 if either has drifted

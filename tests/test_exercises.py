@@ -102,6 +102,25 @@ def test_grading_mode_raises_on_anything_but_pass(monkeypatch):
         check_one(lambda: (_ for _ in ()).throw(NotImplementedError()))
 
 
+def test_grading_mode_is_on_under_nbgrader_unless_turned_off(monkeypatch):
+    """nbgrader's autograde/validate set NBGRADER_EXECUTION; BITNET_EDU_GRADING set by hand wins."""
+    from bitnet_edu.checks import check
+
+    @check
+    def check_one(fn):
+        assert fn() == 1, "expected 1"
+
+    monkeypatch.delenv("BITNET_EDU_GRADING", raising=False)
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+    assert not check_one(lambda: 2).passed  # a plain notebook: FAIL is printed, nothing raised
+    for mode in ("autograde", "validate"):
+        monkeypatch.setenv("NBGRADER_EXECUTION", mode)  # set after import: read at each check
+        with pytest.raises(AssertionError, match="FAIL"):
+            check_one(lambda: 2)
+    monkeypatch.setenv("BITNET_EDU_GRADING", "0")
+    assert not check_one(lambda: 2).passed
+
+
 def test_check_names_are_unique_across_stages():
     """`from .stageN import *` would silently replace an earlier stage's check of the same name."""
     import importlib

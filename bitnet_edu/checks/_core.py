@@ -42,6 +42,19 @@ _ICON = {PASS: "✅", NOT_IMPLEMENTED: "⏳", FAIL: "❌"}
 TIMEOUT_S = float(os.environ.get("BITNET_EDU_CHECK_TIMEOUT", "30"))
 
 
+def grading_mode() -> bool:
+    """True when a FAIL must raise so that an autograder scores the cell zero.
+
+    ``BITNET_EDU_GRADING=1`` turns it on and ``=0`` off; unset, it is on under nbgrader
+    (``nbgrader autograde`` and ``validate`` set ``NBGRADER_EXECUTION`` in the kernel's
+    environment), so an instructor cannot forget it.  Read at each check, not at import.
+    """
+    flag = os.environ.get("BITNET_EDU_GRADING")
+    if flag is not None:
+        return flag == "1"
+    return os.environ.get("NBGRADER_EXECUTION") in ("autograde", "validate")
+
+
 @dataclass
 class CheckResult:
     name: str
@@ -206,7 +219,7 @@ def check(fn):
             res = CheckResult(name, FAIL, f"{describe_exception(e)} — while checking your result; "
                                           f"does your function return what its docstring says?")
         print(f"{_ICON[res.status]} {res.line()}")
-        if os.environ.get("BITNET_EDU_GRADING") == "1" and not res.passed:
+        if grading_mode() and not res.passed:
             # autograder mode (nbgrader "autograder tests" cells): a cell that errors scores zero
             raise AssertionError(res.line())
         return res

@@ -6,20 +6,10 @@ negative-only, other shapes — and compares with the package's own implementati
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from .. import packing, quant
 from ._core import as_array, check, expect_close, expect_dtype, expect_equal, student_call
-
-# Grading mode under nbgrader without any setting: ``nbgrader autograde`` (and ``validate``) set
-# NBGRADER_EXECUTION in the kernel's environment, and every check then raises on anything but PASS
-# (``_core.check`` reads BITNET_EDU_GRADING), so a stub or a wrong answer scores zero even when the
-# instructor forgot BITNET_EDU_GRADING=1.  ``bitnet_edu.checks`` imports this module first, so it
-# holds for every lesson.  BITNET_EDU_GRADING=0 set by hand still wins.
-if os.environ.get("NBGRADER_EXECUTION") in ("autograde", "validate"):
-    os.environ.setdefault("BITNET_EDU_GRADING", "1")
 
 __all__ = ["check_absmean_ternary", "check_absmax_int8", "check_pack_hf", "check_sqnr",
            "check_best_multiplier"]
