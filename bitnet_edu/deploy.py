@@ -178,6 +178,29 @@ def _normal(v):
     return repr(v)
 
 
+#: what ``model.generate`` / ``model.stream`` do with a setting that is not given
+GENERATION_DEFAULTS = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0,
+                       "seed": None, "stop": None}
+#: settings a greedy request never reads (the repetition penalty still changes greedy output)
+SAMPLING_ONLY = ("top_k", "top_p", "seed")
+
+
+def _is_greedy(temperature) -> bool:
+    return isinstance(temperature, numbers.Real) and float(temperature) <= 0  # NaN is not greedy
+
+
+def canonical_settings(settings: dict) -> tuple:
+    """Settings as a sorted tuple of ``(name, value)`` in which two requests that must produce
+    the same text are equal: defaults filled in (``{}`` = ``{"temperature": 0}``), numbers in one
+    type (``0`` = ``0.0``), and for a greedy request the sampling-only settings dropped (its seed
+    or top-p cannot change the answer, so they must not split the cache)."""
+    s = {**GENERATION_DEFAULTS, **settings}
+    if _is_greedy(s["temperature"]):
+        for name in SAMPLING_ONLY:
+            s.pop(name)
+    return tuple(sorted((k, _normal(v)) for k, v in s.items()))
+
+
 class ResponseCache:
     """Least-recently-used map ``(model, prompt, settings) -> Reply`` holding at most
     ``maxsize`` entries.  ``get`` and ``put`` copy the value, so a caller that edits a reply
@@ -194,8 +217,7 @@ class ResponseCache:
     def key(prompt, settings: dict, model=None) -> tuple:
         """The cache key of one request; ``model`` keeps two models sharing a cache apart."""
         p = prompt if isinstance(prompt, str) else tuple(int(i) for i in _flat_ids(prompt))
-        items = tuple(sorted((k, _normal(v)) for k, v in settings.items()))
-        return _model_identity(model), p, items
+        return _model_identity(model), p, canonical_settings(settings)
 
     @staticmethod
     def cacheable(settings: dict) -> bool:
@@ -204,9 +226,8 @@ class ResponseCache:
         Greedy is the default of ``model.generate`` / ``model.stream``: a request without a
         ``temperature`` is greedy, as is any ``temperature <= 0``.
         """
-        t = settings.get("temperature", 0.0)
-        greedy = isinstance(t, numbers.Real) and float(t) <= 0  # NaN is not greedy
-        return greedy or settings.get("seed") is not None
+        return (_is_greedy(settings.get("temperature", GENERATION_DEFAULTS["temperature"]))
+                or settings.get("seed") is not None)
 
     def get(self, key):
         with self._lock:

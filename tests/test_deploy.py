@@ -195,13 +195,23 @@ def test_cache_keys_normalise_numbers():
 
     k = ResponseCache.key
     assert k("a", {"temperature": 0}) == k("a", {"temperature": 0.0})
-    assert k("a", {"seed": np.int64(1)}) == k("a", {"seed": 1}) == k("a", {"seed": 1.0})
-    assert k("a", {"top_p": np.float32(0.5)}) == k("a", {"top_p": 0.5})
+    t = {"temperature": 0.8}  # sampled: the seed and top-p matter
+    assert k("a", {**t, "seed": np.int64(1)}) == k("a", {**t, "seed": 1}) == k("a", {**t, "seed": 1.0})
+    assert k("a", {**t, "top_p": np.float32(0.5)}) == k("a", {**t, "top_p": 0.5})
     assert k([1, 2], {}) == k(np.array([1, 2]), {}) == k((np.int64(1), 2), {})
     assert k("a", {"stop": ["x"]}) == k("a", {"stop": ("x",)})
-    assert k("a", {"seed": 1}) != k("a", {"seed": 2})
-    assert k("a", {"seed": 1}) != k("a", {"seed": "1"})
-    assert k("a", {"seed": 2**60}) != k("a", {"seed": 2**60 + 1})  # no rounding through float
+    assert k("a", {**t, "seed": 1}) != k("a", {**t, "seed": 2})
+    assert k("a", {**t, "seed": 1}) != k("a", {**t, "seed": "1"})
+    assert k("a", {**t, "seed": 2**60}) != k("a", {**t, "seed": 2**60 + 1})  # no rounding through float
+
+
+def test_cache_keys_fill_defaults_and_ignore_what_greedy_never_reads():
+    k = ResponseCache.key
+    assert k("a", {}) == k("a", {"temperature": 0, "top_p": 1.0, "repetition_penalty": 1})
+    assert k("a", {"seed": 1}) == k("a", {"seed": 2}) == k("a", {"top_p": 0.5, "top_k": 3})
+    assert k("a", {"repetition_penalty": 1.3}) != k("a", {})  # it changes greedy output too
+    assert k("a", {"max_new_tokens": 3}) != k("a", {"max_new_tokens": 4})
+    assert k("a", {"temperature": 0.8, "seed": 1}) != k("a", {"temperature": 0.8, "seed": 1, "top_p": 0.9})
 
 
 def test_default_greedy_requests_are_cached():

@@ -1,4 +1,5 @@
-"""Checks for stage 6 (deployment): KV-cache memory, energy per token, an LRU response cache.
+"""Checks for Lesson 06 (deployment): KV-cache memory, energy per token, an LRU response cache,
+and the design of a response-cache key.
 
 Each check compares the student's code with :mod:`bitnet_edu.energy` / :mod:`bitnet_edu.deploy`
 on several inputs, including the edge cases (zero context, a cache of size 1, re-inserting a key).
@@ -12,7 +13,7 @@ from .. import energy
 from ..deploy import ResponseCache
 from ._core import as_array, check, student_call
 
-__all__ = ["check_kv_cache_bytes", "check_energy_per_token", "check_lru_cache"]
+__all__ = ["check_kv_cache_bytes", "check_energy_per_token", "check_lru_cache", "check_cache_key"]
 
 _SHAPES = {
     "2B4T": energy.SHAPES["BitNet b1.58 2B4T"],
@@ -98,3 +99,66 @@ def check_lru_cache(LRUCache):
                         else " — a get counts as a use: evict the least recently USED key, not the oldest")
                 raise AssertionError(f"{name}: after ... {hist}: get({key!r}) returned {got!r}, "
                                      f"expected {want!r}{hint}")
+
+
+_M = {"max_new_tokens": 32}
+#: (request a, request b, must they share a key?, what it means when the student's key disagrees)
+_KEY_PAIRS = [
+    (("In the beginning", _M), ("In the beginning ", _M), False,
+     "the trailing space is a different token, so a different answer"),
+    (("Amen", {"max_new_tokens": 10}), ("Amen", {"max_new_tokens": 100}), False,
+     "a request for 100 tokens would be served the 10-token answer"),
+    (("Amen", {**_M, "temperature": 0.8, "seed": 1}), ("Amen", {**_M, "temperature": 0.8, "seed": 2}),
+     False, "two seeds draw two different samples"),
+    (("Amen", {**_M, "temperature": 0.8, "seed": 1}), ("Amen", {**_M, "temperature": 0.9, "seed": 1}),
+     False, "a different temperature is a different distribution"),
+    (("Amen", {**_M, "temperature": 0.8, "seed": 1, "top_p": 0.9}),
+     ("Amen", {**_M, "temperature": 0.8, "seed": 1}), False,
+     "top-p 0.9 cuts the tail that an unfiltered sample can draw from"),
+    (("Amen", {**_M, "repetition_penalty": 1.3}), ("Amen", _M), False,
+     "the repetition penalty changes the logits before the argmax, so it changes GREEDY output too"),
+    (("Amen", {"temperature": 0.8, "seed": 3, "max_new_tokens": 8}),
+     ("Amen", {"max_new_tokens": 8, "seed": 3, "temperature": 0.8}), True,
+     "the same settings in another order: str(dict) and list(dict.items()) follow insertion order"),
+    (("Amen", {**_M, "temperature": 0}), ("Amen", {**_M, "temperature": 0.0}), True,
+     "0 and 0.0 are the same temperature: Python's == says so, but their text (str, JSON) differs"),
+    (("Amen", _M), ("Amen", {**_M, "temperature": 0.0, "top_p": 1.0}), True,
+     "a setting left out means its default (greedy, top_p 1.0): the same request spelt two ways"),
+    (("Amen", {**_M, "seed": 1}), ("Amen", {**_M, "seed": 2}), True,
+     "a greedy request (temperature 0) never reads its seed: both produce the same text"),
+    (("Amen", {**_M, "top_p": 0.5, "top_k": 5}), ("Amen", _M), True,
+     "a greedy request never reads top_p or top_k: the argmax is inside any filtered set"),
+]
+
+
+def _hashable_key(fn, prompt, settings):
+    key = student_call(fn, prompt, settings)
+    if key is None:
+        raise AssertionError("cache_key returned None — did you forget `return`?")
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        raise AssertionError(
+            "cache_key returned a number — a hash? Two different requests can share a hash, and "
+            "the cache would hand one the other's answer. Return the canonical value itself (a "
+            "dict hashes it and then compares with ==, so collisions cannot mix answers)")
+    try:
+        hash(key)
+    except TypeError:
+        raise AssertionError(f"cache_key returned a {type(key).__name__}, which cannot be a "
+                             f"dictionary key (unhashable); build a tuple instead") from None
+    return key
+
+
+@check
+def check_cache_key(cache_key):
+    """``cache_key(prompt, settings) -> hashable``: equal exactly when the two requests must
+    produce the same text (the reference is :meth:`bitnet_edu.deploy.ResponseCache.key`)."""
+    for (pa, sa), (pb, sb), same, why in _KEY_PAIRS:
+        assert (ResponseCache.key(pa, sa) == ResponseCache.key(pb, sb)) == same  # the catalogue itself
+        ka, kb = _hashable_key(cache_key, pa, sa), _hashable_key(cache_key, pb, sb)
+        what = f"cache_key({pa!r}, {sa}) vs cache_key({pb!r}, {sb})"
+        if same and ka != kb:
+            raise AssertionError(f"{what}: different keys, but {why} — the cache stores the same "
+                                 f"answer twice and misses where it could hit")
+        if not same and ka == kb:
+            raise AssertionError(f"{what}: the same key, but {why} — the cache would serve a "
+                                 f"WRONG answer")
