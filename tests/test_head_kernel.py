@@ -23,6 +23,16 @@ def test_kernel_matches_numpy(t, v, n):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("t", [2, 4, 9, 16])
+def test_a_token_logits_do_not_depend_on_its_batch(t):
+    """Tokens share table loads in groups of TOKENS (a batched decode step); each token's
+    float work is unchanged, so its logits are the same bits as when it runs alone."""
+    x, table, rs = _case(t, 131, 2 * QK, seed=2)
+    batch = head_logits(x, table, rs)
+    alone = np.concatenate([head_logits(x[j:j + 1], table, rs) for j in range(t)])
+    np.testing.assert_array_equal(batch, alone)
+
+
 def test_quantize_blocks_numba_equals_numpy():
     x, _, _ = _case(4, 1, 4 * QK, seed=1)
     x[0, :QK] = 0.0      # an all-zero block

@@ -120,10 +120,32 @@ def _signed_block(builder, trow, xrow, base):
                                   ir.Constant(ir.VectorType(I32, 16), list(range(16))))
 
 
-@intrinsic
-def _row_dot(typingctx, table, r, xq, scale, t):
-    """float32 ``sum_b scale[t, b] * sum_{i in b} (table[r, i] + 128) * xq[t, i]`` (without the
-    ``+ 128`` where :data:`SIGNED`)."""
+def _block_dot(builder, target, trow, xrow, base):
+    """IR: 16 int32 lanes summing to one block's byte dot (``QK`` table bytes at ``trow + base``
+    with the activations at ``xrow + base``), the flipped ``w ^ 0x80`` unless :data:`SIGNED`."""
+    i64 = ir.IntType(64)
+    if target == "avx2":
+        return _signed_block(builder, trow, xrow, base)
+    if target == "neondot":  # 4 independent chains of 4 sdot, no flip
+        accs = [sdot(builder, ir.Constant(V16x32, None),
+                     *(load64(builder, row, builder.add(base, i64(64 * s)))
+                       for row in (trow, xrow))) for s in range(QK // 64)]
+    else:
+        flip = ir.Constant(V64x8, [0x80] * 64)
+        accs = []
+        for s in range(QK // 64):  # 4 independent vpdpbusd chains
+            off = builder.add(base, i64(64 * s))
+            w = builder.xor(load64(builder, trow, off), flip)
+            accs.append(dpbusd(builder, ir.Constant(V16x32, None), w,
+                               load64(builder, xrow, off), target, 255))
+    return builder.add(builder.add(accs[0], accs[1]), builder.add(accs[2], accs[3]))
+
+
+def _row_dots_codegen(tokens: int):
+    """Codegen of a row's dot with ``tokens`` consecutive tokens ``t .. t+tokens-1``: the block
+    loop emits each token's block dot in one loop body, so LLVM loads (and flips) each table
+    chunk once for all of them.  Each token's float work is the same, in the same order, as for
+    one token alone, so a token's logit has the same bits whatever its batch."""
     def codegen(context, builder, signature, args):
         target = isa(target_features(context))
         i64 = ir.IntType(64)
@@ -132,31 +154,38 @@ def _row_dot(typingctx, table, r, xq, scale, t):
         n = cgutils.unpack_tuple(builder, ta.shape, 2)[1]
         nb = cgutils.unpack_tuple(builder, sa.shape, 2)[1]
         trow = builder.gep(ta.data, [builder.mul(r64, n)])
-        xrow = builder.gep(xa.data, [builder.mul(t64, n)])
-        srow = builder.gep(sa.data, [builder.mul(t64, nb)])
-        flip = ir.Constant(V64x8, [0x80] * 64)
-        facc = cgutils.alloca_once_value(builder, ir.Constant(V16xf, None))
+        rows = [builder.add(t64, i64(j)) for j in range(tokens)]
+        xrows = [builder.gep(xa.data, [builder.mul(t, n)]) for t in rows]
+        srows = [builder.gep(sa.data, [builder.mul(t, nb)]) for t in rows]
+        faccs = [cgutils.alloca_once_value(builder, ir.Constant(V16xf, None)) for _ in rows]
         with cgutils.for_range(builder, nb) as loop:
             base = builder.mul(loop.index, i64(QK))
-            if target == "avx2":
-                tot = _signed_block(builder, trow, xrow, base)
-            elif target == "neondot":  # 4 independent chains of 4 sdot, no flip
-                accs = [sdot(builder, ir.Constant(V16x32, None),
-                             *(load64(builder, row, builder.add(base, i64(64 * s)))
-                               for row in (trow, xrow))) for s in range(QK // 64)]
-                tot = builder.add(builder.add(accs[0], accs[1]), builder.add(accs[2], accs[3]))
-            else:
-                accs = []
-                for s in range(QK // 64):  # 4 independent vpdpbusd chains
-                    off = builder.add(base, i64(64 * s))
-                    w = builder.xor(load64(builder, trow, off), flip)
-                    accs.append(dpbusd(builder, ir.Constant(V16x32, None), w,
-                                       load64(builder, xrow, off), target, 255))
-                tot = builder.add(builder.add(accs[0], accs[1]), builder.add(accs[2], accs[3]))
-            accumulate_scaled(builder, facc, tot, builder.load(builder.gep(srow, [loop.index])))
-        return reduce_sum(builder, facc)
+            for xrow, srow, facc in zip(xrows, srows, faccs):
+                tot = _block_dot(builder, target, trow, xrow, base)
+                accumulate_scaled(builder, facc, tot, builder.load(builder.gep(srow, [loop.index])))
+        if tokens == 1:
+            return reduce_sum(builder, faccs[0])
+        res = array_args(context, builder, signature, args, 5)[0]
+        for j, facc in enumerate(faccs):
+            builder.store(reduce_sum(builder, facc), builder.gep(res.data, [i64(j)]))
+        return context.get_dummy_value()
+    return codegen
 
-    return types.float32(table, r, xq, scale, t), codegen
+
+@intrinsic
+def _row_dot(typingctx, table, r, xq, scale, t):
+    """float32 ``sum_b scale[t, b] * sum_{i in b} (table[r, i] + 128) * xq[t, i]`` (without the
+    ``+ 128`` where :data:`SIGNED`)."""
+    return types.float32(table, r, xq, scale, t), _row_dots_codegen(1)
+
+
+TOKENS = 4  # tokens per table-row pass in a batch (a decode step of several sequences, prefill)
+
+
+@intrinsic
+def _row_dot_tile(typingctx, table, r, xq, scale, t, res):
+    """``res[j] = _row_dot(table, r, xq, scale, t + j)`` for ``j < TOKENS``, same bits."""
+    return types.void(table, r, xq, scale, t, res), _row_dots_codegen(TOKENS)
 
 
 @njit(cache=True)
@@ -187,10 +216,16 @@ def _quantize_blocks(x):
 @njit(cache=True, parallel=True)
 def _head(table, row_scale, xq, scale, corr, out):
     v, t = table.shape[0], xq.shape[0]
+    t_full = t - t % TOKENS
     for g in prange((v + ROWS - 1) // ROWS):
+        res = np.empty(TOKENS, np.float32)
         for r in range(g * ROWS, min(g * ROWS + ROWS, v)):
             prefetch_row(table, r + AHEAD)
-            for j in range(t):
+            for j0 in range(0, t_full, TOKENS):  # TOKENS tokens share each table load
+                _row_dot_tile(table, r, xq, scale, j0, res)
+                for j in range(TOKENS):
+                    out[j0 + j, r] = (res[j] - corr[j0 + j]) * row_scale[r]
+            for j in range(t_full, t):
                 out[j, r] = (_row_dot(table, r, xq, scale, j) - corr[j]) * row_scale[r]
 
 

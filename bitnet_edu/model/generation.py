@@ -1,108 +1,22 @@
-"""Text generation: sampling rules, the prefill/decode loop with a KV cache, streaming, chat.
+"""Text generation: the prefill/decode loop with a KV cache, streaming, chat.
 
 The loop: one *prefill* forward over the whole prompt fills the KV cache (matrix-matrix
 kernels), then each *decode* step runs one token (matrix-vector kernels) and samples the
-next from the last logits.  Sampling (all seeded, reproducible):
-
-* ``temperature`` 0 -> greedy argmax; otherwise softmax(logits / temperature);
-* ``top_k``: keep the k largest logits; ``top_p``: keep the smallest set of tokens whose
-  probability adds up to at least p (nucleus sampling);
-* ``repetition_penalty`` (> 1 discourages repeats): as in transformers, a seen token's
-  logit is divided by the penalty when positive and multiplied when negative.
+next from the last logits with the rules of :mod:`bitnet_edu.model.sampling` (all seeded,
+reproducible).  A list of prompts is decoded together (:mod:`bitnet_edu.model.batching`).
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 import time
 
 import numpy as np
 
 __all__ = ["sample_next", "top_p_filter", "top_k_filter", "apply_repetition_penalty",
-           "generate", "stream", "generate_ids", "chat_prompt", "CHAT_STOP"]
+           "generate", "stream", "generate_ids", "chat_prompt", "CHAT_STOP", "TextPieces"]
 
-CHAT_STOP = ("<|eot_id|>", "<|end_of_text|>")
-
-
-def apply_repetition_penalty(logits: np.ndarray, history, penalty: float) -> np.ndarray:
-    """``logits`` float32 ``[V]`` with every token of ``history`` penalized (a new array)."""
-    logits = np.array(logits, np.float32)
-    if penalty != 1.0 and len(history):
-        seen = np.unique(np.asarray(history, np.int64))
-        v = logits[seen]
-        logits[seen] = np.where(v > 0, v / penalty, v * penalty)
-    return logits
-
-
-def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
-    """Set all but the ``k`` largest logits to -inf (ties at the k-th value are kept)."""
-    if k <= 0 or k >= logits.size:
-        return logits
-    kth = np.partition(logits, -k)[-k]
-    return np.where(logits < kth, -np.inf, logits).astype(np.float32)
-
-
-def top_p_filter(probs: np.ndarray, p: float) -> np.ndarray:
-    """Nucleus filter: keep the most probable tokens until their sum reaches ``p``, renormalize.
-
-    ``probs`` float ``[V]`` summing to 1 -> same shape; the top token is always kept.
-    """
-    if p >= 1.0:
-        return probs
-    order = np.argsort(-probs, kind="stable")
-    cum = np.cumsum(probs[order])
-    n_keep = int(np.searchsorted(cum, p) + 1)  # first index where the sum reaches p, inclusive
-    keep = np.zeros_like(probs, dtype=bool)
-    keep[order[:n_keep]] = True
-    out = np.where(keep, probs, 0.0)
-    return out / out.sum()
-
-
-def sample_next(logits, rng=None, *, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                repetition_penalty: float = 1.0, history=()) -> int:
-    """Pick the next token id from last-position ``logits`` ``[V]``."""
-    if math.isnan(temperature):
-        raise ValueError("temperature is NaN; give a number >= 0 (0 = greedy)")
-    logits = apply_repetition_penalty(logits, history, repetition_penalty)
-    if temperature <= 0:
-        return int(np.argmax(logits))
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        scaled = logits / np.float32(temperature)
-    if np.isinf(scaled[np.isfinite(logits)]).any() or np.float32(temperature) == 0:
-        # a temperature so small that float32 overflows (1e-45): divide in float64 after
-        # subtracting the maximum, which keeps the T -> 0 limit (the top tokens, ties shared)
-        lg = logits.astype(np.float64)
-        with np.errstate(over="ignore"):
-            scaled = (lg - lg.max()) / float(temperature)
-    logits = top_k_filter(scaled, top_k).astype(np.float64)
-    probs = np.exp(logits - logits.max())
-    probs = top_p_filter(probs / probs.sum(), top_p)
-    rng = rng if rng is not None else np.random.default_rng()
-    return int(rng.choice(probs.size, p=probs))
-
-
-def _stop_ids(model, stop) -> set:
-    """Token ids that end generation: ``stop`` (ids or special-token strings) or the eos ids."""
-    if stop is None:
-        ids = set(model.config.eos_ids)
-        for s in CHAT_STOP:
-            i = model.tokenizer.token_to_id(s) if model.tokenizer is not None else None
-            if i is not None:
-                ids.add(i)
-        return ids
-    stop = [stop] if isinstance(stop, (str, int, np.integer)) else stop
-    out = set()
-    for s in stop:
-        if isinstance(s, str):
-            i = model.tokenizer.token_to_id(s) if model.tokenizer is not None else None
-            if i is None:
-                raise ValueError(f"stop string {s!r} is not a single token of this tokenizer; "
-                                 "give token ids, or a special token such as '<|eot_id|>'")
-            out.add(i)
-        else:
-            out.add(int(s))
-    return out
+from .sampling import (CHAT_STOP, _check_options, _stop_ids,  # noqa: F401 (public here too)
+                       apply_repetition_penalty, sample_next, top_k_filter, top_p_filter)
 
 
 def _prompt_ids(model, prompt):
@@ -130,36 +44,6 @@ def _prompt_ids(model, prompt):
         raise ValueError(f"token id {bad[0]} is outside this model's vocabulary "
                          f"[0, {vocab}) ({len(bad)} such id{'s' if len(bad) > 1 else ''})")
     return ids, False
-
-
-def _check_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed):
-    """Reject settings that would crash later or silently mean something else."""
-    def real(name, v):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v):
-            raise ValueError(f"{name} must be a number, got {v!r}")
-        return float(v)
-
-    def whole(name, v):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise ValueError(f"{name} must be a whole number, got {v!r}")
-        return int(v)
-
-    if whole("max_new_tokens", max_new_tokens) < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    t = real("temperature", temperature)
-    if t < 0 or math.isinf(t):
-        raise ValueError(f"temperature must be >= 0 and finite (0 = greedy), got {temperature}")
-    if whole("top_k", top_k) < 0:
-        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
-    if not 0 <= real("top_p", top_p) <= 1:
-        raise ValueError(f"top_p must be between 0 and 1 (1 = off), got {top_p}")
-    r = real("repetition_penalty", repetition_penalty)
-    if r <= 0 or math.isinf(r):
-        raise ValueError(f"repetition_penalty must be > 0 (1 = off, > 1 discourages repeats), "
-                         f"got {repetition_penalty}")
-    if isinstance(seed, (bool, numbers.Real)) and (not isinstance(seed, numbers.Integral)
-                                                    or isinstance(seed, bool) or seed < 0):
-        raise ValueError(f"seed must be a non-negative whole number (or None), got {seed!r}")
 
 
 def generate_ids(model, ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
@@ -200,6 +84,31 @@ def generate_ids(model, ids, max_new_tokens: int, *, temperature: float = 0.0, t
             stats["decode_tok_s"] = n + 1 and (n + 1) / max(stats["decode_s"], 1e-9)
 
 
+class TextPieces:
+    """Turns new token ids into text pieces as they arrive: :meth:`add` returns the new,
+    complete characters (``None`` while a multi-byte character still needs more tokens),
+    :meth:`finish` whatever is left.  All new ids are decoded together each time, so a
+    tokenizer that merges across tokens (leading spaces, byte fallback) stays correct."""
+
+    def __init__(self, model):
+        self.model, self.ids, self.sent = model, [], ""
+
+    def add(self, token: int) -> str | None:
+        self.ids.append(int(token))
+        text = self.model.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return None  # an unfinished UTF-8 sequence: wait for the next token
+        piece, self.sent = text[len(self.sent):], text
+        return piece
+
+    def finish(self) -> str:
+        if not self.ids:
+            return ""
+        text = self.model.decode(self.ids)
+        piece, self.sent = text[len(self.sent):], text
+        return piece
+
+
 def stream(model, prompt, max_new_tokens: int = 32, **opts):
     """Yield the continuation piece by piece: text pieces for a text prompt, ids for ids.
 
@@ -207,35 +116,47 @@ def stream(model, prompt, max_new_tokens: int = 32, **opts):
     yielded (a multi-byte character may need several tokens).
     """
     ids, is_text = _prompt_ids(model, prompt)
-    new, sent = [], ""
+    pieces = TextPieces(model)
     for tok in generate_ids(model, ids, max_new_tokens, **opts):
         if not is_text:
             yield tok
             continue
-        new.append(tok)
-        text = model.decode(new)
-        if text.endswith("\ufffd"):
-            continue  # an unfinished UTF-8 sequence: wait for the next token
-        yield text[len(sent):]
-        sent = text
-    if is_text and new:
-        text = model.decode(new)
-        if len(text) > len(sent):
-            yield text[len(sent):]
+        piece = pieces.add(tok)
+        if piece is not None:
+            yield piece
+    if is_text:
+        rest = pieces.finish()
+        if rest:
+            yield rest
 
 
 def generate(model, prompt, max_new_tokens: int = 32, **opts):
     """Text -> new text; ids -> list of new ids; a list of prompts -> a list of results.
 
-    A batch runs one prompt after another (each with its own cache); with a ``seed`` each
-    prompt ``i`` samples with ``seed + i`` so results do not depend on the batch order.
+    A list is decoded as a batch (:mod:`bitnet_edu.model.batching`: one weight pass per step
+    for all of them, at most ``max_batch`` (default 16) at a time); each result is what the
+    prompt gives alone.  With a ``seed`` each prompt ``i`` samples with ``seed + i``, so results
+    do not depend on the batch order.
     """
     if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], (str, list, tuple, np.ndarray)):
+        from .batching import generate_batch_ids
+
         seed = opts.pop("seed", None)
-        return [generate(model, p, max_new_tokens, seed=None if seed is None else seed + i, **opts)
-                for i, p in enumerate(prompt)]
+        max_batch = opts.pop("max_batch", 16)
+        parsed = [_prompt_ids(model, p) for p in prompt]
+        seeds = [None if seed is None else seed + i for i in range(len(parsed))]
+        outs = generate_batch_ids(model, [ids for ids, _ in parsed], max_new_tokens,
+                                  max_batch=max_batch, seeds=seeds, **opts)
+        return [_as_text(model, new) if is_text else new for (_, is_text), new in zip(parsed, outs)]
     pieces = list(stream(model, prompt, max_new_tokens, **opts))
     return "".join(pieces) if isinstance(prompt, str) else pieces
+
+
+def _as_text(model, new) -> str:
+    """The text :func:`stream` would have yielded for these new ids, joined."""
+    pieces = TextPieces(model)
+    out = [p for p in (pieces.add(t) for t in new) if p is not None]
+    return "".join(out) + pieces.finish()
 
 
 def chat_prompt(model, messages) -> str:

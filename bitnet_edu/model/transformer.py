@@ -390,6 +390,86 @@ class BitNetModel:
             trace.append({"final_norm": xn, "logits": logits})
         return logits
 
+    def forward_batch(self, ids, caches) -> np.ndarray:
+        """One decode step for B independent sequences: token ``ids[b]`` at position
+        ``caches[b].length`` of sequence ``b``.
+
+        ``ids`` int ``[B]``, ``caches`` B distinct :class:`KVCache` (ragged: each its own
+        length).  Returns float32 logits ``[B, vocab]``; every cache grows by one.  The B tokens
+        go through each ternary matrix in one GEMM call (the weights are read once per step,
+        not B times); attention runs per sequence on its own cache.  Row ``b`` is bit for bit
+        ``forward([ids[b]], caches[b])[0]``: activations are quantized per token, the integer
+        sums are exact and the rescale is per row, so batching never changes a result.
+        """
+        ids = np.asarray(ids)
+        caches = list(caches)
+        if ids.ndim != 1 or ids.size == 0 or len(caches) != ids.size:
+            raise ValueError(f"forward_batch takes one token per sequence: ids [B] and B caches, "
+                             f"got ids of shape {ids.shape} and {len(caches)} caches")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"token ids must be integers, got {ids.dtype}")
+        if len({id(k) for k in caches}) != len(caches):
+            raise ValueError("forward_batch: the same KV cache appears twice; each sequence "
+                             "needs its own (model.new_cache)")
+        if not self.fast or self.ffn_activation != "relu2":  # the reference path, one by one
+            return np.concatenate([self.forward([int(i)], k) for i, k in zip(ids, caches)])
+        c = self.config
+        ids = ids.astype(np.int64)
+        if ids.min() < 0 or ids.max() >= c.vocab_size:
+            bad = int(ids[(ids < 0) | (ids >= c.vocab_size)][0])
+            raise ValueError(f"token id {bad} out of range [0, {c.vocab_size})")
+        for k in caches:
+            if not isinstance(k, KVCache):
+                raise ValueError(f"caches must be KVCache objects, got {type(k).__name__}")
+            k.check(c.num_hidden_layers, c.num_key_value_heads, c.head_dim)
+            if k.length + 1 > min(c.max_position_embeddings, k.capacity):
+                raise ValueError(f"context too long: a cache holds {k.length} tokens of at most "
+                                 f"{min(c.max_position_embeddings, k.capacity)}")
+        starts = [int(k.length) for k in caches]
+        self._rope(max(starts) + 1)
+        x = self.head.embed(ids)
+        with self._numba_threads():
+            for i, L in enumerate(self.layers):
+                x = self._layer_batch(i, L, x, caches, starts)
+            for k in caches:
+                k.length += 1
+            xn = rms_norm(x, self.norm, c.rms_norm_eps)
+            logits = self._head_rows(xn)
+        bad = ~np.isfinite(xn).all(axis=1)
+        if bad.any():
+            logits[bad] = np.nan
+            warnings.warn(f"the hidden state is not finite at {int(bad.sum())} of {len(bad)} "
+                          "sequences: their logits are NaN", RuntimeWarning, stacklevel=2)
+        return logits
+
+    def _head_rows(self, xn):
+        """The output head on ``[B, hidden]``, each row the same bits as alone.  The quantized
+        heads are per-row integer dot products; a float32 BLAS product may sum in another order
+        for another number of rows, so the float head runs row by row (small models only)."""
+        if self.lm_head.mode != "float32" or len(xn) == 1:
+            return self.lm_head.logits(xn)
+        return np.concatenate([self.lm_head.logits(xn[b:b + 1]) for b in range(len(xn))])
+
+    def _layer_batch(self, i, L: LayerWeights, x, caches, starts):
+        """:meth:`_layer_fast` for B sequences of one token each (``x`` float32 ``[B, hidden]``)."""
+        c, eps = self.config, self.config.rms_norm_eps
+        one = len(x) == 1
+        norm_quant = fused.rmsnorm_quant_1 if one else fused.rmsnorm_quant
+        ffn_quant = fused.relu2_rmsnorm_quant_1 if one else fused.relu2_rmsnorm_quant
+        xq, xs = norm_quant(x, L.input_layernorm, eps)
+        qkv = self._linear_fast(L.qkv, xq, xs, 1.0)
+        a = np.empty((len(x), c.num_attention_heads * c.head_dim), np.float32)
+        for b, (cache, start) in enumerate(zip(caches, starts)):
+            attn = fused.attention_block_1 if start < 1024 else fused.attention_block
+            a[b] = attn(qkv[b:b + 1], L.qkv_scales, self._cos, self._sin, cache.k[i], cache.v[i],
+                        start, c.num_attention_heads, c.num_key_value_heads, c.head_dim)[0]
+        aq, as_ = norm_quant(a, L.attn_sub_norm, eps)
+        x = x + self._linear_fast(L.o, aq, as_, L.o_scale)
+        zq, zs = norm_quant(x, L.post_attention_layernorm, eps)
+        gu = self._linear_fast(L.gate_up, zq, zs, 1.0)
+        hq, hs = ffn_quant(gu, L.gate_up_scales[0], L.gate_up_scales[1], L.ffn_sub_norm, eps)
+        return x + self._linear_fast(L.down, hq, hs, L.down_scale)
+
     def _rope(self, n: int) -> None:
         """Make the RoPE tables cover positions ``0 .. n-1``: doubled when too short (rows of a
         longer table equal the shorter one's, so growing never changes a result), at most
