@@ -4,6 +4,7 @@
     bitnet-edu chat --model DIR
     bitnet-edu bench decode --threads 1,2
     bitnet-edu export --model DIR out.gguf
+    bitnet-edu serve --model DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY]
 
 Every error a user can cause (a bad argument, a missing or broken model file, a directory that
 does not exist, too little memory) ends in one line ``bitnet-edu: error: ...`` on stderr and
@@ -138,6 +139,37 @@ def cmd_export(a) -> int:
     return 0
 
 
+def cmd_serve(a) -> int:
+    import json
+    import logging
+    try:
+        import uvicorn
+
+        from .serve.app import ServerConfig, create_app
+    except ImportError as e:
+        raise ValueError(f"the server needs FastAPI and uvicorn ({e.name} is missing): "
+                         "pip install 'bitnet-edu[serve]'") from None
+    key = a.api_key or os.environ.get("BITNET_EDU_API_KEY") or None
+    if a.host not in ("127.0.0.1", "localhost", "::1") and key is None:
+        print(f"bitnet-edu: warning: serving on {a.host} without --api-key: anyone who can reach "
+              "this machine can use it", file=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))  # the lines are JSON already
+    log = logging.getLogger("bitnet_edu.serve")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    model = _load(a)
+    name = a.name or (Path(a.model).name if a.model else "bitnet-edu-default")
+    cfg = ServerConfig(model_name=name, api_key=key, rate_per_min=a.rate, burst=a.burst,
+                       timeout_s=a.timeout, max_batch=a.max_batch, log_prompts=a.log_prompts,
+                       max_new_tokens=a.max_tokens)
+    app = create_app(model, cfg)
+    print(json.dumps({"event": "start", "url": f"http://{a.host}:{a.port}/", "model": name,
+                      "api_key": key is not None}), file=sys.stderr)
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
+    return 0
+
+
 def _one_line(err: BaseException) -> str:
     """The error as one line: its message (whitespace collapsed, cut at 400 characters), with
     the exception's type when it is not a ValueError (those are written for users)."""
@@ -193,6 +225,26 @@ def _main(argv) -> int:
     _add_model_args(e)
     e.add_argument("out")
     e.set_defaults(fn=cmd_export)
+    s = sub.add_parser("serve", help="an OpenAI-compatible server for a class (FastAPI + uvicorn)")
+    _add_model_args(s)
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: "
+                        "the classroom network, then set --api-key)")
+    s.add_argument("--port", type=_int_at_least(1, "a TCP port"), default=8000)
+    s.add_argument("--api-key", default=None,
+                   help="clients must send 'Authorization: Bearer KEY' (or set BITNET_EDU_API_KEY)")
+    s.add_argument("--name", default=None, help="the model id clients ask for (/v1/models)")
+    s.add_argument("--rate", type=_float_in(0, math.inf, "0 = unlimited"), default=60.0,
+                   help="requests per minute per client (0 = unlimited)")
+    s.add_argument("--burst", type=_int_at_least(1, "requests at once"), default=10)
+    s.add_argument("--timeout", type=_float_in(0, math.inf, "seconds", low_open=True),
+                   default=120.0, help="seconds a request may run")
+    s.add_argument("--max-batch", type=_int_at_least(1, "sequences decoded together"), default=16)
+    s.add_argument("--max-tokens", type=_int_at_least(1, "tokens"), default=512,
+                   help="the most tokens one request may ask for")
+    s.add_argument("--log-prompts", action="store_true",
+                   help="write prompt text into the logs (off by default: students' privacy)")
+    s.set_defaults(fn=cmd_serve)
     a = ap.parse_args(argv)
     return a.fn(a) or 0
 

@@ -32,7 +32,8 @@ LAYERS = {
     "model": 5,           # the engine and its generation loop
     "train": 5.5,         # torch training beside the engine
     "generate": 6,        # old import path of model.generation
-    "deploy": 7, "plots": 7, "evaluate": 7, "serve": 7,
+    "deploy": 7, "plots": 7, "evaluate": 7,
+    "serve": 7.5,         # the HTTP server: the batch scheduler behind deploy's response cache
     "widgets": 8, "bench": 8, "fuzz": 8,
     "cli": 9, "demo": 9, "checks": 9, "make_exercises": 9, "nbval_plugin": 9,
 }
