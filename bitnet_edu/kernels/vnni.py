@@ -44,7 +44,7 @@ does.
 GEMV (decode): ``prange`` over groups of rows, one row at a time, 4 accumulators (one per
 slice) so 4 ``vpdpbusd`` chains overlap.  GEMM (prefill): a register tile of ``TILE`` rows x
 ``TOKENS`` tokens (per instruction set, :data:`TILES`): each decoded chunk feeds ``TOKENS``
-tokens and each activation load feeds ``TILE`` rows (2 x 4 on zmm: 32 ``vpdpbusd`` per 2 code
+tokens and each activation load feeds ``TILE`` rows (4 x 4 on zmm: 64 ``vpdpbusd`` per 4 code
 loads and 16 activation loads), activations of the token group stay in L1, the group's codes
 in L2.
 
@@ -69,14 +69,18 @@ __all__ = ["KERNEL", "VnniKernel", "has_vnni", "permute_x", "numpy_matmul", "ope
            "operands_1", "gemv_1"]
 
 BLOCK = 256   # weights per 64-byte chunk (two I2_S blocks)
-#: GEMM register tile (rows x tokens) per instruction set, measured (prefill at the 2B4T shape):
-#: zmm has 32 registers for 2 x 4 accumulators and 8 decoded slices; AVX-VNNI's ymm halves need
-#: twice the registers (2 x 2); AVX2 keeps int16 sums per (row, token) (1 x 4, see _avx2_dot);
-#: NEON (from the machine code, not timed: no ARM machine here): a <16 x i32> accumulator is 4
-#: of its 32 q registers; 1 x 4 and 2 x 2 compile without spills (2 x 4: ~120 q spills per
-#: chunk; LLVM for cortex-a76 and apple-m1), and 1 x 4 decodes each row once for 4 tokens
-#: (24 shift/AND per 64 sdot; 2 x 2: 48)
-TILES = {"avx512vnni": (2, 4), "avxvnni": (2, 2), "avx2": (1, 4), "neondot": (1, 4),
+#: GEMM register tile (rows x tokens) per instruction set, measured: the gate_up GEMM (2560 ->
+#: 13824) on 2 threads for 8, 16 and 128 tokens, tiles alternated over 3 rounds in one session
+#: (an Intel Xeon with AVX-512 VNNI and AVX-VNNI, 2026-12-02; ``--isa avx2`` for AVX2):
+#: zmm 4 x 4 gave 235-281 GMAC/s against 206-225 for 2 x 4 (16 accumulators; LLVM interleaves
+#: the 16 decoded slices with the vpdpbusd so they need not all be live); AVX2 (16 ymm
+#: registers) 2 x 2 gave 116-125 against 97-114 for 1 x 4 (int16 sums per (row, token), see
+#: _avx2_dot; 2 x 4 swung between 116 and 176, too unstable to pick).  AVX-VNNI's ymm halves
+#: need twice the registers of zmm (2 x 2).  NEON (from the machine code, not timed: no ARM
+#: machine here): a <16 x i32> accumulator is 4 of its 32 q registers; 1 x 4 and 2 x 2 compile
+#: without spills (2 x 4: ~120 q spills per chunk; LLVM for cortex-a76 and apple-m1), and
+#: 1 x 4 decodes each row once for 4 tokens (24 shift/AND per 64 sdot; 2 x 2: 48)
+TILES = {"avx512vnni": (4, 4), "avxvnni": (2, 2), "avx2": (2, 2), "neondot": (1, 4),
          "portable": (2, 4)}
 TILE, TOKENS = TILES[isa()]  # the target of this process's compiles (part of the cache key)
 ROWS = 32           # rows per parallel work item (their codes stay in L2 while tokens stream)
