@@ -359,3 +359,30 @@ def test_widgets_draw_their_data_even_when_anywidget_drops_updates(tmp_path):
     finally:
         for _ in gen:
             pass
+
+
+def test_chat_page_streams_a_reply_from_the_server(tmp_path):
+    """The server's page at ``/``: type a message, press Enter, the streamed reply appears (the
+    engine's own greedy answer) and the speed line reports pieces and the first-token time."""
+    _requirements()
+    pytest.importorskip("fastapi")
+    import bitnet_edu
+    from bitnet_edu.generate import chat_prompt
+    from bitnet_edu.serve.background import BackgroundServer
+
+    model = bitnet_edu.load_model()
+    msgs = [{"role": "user", "content": "Who made the heaven?"}]
+    want = model.generate(chat_prompt(model, msgs), 12, temperature=0)
+    with BackgroundServer(model, model_name="page-test", rate_per_min=0) as srv:
+        with _browser_page(srv.url + "/", tmp_path, 900, 30_000) as page:
+            assert page.text_content("#model") == "page-test"
+            page.click("summary")  # the settings are folded away by default
+            page.fill("#temperature", "0")
+            page.fill("#max_tokens", "12")
+            page.fill("#prompt", "Who made the heaven?")
+            page.press("#prompt", "Enter")
+            page.wait_for_function("document.querySelector('#speed').textContent.includes('pieces')")
+            reply = page.text_content(".assistant")
+            assert reply == want, (reply, want)
+            assert page.text_content(".user") == "you: Who made the heaven?"
+            assert "first after" in page.text_content("#speed")

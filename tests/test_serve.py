@@ -3,11 +3,8 @@ streaming and not; many concurrent clients get exactly their sequential greedy a
 limits (401, 404, 400, 413, 429 + Retry-After, timeout 504, disconnect); /metrics parsed by
 prometheus-client; JSON logs without prompt text."""
 
-import asyncio
 import json
 import logging
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,11 +14,11 @@ fastapi = pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 import bitnet_edu  # noqa: E402
 from bitnet_edu.generate import chat_prompt  # noqa: E402
-from bitnet_edu.serve.app import ServerConfig, _StopText, create_app  # noqa: E402
+from bitnet_edu.serve.app import _StopText  # noqa: E402
+from bitnet_edu.serve.background import BackgroundServer  # noqa: E402
 from bitnet_edu.serve.limits import RateLimiter, client_hash  # noqa: E402
 
 NAME = "test-model"
@@ -32,33 +29,12 @@ def model():
     return bitnet_edu.load_model()
 
 
-class Server:
+class Server(BackgroundServer):
     def __init__(self, model, **cfg):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.app = create_app(model, ServerConfig(model_name=NAME, **cfg))
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(model, model_name=NAME, **cfg)
 
     def client(self, key="none", **kw):
         return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, **kw)
-
-    def metrics(self) -> dict:
-        text = httpx.get(self.url + "/metrics").text
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for fam in text_string_to_metric_families(text) for s in fam.samples}
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(30)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +108,7 @@ def test_32_concurrent_clients_get_exactly_their_answers(server, model):
     assert len(results) == 128
     for p, text in results:
         assert text == want[p], f"{p!r}: got {text!r}"
-    assert max(server.app.state.scheduler.batch_sizes) > 1  # they really were batched
+    assert max(server.scheduler.batch_sizes) > 1  # they really were batched
 
 
 def test_stop_strings_cut_the_text(server, model):
@@ -213,7 +189,7 @@ def test_timeout_and_disconnect_free_the_slot(model):
                           json={"model": NAME, "prompt": "In the", "max_tokens": 250,
                                 "temperature": 0.9, "stream": True}) as r:
             next(r.iter_lines())  # the first event, then hang up
-        sched = s.app.state.scheduler
+        sched = s.scheduler
         deadline = time.time() + 10
         while sched.pending and time.time() < deadline:
             time.sleep(0.02)
@@ -245,3 +221,23 @@ def test_serve_cli_refuses_bad_arguments(capsys):
     from bitnet_edu.cli import main
     assert main(["serve", "--port", "0"]) == 2
     assert "--port" in capsys.readouterr().err
+
+
+def test_students_chat_widget_talks_to_the_server(server, model):
+    from bitnet_edu.serve.client import RemoteModel
+    from bitnet_edu.widgets import ChatWidget
+
+    remote = RemoteModel(server.url)
+    assert remote.model == NAME
+    assert remote.generate("In the beginning", 10) == model.generate("In the beginning", 10)
+    w = ChatWidget(url=server.url, max_new_tokens=8, temperature=0.0)
+    reply = w.send("And God said")
+    assert reply is not None and reply.text == model.generate("And God said", 8)
+    assert "And God said" in w.transcript.value
+    from bitnet_edu.deploy import Limits
+    bad = ChatWidget(url=server.url, limits=Limits(max_new_tokens=5000))  # only the server checks
+    bad.controls["max_new_tokens"].max = 5000
+    bad.controls["max_new_tokens"].value = 4000  # over the server's context: its 400, shown
+    assert bad.send("Amen") is None and "server said 400" in bad.status.value
+    with pytest.raises(ValueError, match="cannot reach"):
+        RemoteModel("http://127.0.0.1:9")

@@ -17,3 +17,4 @@ from .stage3 import *  # noqa
 from .stage5 import *  # noqa
 from .stage6 import *  # noqa
 from .stage4 import *  # noqa
+from .stage7 import *  # noqa

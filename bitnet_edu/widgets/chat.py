@@ -1,7 +1,9 @@
 """ChatWidget: type a prompt, watch the embedded model stream its answer, with a tokens/s meter.
 
 The model is anything with ``stream(prompt, max_new_tokens=..., temperature=..., seed=...)``
-yielding text pieces (``bitnet_edu.load_model()`` by default, loaded on the first send).
+yielding text pieces (``bitnet_edu.load_model()`` by default, loaded on the first send), or,
+with ``url=``, the instructor's ``bitnet-edu serve`` (:class:`bitnet_edu.serve.client.RemoteModel`:
+the same widget, the model on another machine).
 Generation goes through :func:`bitnet_edu.deploy.stream_reply`, so the widget gets the same
 timeout and measurement as the deployment lesson. Headless use: ``w.send("Once upon")``.
 """
@@ -39,9 +41,13 @@ class ChatWidget:
         widget: the ``VBox`` to display.
     """
 
-    def __init__(self, model=None, *, max_new_tokens: int = 48, temperature: float = 0.8,
-                 timeout: float = 60.0, limits: Limits = Limits(), refresh_s: float = 0.1):
+    def __init__(self, model=None, *, url: str | None = None, api_key: str | None = None,
+                 max_new_tokens: int = 48, temperature: float = 0.8, timeout: float = 60.0,
+                 limits: Limits = Limits(), refresh_s: float = 0.1):
+        if model is not None and url is not None:
+            raise ValueError("give a model or a server url, not both")
         self._model, self.timeout, self.limits, self.refresh_s = model, timeout, limits, refresh_s
+        self.url, self.api_key = url, api_key
         self.controls = {
             "prompt": W.Textarea(value="", placeholder="Type a prompt and press send",
                                  layout=W.Layout(width="100%", height="60px")),
@@ -65,7 +71,11 @@ class ChatWidget:
     @property
     def model(self):
         """The model, loading the embedded default model on first use."""
-        if self._model is None:
+        if self._model is None and self.url is not None:
+            from ..serve.client import RemoteModel  # stdlib HTTP only
+
+            self._model = RemoteModel(self.url, self.api_key, timeout=self.timeout)
+        elif self._model is None:
             from .. import load_model
 
             self._model = load_model()
