@@ -181,6 +181,8 @@ def test_timeout_and_disconnect_free_the_slot(model):
         r = httpx.post(s.url + "/v1/completions", json={"model": NAME, "prompt": "In the",
                                                         "max_tokens": 250, "temperature": 0.9})
         assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+        m = s.metrics()  # counted once, where it happened
+        assert m[("bitnet_edu_requests_total", (("endpoint", "completions"), ("status", "504")))] == 1
     finally:
         s.stop()
     s = Server(model, rate_per_min=0, max_new_tokens=250, cache_size=0)
@@ -241,3 +243,22 @@ def test_students_chat_widget_talks_to_the_server(server, model):
     assert bad.send("Amen") is None and "server said 400" in bad.status.value
     with pytest.raises(ValueError, match="cannot reach"):
         RemoteModel("http://127.0.0.1:9")
+
+
+def test_a_model_without_tokenizer_takes_ids_and_refuses_text():
+    tiny = bitnet_edu.random_model(dict(vocab_size=300, hidden_size=128, intermediate_size=256,
+                                        num_hidden_layers=1, num_attention_heads=2,
+                                        num_key_value_heads=1, max_position_embeddings=64), seed=0)
+    s = Server(tiny, rate_per_min=0)
+    try:
+        r = httpx.post(s.url + "/v1/completions", json={"model": NAME, "prompt": "hello"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+        r = httpx.post(s.url + "/v1/completions", json={"model": NAME, "prompt": [1, 2, 3],
+                                                        "max_tokens": 3, "temperature": 0})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 3
+        want = tiny.generate([1, 2, 3], 3, temperature=0)
+        assert r.json()["choices"][0]["text"] == "".join(f"<{i}>" for i in want)
+        r = httpx.post(s.url + "/v1/completions", json={"model": NAME, "prompt": [1, 999]})
+        assert r.status_code == 400 and "[0, 300)" in r.json()["error"]["message"]
+    finally:
+        s.stop()

@@ -71,6 +71,7 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.headers = headers or {}
+        self.logged = False  # True once counted and logged where it happened
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.TYPES.get(self.status, "error"),
@@ -121,6 +122,17 @@ def _settings(body: dict, cfg: ServerConfig) -> dict:
     if any(x == "" for x in stops):
         raise ApiError(400, "'stop' strings must not be empty", param="stop")
     return s, stops
+
+
+class _IdPieces:
+    """The text of a model without a tokenizer (random weights, for benchmarks): ``<id>`` per
+    token, so a client still sees one piece per token."""
+
+    def add(self, token: int) -> str:
+        return f"<{int(token)}>"
+
+    def finish(self) -> str:
+        return ""
 
 
 class _StopText:
@@ -230,7 +242,10 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
         t0 = time.perf_counter()
         client = client_hash(client_of(request))
         settings, stops = _settings(body, cfg)
-        ids, _ = _prompt_ids(model, prompt)
+        try:
+            ids, _ = _prompt_ids(model, prompt)
+        except ValueError as e:  # no tokenizer for text, ids out of the vocabulary, ...
+            raise ApiError(400, str(e), param="messages" if chat else "prompt") from None
         if len(ids) > max_prompt or len(ids) + settings["max_new_tokens"] > context:
             raise ApiError(400, f"the prompt has {len(ids)} tokens; with max_tokens="
                                 f"{settings['max_new_tokens']} that exceeds this model's context "
@@ -290,14 +305,18 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        req = sched.submit(ids, settings["max_new_tokens"], temperature=settings["temperature"],
-                           top_k=settings["top_k"], top_p=settings["top_p"],
-                           repetition_penalty=settings["repetition_penalty"],
-                           seed=settings.get("seed"),
-                           on_token=lambda t: loop.call_soon_threadsafe(queue.put_nowait, t),
-                           on_done=lambda r: loop.call_soon_threadsafe(queue.put_nowait, None))
+        try:
+            req = sched.submit(ids, settings["max_new_tokens"], temperature=settings["temperature"],
+                               top_k=settings["top_k"], top_p=settings["top_p"],
+                               repetition_penalty=settings["repetition_penalty"],
+                               seed=settings.get("seed"),
+                               on_token=lambda t: loop.call_soon_threadsafe(queue.put_nowait, t),
+                               on_done=lambda r: loop.call_soon_threadsafe(queue.put_nowait, None))
+        except ValueError as e:
+            raise ApiError(400, str(e)) from None
         deadline = t0 + cfg.timeout_s
-        pieces, cut = TextPieces(model), _StopText(stops)
+        pieces = TextPieces(model) if getattr(model, "tokenizer", None) is not None else _IdPieces()
+        cut = _StopText(stops)
         state = {"n": 0, "ttft": None}
 
         async def next_piece():
@@ -348,11 +367,15 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
             except asyncio.TimeoutError:
                 req.cancel()
                 done_log(504, state["n"], state["ttft"])
-                raise ApiError(504, f"the request ran past the server's timeout of "
+                err = ApiError(504, f"the request ran past the server's timeout of "
                                     f"{cfg.timeout_s:g} s; ask for fewer tokens", code="timeout")
+                err.logged = True
+                raise err from None
             if req.finish_reason == "error":
                 done_log(500, state["n"], state["ttft"])
-                raise ApiError(500, f"generation failed: {req.error}")
+                err = ApiError(500, f"generation failed: {req.error}")
+                err.logged = True
+                raise err
             if not cut.hit:
                 text.append(cut.add(pieces.finish()) + cut.flush())
             out = "".join(text)
@@ -430,8 +453,8 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
             check_model(body)
             return await handler(body)
         except ApiError as e:
-            metrics.requests.labels(endpoint, str(e.status)).inc()
-            if e.status != 504:  # a timeout was logged where it happened
+            if not e.logged:  # a timeout or a failed generation was counted where it happened
+                metrics.requests.labels(endpoint, str(e.status)).inc()
                 log_line(event="request", client=client_hash(client_of(request)),
                          endpoint=endpoint, status=e.status, error=e.code or e.TYPES.get(e.status))
             raise
