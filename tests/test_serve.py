@@ -149,11 +149,15 @@ def test_rate_limit_429_with_retry_after(model):
         assert [r.status_code for r in codes] == [200, 200, 429]
         assert int(codes[2].headers["retry-after"]) >= 1
         assert codes[2].json()["error"]["type"] == "rate_limit_error"
-        other = httpx.post(s.url + "/v1/completions", headers={"Authorization": "Bearer b"},
-                           json={"model": NAME, "prompt": "a", "max_tokens": 1})
-        assert other.status_code == 200  # another client has its own bucket
+        fake = httpx.post(s.url + "/v1/completions", headers={"Authorization": "Bearer made-up"},
+                          json={"model": NAME, "prompt": "a", "max_tokens": 1})
+        assert fake.status_code == 429  # a made-up token is not a new client
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as c2:
+            other = c2.post(s.url + "/v1/completions", json={"model": NAME, "prompt": "a",
+                                                             "max_tokens": 1})
+        assert other.status_code == 200  # another address has its own bucket
         m = s.metrics()
-        assert m[("bitnet_edu_requests_total", (("endpoint", "completions"), ("status", "429")))] == 1
+        assert m[("bitnet_edu_requests_total", (("endpoint", "completions"), ("status", "429")))] == 2
     finally:
         s.stop()
     t = [0.0]
@@ -215,7 +219,7 @@ def test_metrics_and_logs(server, caplog):
     assert ("bitnet_edu_queue_depth", ()) in m and ("bitnet_edu_batch_size_count", ()) in m
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "bitnet_edu.serve"]
     assert lines and all("Blessed" not in json.dumps(x) for x in lines)  # no prompt text
-    assert all(len(x["client"]) == 12 and x["client"] == client_hash("key:none")  # the key it sent
+    assert all(len(x["client"]) == 12 and x["client"] == client_hash("ip:127.0.0.1")
                for x in lines)
 
 

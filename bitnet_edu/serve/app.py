@@ -197,9 +197,8 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
     def client_of(request: Request) -> str:
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer ") and cfg.api_key is None:
-            return "key:" + auth[7:].strip()  # without a server key, a client may name itself
+        # the address, not a token the client chooses: a made-up bearer per request would
+        # otherwise be a fresh bucket each time (behind one NAT a class shares one address)
         return "ip:" + (request.client.host if request.client else "?")
 
     def check_key(request: Request):

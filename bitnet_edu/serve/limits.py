@@ -1,7 +1,8 @@
 """Who is asking, and how often they may: hashed client ids and a per-client token bucket.
 
 A classroom server is shared by thirty students; one student's loop that fires requests
-must not starve the others.  Each client (its API key, else its IP address) owns a bucket of
+must not starve the others.  Each client (its IP address: not a token it could make up anew
+for every request) owns a bucket of
 ``burst`` tokens refilled at ``rate_per_min / 60`` per second; a request takes one token or is
 refused with HTTP 429 and a ``Retry-After`` of the seconds until the next token.
 
