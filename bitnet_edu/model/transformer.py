@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 import warnings
 from dataclasses import dataclass
 
@@ -342,29 +341,10 @@ class BitNetModel:
         extended by ``T``.  ``trace``: a list that receives one dict of intermediates per layer
         (then the NumPy reference path runs).
         """
-        ids = np.asarray(ids)
-        if ids.size == 0:
-            raise ValueError("ids is empty: give at least one token")
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"token ids must be integers, got {ids.dtype} values such as "
-                             f"{ids.reshape(-1)[0]!r}")
-        ids = ids.astype(np.int64).reshape(-1)
-        if ids.min() < 0 or ids.max() >= self.config.vocab_size:
-            bad = int(ids[(ids < 0) | (ids >= self.config.vocab_size)][0])
-            raise ValueError(f"token id {bad} out of range [0, {self.config.vocab_size})")
-        c = self.config
+        ids = self._token_ids(ids)
         if cache is None:
             cache = self.new_cache(len(ids))
-        elif not isinstance(cache, KVCache):
-            raise ValueError(f"cache must be a KVCache (model.new_cache(capacity)), got "
-                             f"{type(cache).__name__}")
-        cache.check(c.num_hidden_layers, c.num_key_value_heads, c.head_dim)
-        start, t = int(cache.length), len(ids)
-        limit = min(self.config.max_position_embeddings, cache.capacity)
-        if start + t > limit:
-            raise ValueError(f"context too long: {start} cached + {t} new tokens > {limit} "
-                             f"(max_position_embeddings={self.config.max_position_embeddings}, "
-                             f"cache capacity={cache.capacity})")
+        start, t = self._cache_start(cache, len(ids)), len(ids)
         self._rope(start + t)
         x = self.head.embed(ids)
         if trace is not None:
@@ -390,6 +370,38 @@ class BitNetModel:
             trace.append({"final_norm": xn, "logits": logits})
         return logits
 
+    def _token_ids(self, ids) -> np.ndarray:
+        """``ids`` as int64 ``[T]``, or a ValueError for no tokens, non-integers or ids outside
+        the vocabulary."""
+        ids = np.asarray(ids)
+        if ids.size == 0:
+            raise ValueError("ids is empty: give at least one token")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"token ids must be integers, got {ids.dtype} values such as "
+                             f"{ids.reshape(-1)[0]!r}")
+        ids = ids.astype(np.int64).reshape(-1)
+        vocab = self.config.vocab_size
+        if ids.min() < 0 or ids.max() >= vocab:
+            bad = int(ids[(ids < 0) | (ids >= vocab)][0])
+            raise ValueError(f"token id {bad} out of range [0, {vocab})")
+        return ids
+
+    def _cache_start(self, cache, t: int) -> int:
+        """The position where ``t`` new tokens go in ``cache``, after checking that it is a
+        KV cache of this model's shape with room for them (ValueError otherwise)."""
+        c = self.config
+        if not isinstance(cache, KVCache):
+            raise ValueError(f"cache must be a KVCache (model.new_cache(capacity)), got "
+                             f"{type(cache).__name__}")
+        cache.check(c.num_hidden_layers, c.num_key_value_heads, c.head_dim)
+        start = int(cache.length)
+        limit = min(c.max_position_embeddings, cache.capacity)
+        if start + t > limit:
+            raise ValueError(f"context too long: {start} cached + {t} new tokens > {limit} "
+                             f"(max_position_embeddings={c.max_position_embeddings}, "
+                             f"cache capacity={cache.capacity})")
+        return start
+
     def forward_batch(self, ids, caches) -> np.ndarray:
         """One decode step for B independent sequences: token ``ids[b]`` at position
         ``caches[b].length`` of sequence ``b``.
@@ -401,30 +413,19 @@ class BitNetModel:
         ``forward([ids[b]], caches[b])[0]``: activations are quantized per token, the integer
         sums are exact and the rescale is per row, so batching never changes a result.
         """
-        ids = np.asarray(ids)
         caches = list(caches)
-        if ids.ndim != 1 or ids.size == 0 or len(caches) != ids.size:
+        if np.ndim(ids) != 1 or np.size(ids) == 0 or len(caches) != np.size(ids):
             raise ValueError(f"forward_batch takes one token per sequence: ids [B] and B caches, "
-                             f"got ids of shape {ids.shape} and {len(caches)} caches")
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"token ids must be integers, got {ids.dtype}")
+                             f"got ids of shape {np.shape(ids)} and {len(caches)} caches")
+        ids = self._token_ids(ids)
         if len({id(k) for k in caches}) != len(caches):
             raise ValueError("forward_batch: the same KV cache appears twice; each sequence "
                              "needs its own (model.new_cache)")
         if not self.fast or self.ffn_activation != "relu2":  # the reference path, one by one
             return np.concatenate([self.forward([int(i)], k) for i, k in zip(ids, caches)])
         c = self.config
-        ids = ids.astype(np.int64)
-        if ids.min() < 0 or ids.max() >= c.vocab_size:
-            bad = int(ids[(ids < 0) | (ids >= c.vocab_size)][0])
-            raise ValueError(f"token id {bad} out of range [0, {c.vocab_size})")
         for k in caches:
-            if not isinstance(k, KVCache):
-                raise ValueError(f"caches must be KVCache objects, got {type(k).__name__}")
-            k.check(c.num_hidden_layers, c.num_key_value_heads, c.head_dim)
-            if k.length + 1 > min(c.max_position_embeddings, k.capacity):
-                raise ValueError(f"context too long: a cache holds {k.length} tokens of at most "
-                                 f"{min(c.max_position_embeddings, k.capacity)}")
+            self._cache_start(k, 1)
         starts = [int(k.length) for k in caches]
         self._rope(max(starts) + 1)
         x = self.head.embed(ids)
@@ -451,24 +452,19 @@ class BitNetModel:
         return np.concatenate([self.lm_head.logits(xn[b:b + 1]) for b in range(len(xn))])
 
     def _layer_batch(self, i, L: LayerWeights, x, caches, starts):
-        """:meth:`_layer_fast` for B sequences of one token each (``x`` float32 ``[B, hidden]``)."""
-        c, eps = self.config, self.config.rms_norm_eps
-        one = len(x) == 1
-        norm_quant = fused.rmsnorm_quant_1 if one else fused.rmsnorm_quant
-        ffn_quant = fused.relu2_rmsnorm_quant_1 if one else fused.relu2_rmsnorm_quant
-        xq, xs = norm_quant(x, L.input_layernorm, eps)
-        qkv = self._linear_fast(L.qkv, xq, xs, 1.0)
-        a = np.empty((len(x), c.num_attention_heads * c.head_dim), np.float32)
-        for b, (cache, start) in enumerate(zip(caches, starts)):
-            attn = fused.attention_block_1 if start < 1024 else fused.attention_block
-            a[b] = attn(qkv[b:b + 1], L.qkv_scales, self._cos, self._sin, cache.k[i], cache.v[i],
-                        start, c.num_attention_heads, c.num_key_value_heads, c.head_dim)[0]
-        aq, as_ = norm_quant(a, L.attn_sub_norm, eps)
-        x = x + self._linear_fast(L.o, aq, as_, L.o_scale)
-        zq, zs = norm_quant(x, L.post_attention_layernorm, eps)
-        gu = self._linear_fast(L.gate_up, zq, zs, 1.0)
-        hq, hs = ffn_quant(gu, L.gate_up_scales[0], L.gate_up_scales[1], L.ffn_sub_norm, eps)
-        return x + self._linear_fast(L.down, hq, hs, L.down_scale)
+        """:meth:`_layer_fast` for B sequences of one token each (``x`` float32 ``[B, hidden]``):
+        the same layer, attention run per sequence on its own cache."""
+        c = self.config
+
+        def attend(qkv):
+            a = np.empty((len(x), c.num_attention_heads * c.head_dim), np.float32)
+            for b, (cache, start) in enumerate(zip(caches, starts)):
+                attn = fused.attention_block_1 if start < 1024 else fused.attention_block
+                a[b] = attn(qkv[b:b + 1], L.qkv_scales, self._cos, self._sin, cache.k[i],
+                            cache.v[i], start, c.num_attention_heads, c.num_key_value_heads,
+                            c.head_dim)[0]
+            return a
+        return self._layer_glue(L, x, attend)
 
     def _rope(self, n: int) -> None:
         """Make the RoPE tables cover positions ``0 .. n-1``: doubled when too short (rows of a
@@ -497,15 +493,24 @@ class BitNetModel:
         return self.kernel.linear_fast(packed, xq, xs, w_scale)
 
     def _layer_fast(self, i, L: LayerWeights, x, cache, start):
-        c, eps = self.config, self.config.rms_norm_eps
+        c = self.config
         one = len(x) == 1  # decode: the glue runs without threads (see fused)
+        attn = fused.attention_block_1 if one and start < 1024 else fused.attention_block
+
+        def attend(qkv):
+            return attn(qkv, L.qkv_scales, self._cos, self._sin, cache.k[i], cache.v[i], start,
+                        c.num_attention_heads, c.num_key_value_heads, c.head_dim)
+        return self._layer_glue(L, x, attend)
+
+    def _layer_glue(self, L: LayerWeights, x, attend):
+        """One layer on the fused Numba path, ``attend(qkv) -> [T, H * D]`` doing the attention
+        (one sequence, or each sequence of a batch on its own cache)."""
+        eps = self.config.rms_norm_eps
+        one = len(x) == 1  # one token: the glue runs without threads (see fused)
         norm_quant = fused.rmsnorm_quant_1 if one else fused.rmsnorm_quant
         ffn_quant = fused.relu2_rmsnorm_quant_1 if one else fused.relu2_rmsnorm_quant
-        attn = fused.attention_block_1 if one and start < 1024 else fused.attention_block
         xq, xs = norm_quant(x, L.input_layernorm, eps)
-        qkv = self._linear_fast(L.qkv, xq, xs, 1.0)
-        a = attn(qkv, L.qkv_scales, self._cos, self._sin, cache.k[i], cache.v[i], start,
-                 c.num_attention_heads, c.num_key_value_heads, c.head_dim)
+        a = attend(self._linear_fast(L.qkv, xq, xs, 1.0))
         aq, as_ = norm_quant(a, L.attn_sub_norm, eps)
         x = x + self._linear_fast(L.o, aq, as_, L.o_scale)
         zq, zs = norm_quant(x, L.post_attention_layernorm, eps)
