@@ -172,6 +172,8 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
     max_prompt = cfg.max_prompt_tokens or context - 1
     metrics.queue_depth.set_function(lambda: sched.waiting)
     metrics.running.set_function(lambda: sched.running)
+    if cache is not None:  # derived from the cache's own counters when scraped
+        metrics.cache_hit_ratio.set_function(lambda: cache.hits / max(1, cache.hits + cache.misses))
 
     def on_step(b, seconds):
         metrics.batch_size.observe(b)
@@ -283,8 +285,6 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
             key = ResponseCache.key(ids, {**settings, "stop": tuple(stops), "chat": chat}, model)
             hit = cache.get(key)
             metrics.cache.labels("hit" if hit else "miss").inc()
-            lookups = sum(metrics.cache.labels(r)._value.get() for r in ("hit", "miss"))
-            metrics.cache_hit_ratio.set(metrics.cache.labels("hit")._value.get() / lookups)
             if hit is not None:
                 text, finish, n = hit
                 metrics.ttft.labels(endpoint).observe(time.perf_counter() - t0)
