@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from .. import cpu_threads
+from . import positive_ints
 
 #: aggregate decode tok/s the serving issue asks for on 2 threads at the 2B4T shape
 TARGETS = {8: 150.0, 16: 200.0}
@@ -69,7 +70,8 @@ def kernel_ceiling(model, tokens: int = 16, repeats: int = 20) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bitnet_edu.bench batch", description=__doc__.split("\n")[0])
-    ap.add_argument("--batch", default="1,4,8,16", help="comma-separated batch sizes")
+    ap.add_argument("--batch", type=positive_ints, default=[1, 4, 8, 16],
+                    help="comma-separated batch sizes")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=64, help="prompt tokens per sequence")
     ap.add_argument("--new", type=int, default=32, help="new tokens per sequence")
@@ -77,12 +79,9 @@ def main(argv=None) -> int:
     ap.add_argument("--head", default="int8", choices=("int8", "int4", "float32"))
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
-    try:
-        sizes = [int(b) for b in args.batch.split(",")]
-    except ValueError:
-        ap.error(f"--batch takes whole numbers, got {args.batch!r}")
-    if min(sizes) < 1 or args.threads < 1 or args.prompt < 1 or args.new < 2 or args.repeats < 1:
-        ap.error("batch sizes, --threads, --prompt and --repeats must be >= 1, --new >= 2")
+    sizes = args.batch
+    if args.threads < 1 or args.prompt < 1 or args.new < 2 or args.repeats < 1:
+        ap.error("--threads, --prompt and --repeats must be >= 1, --new >= 2")
 
     import bitnet_edu
 

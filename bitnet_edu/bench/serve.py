@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import threading
 import time
 import urllib.request
@@ -22,6 +21,7 @@ import urllib.request
 import numpy as np
 
 from .. import cpu_threads
+from . import positive_ints
 
 
 def _one(url: str, body: dict) -> dict:
@@ -55,7 +55,8 @@ def _pct(v, q):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bitnet_edu.bench serve",
                                  description=__doc__.split("\n")[0])
-    ap.add_argument("--clients", default="1,4,8,16", help="comma-separated concurrent clients")
+    ap.add_argument("--clients", type=positive_ints, default=[1, 4, 8, 16],
+                    help="comma-separated concurrent clients")
     ap.add_argument("--requests", type=int, default=4, help="requests per client")
     ap.add_argument("--new", type=int, default=32, help="tokens per reply")
     ap.add_argument("--shape", choices=("default", "2b4t"), default="default",
@@ -64,12 +65,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="engine threads (default: automatic)")
     ap.add_argument("--max-batch", type=int, default=16)
     args = ap.parse_args(argv)
-    try:
-        counts = [int(c) for c in args.clients.split(",")]
-    except ValueError:
-        ap.error(f"--clients takes whole numbers, got {args.clients!r}")
-    if min(counts) < 1 or args.requests < 1 or args.new < 1:
-        ap.error("--clients, --requests and --new must be >= 1")
+    counts = args.clients
+    if args.requests < 1 or args.new < 1:
+        ap.error("--requests and --new must be >= 1")
 
     import bitnet_edu
     from ..serve.background import BackgroundServer
