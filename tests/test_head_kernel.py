@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bitnet_edu.kernels.head import (G4, QK, _quantize_blocks, dequantize_rows_int4, head_logits,
+from bitnet_edu.kernels.head import (G4, QK, TAIL, TOKENS, _quantize_blocks, dequantize_rows_int4, head_logits,
                                      head_logits_int4, numpy_head_logits, numpy_head_logits_int4,
                                      quantize_blocks, quantize_rows_int4)
 
@@ -23,14 +23,32 @@ def test_kernel_matches_numpy(t, v, n):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("t", [2, 4, 9, 16])
+# token counts that use every path: one token, the TAIL tile, the TOKENS tile, both + singles
+BATCHES = [2, 4, 9, 16, TOKENS + TAIL + 3]
+
+
+@pytest.mark.parametrize("t", BATCHES)
 def test_a_token_logits_do_not_depend_on_its_batch(t):
-    """Tokens share table loads in groups of TOKENS (a batched decode step); each token's
-    float work is unchanged, so its logits are the same bits as when it runs alone."""
+    """Tokens share table loads in tiles of TOKENS and TAIL (a batched decode step); each
+    token's float work is unchanged, so its logits are the same bits as when it runs alone."""
     x, table, rs = _case(t, 131, 2 * QK, seed=2)
     batch = head_logits(x, table, rs)
     alone = np.concatenate([head_logits(x[j:j + 1], table, rs) for j in range(t)])
     np.testing.assert_array_equal(batch, alone)
+    ref = numpy_head_logits(x, table, rs)
+    np.testing.assert_allclose(batch, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("t", BATCHES)
+def test_an_int4_token_logits_do_not_depend_on_its_batch(t):
+    x, _, _ = _case(t, 1, 3 * G4, seed=6)
+    w = np.random.default_rng(7).standard_normal((133, 3 * G4)).astype(np.float32)
+    packed, scale = quantize_rows_int4(w)
+    batch = head_logits_int4(x, packed, scale)
+    alone = np.concatenate([head_logits_int4(x[j:j + 1], packed, scale) for j in range(t)])
+    np.testing.assert_array_equal(batch, alone)
+    ref = numpy_head_logits_int4(x, packed, scale)
+    np.testing.assert_allclose(batch, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
 def test_quantize_blocks_numba_equals_numpy():

@@ -120,6 +120,31 @@ def _signed_block(builder, trow, xrow, base):
                                   ir.Constant(ir.VectorType(I32, 16), list(range(16))))
 
 
+def _table_chunks(builder, target, trow, base):
+    """IR: a block's ``QK`` table bytes at ``trow + base`` as four ``<64 x i8>`` operands,
+    flipped to ``w ^ 0x80`` unless :data:`SIGNED` (loaded and flipped once for a token tile)."""
+    i64 = ir.IntType(64)
+    chunks = [load64(builder, trow, builder.add(base, i64(64 * s))) for s in range(QK // 64)]
+    if target == "neondot":
+        return chunks
+    flip = ir.Constant(V64x8, [0x80] * 64)
+    return [builder.xor(w, flip) for w in chunks]
+
+
+def _block_dot_chained(builder, target, chunks, xrow, base):
+    """IR: one token's block dot against the table ``chunks`` of :func:`_table_chunks`, as one
+    chain of 4 dot instructions into a single accumulator.  The same int32 lanes as
+    :func:`_block_dot` (integer adds in any order give the same bits) with 3 vector adds
+    fewer; a tile's tokens are independent chains, so the chain latency is hidden."""
+    i64 = ir.IntType(64)
+    acc = ir.Constant(V16x32, None)
+    for s, w in enumerate(chunks):
+        x = load64(builder, xrow, builder.add(base, i64(64 * s)))
+        acc = sdot(builder, acc, w, x) if target == "neondot" else dpbusd(
+            builder, acc, w, x, target, 255)
+    return acc
+
+
 def _block_dot(builder, target, trow, xrow, base):
     """IR: 16 int32 lanes summing to one block's byte dot (``QK`` table bytes at ``trow + base``
     with the activations at ``xrow + base``), the flipped ``w ^ 0x80`` unless :data:`SIGNED`."""
@@ -141,7 +166,7 @@ def _block_dot(builder, target, trow, xrow, base):
     return builder.add(builder.add(accs[0], accs[1]), builder.add(accs[2], accs[3]))
 
 
-def _row_dots_codegen(tokens: int):
+def _row_dots_codegen(tokens: int, chain: bool = True):
     """Codegen of a row's dot with ``tokens`` consecutive tokens ``t .. t+tokens-1``: the block
     loop emits each token's block dot in one loop body, so LLVM loads (and flips) each table
     chunk once for all of them.  Each token's float work is the same, in the same order, as for
@@ -158,10 +183,13 @@ def _row_dots_codegen(tokens: int):
         xrows = [builder.gep(xa.data, [builder.mul(t, n)]) for t in rows]
         srows = [builder.gep(sa.data, [builder.mul(t, nb)]) for t in rows]
         faccs = [cgutils.alloca_once_value(builder, ir.Constant(V16xf, None)) for _ in rows]
+        chained = chain and tokens > 1 and target != "avx2"
         with cgutils.for_range(builder, nb) as loop:
             base = builder.mul(loop.index, i64(QK))
+            chunks = _table_chunks(builder, target, trow, base) if chained else None
             for xrow, srow, facc in zip(xrows, srows, faccs):
-                tot = _block_dot(builder, target, trow, xrow, base)
+                tot = (_block_dot_chained(builder, target, chunks, xrow, base) if chained
+                       else _block_dot(builder, target, trow, xrow, base))
                 accumulate_scaled(builder, facc, tot, builder.load(builder.gep(srow, [loop.index])))
         if tokens == 1:
             return reduce_sum(builder, faccs[0])
@@ -179,13 +207,20 @@ def _row_dot(typingctx, table, r, xq, scale, t):
     return types.float32(table, r, xq, scale, t), _row_dots_codegen(1)
 
 
-TOKENS = 4  # tokens per table-row pass in a batch (a decode step of several sequences, prefill)
+TOKENS = 8  # tokens per table-row pass in a batch (a decode step of several sequences, prefill)
+TAIL = 4    # the smaller tile for what is left of a batch (then one token at a time)
 
 
 @intrinsic
 def _row_dot_tile(typingctx, table, r, xq, scale, t, res):
     """``res[j] = _row_dot(table, r, xq, scale, t + j)`` for ``j < TOKENS``, same bits."""
     return types.void(table, r, xq, scale, t, res), _row_dots_codegen(TOKENS)
+
+
+@intrinsic
+def _row_dot_tail(typingctx, table, r, xq, scale, t, res):
+    """``res[j] = _row_dot(table, r, xq, scale, t + j)`` for ``j < TAIL``, same bits."""
+    return types.void(table, r, xq, scale, t, res), _row_dots_codegen(TAIL)
 
 
 @njit(cache=True)
@@ -215,18 +250,37 @@ def _quantize_blocks(x):
 
 @njit(cache=True, parallel=True)
 def _head(table, row_scale, xq, scale, corr, out):
+    """``out[j, r] = (row dot of token j with table row r - corr[j]) * row_scale[r]``.
+
+    prange over groups of ROWS rows (160 KB at the 2B4T width: they stay in L2); inside, the
+    tokens in tiles of TOKENS (then TAIL, then one by one), each tile walking the group's rows.
+    The first pass brings the rows from DRAM, so the table is streamed once per call whatever
+    the number of tokens, and a tile's activations (8 x 2560 bytes) stay in L1.
+    """
     v, t = table.shape[0], xq.shape[0]
-    t_full = t - t % TOKENS
     for g in prange((v + ROWS - 1) // ROWS):
         res = np.empty(TOKENS, np.float32)
-        for r in range(g * ROWS, min(g * ROWS + ROWS, v)):
-            prefetch_row(table, r + AHEAD)
-            for j0 in range(0, t_full, TOKENS):  # TOKENS tokens share each table load
-                _row_dot_tile(table, r, xq, scale, j0, res)
-                for j in range(TOKENS):
-                    out[j0 + j, r] = (res[j] - corr[j0 + j]) * row_scale[r]
-            for j in range(t_full, t):
-                out[j, r] = (_row_dot(table, r, xq, scale, j) - corr[j]) * row_scale[r]
+        r0, r1 = g * ROWS, min(g * ROWS + ROWS, v)
+        j0 = 0
+        while j0 < t:
+            if t - j0 >= TAIL:
+                width = TOKENS if t - j0 >= TOKENS else TAIL
+                for r in range(r0, r1):
+                    if j0 == 0:
+                        prefetch_row(table, r + AHEAD)
+                    if width == TOKENS:
+                        _row_dot_tile(table, r, xq, scale, j0, res)
+                    else:
+                        _row_dot_tail(table, r, xq, scale, j0, res)
+                    for j in range(width):
+                        out[j0 + j, r] = (res[j] - corr[j0 + j]) * row_scale[r]
+            else:  # one token (a single-sequence decode step: its own loop, as before)
+                width = 1
+                for r in range(r0, r1):
+                    if j0 == 0:
+                        prefetch_row(table, r + AHEAD)
+                    out[j0, r] = (_row_dot(table, r, xq, scale, j0) - corr[j0]) * row_scale[r]
+            j0 += width
 
 
 def head_logits(x: np.ndarray, table: np.ndarray, row_scale: np.ndarray) -> np.ndarray:
@@ -297,9 +351,10 @@ def numpy_head_logits_int4(x: np.ndarray, packed: np.ndarray, scale: np.ndarray)
     return (dots.astype(np.float32) * ds).sum(axis=2).astype(np.float32)
 
 
-@intrinsic
-def _row_dot4(typingctx, packed, r, xq, xs, xsum, scale, t):
-    """float32 ``sum_g scale[r, g] * xs[t, g // 2] * sum_{i in g} (u_i - 8) * xq[t, i]``."""
+def _row_dots4_codegen(tokens: int):
+    """Codegen of an int4 row's dot with ``tokens`` consecutive tokens ``t .. t+tokens-1``: each
+    group's 64 bytes of nibbles are loaded and split (AND, shift) once for all of them, then
+    each token does exactly the integer and float work it does alone (same bits)."""
     def codegen(context, builder, signature, args):
         target = isa(target_features(context))
         i64 = ir.IntType(64)
@@ -310,37 +365,82 @@ def _row_dot4(typingctx, packed, r, xq, xs, xsum, scale, t):
         nb = cgutils.unpack_tuple(builder, sa.shape, 2)[1]
         prow = builder.gep(pa.data, [builder.mul(r64, half)])
         xn = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
-        xrow = builder.gep(xa.data, [builder.mul(t64, xn)])
-        srow = builder.gep(sa.data, [builder.mul(t64, nb)])
-        mrow = builder.gep(ma.data, [builder.mul(t64, ng)])
         drow = builder.gep(da.data, [builder.mul(r64, ng)])
+        rows = [builder.add(t64, i64(j)) for j in range(tokens)]
+        xrows = [builder.gep(xa.data, [builder.mul(t, xn)]) for t in rows]
+        srows = [builder.gep(sa.data, [builder.mul(t, nb)]) for t in rows]
+        mrows = [builder.gep(ma.data, [builder.mul(t, ng)]) for t in rows]
+        faccs = [cgutils.alloca_once_value(builder, ir.Constant(V16xf, None)) for _ in rows]
         low, four = ir.Constant(V64x8, [15] * 64), ir.Constant(V64x8, [4] * 64)
-        facc = cgutils.alloca_once_value(builder, ir.Constant(V16xf, None))
         with cgutils.for_range(builder, ng) as loop:
             v = load64(builder, prow, builder.mul(loop.index, i64(64)))
-            corr = builder.load(builder.gep(mrow, [loop.index]))          # -8 * sum(x in g)
-            acc = builder.insert_element(ir.Constant(V16x32, None), corr, ir.Constant(I32, 0))
+            lo, hi = builder.and_(v, low), builder.lshr(v, four)
             xoff = builder.mul(loop.index, i64(G4))
-            acc = dpbusd_sum(builder, acc, [
-                (builder.and_(v, low), load64(builder, xrow, xoff)),
-                (builder.lshr(v, four), load64(builder, xrow, builder.add(xoff, i64(64))))],
-                target, 15)
-            d = builder.fmul(builder.load(builder.gep(drow, [loop.index])), builder.load(
-                builder.gep(srow, [builder.udiv(loop.index, i64(QK // G4))])))
-            accumulate_scaled(builder, facc, acc, d)
-        return reduce_sum(builder, facc)
+            dg = builder.load(builder.gep(drow, [loop.index]))
+            for xrow, srow, mrow, facc in zip(xrows, srows, mrows, faccs):
+                corr = builder.load(builder.gep(mrow, [loop.index]))      # -8 * sum(x in g)
+                acc = builder.insert_element(ir.Constant(V16x32, None), corr, ir.Constant(I32, 0))
+                acc = dpbusd_sum(builder, acc, [
+                    (lo, load64(builder, xrow, xoff)),
+                    (hi, load64(builder, xrow, builder.add(xoff, i64(64))))], target, 15)
+                d = builder.fmul(dg, builder.load(
+                    builder.gep(srow, [builder.udiv(loop.index, i64(QK // G4))])))
+                accumulate_scaled(builder, facc, acc, d)
+        if tokens == 1:
+            return reduce_sum(builder, faccs[0])
+        res = array_args(context, builder, signature, args, 7)[0]
+        for j, facc in enumerate(faccs):
+            builder.store(reduce_sum(builder, facc), builder.gep(res.data, [i64(j)]))
+        return context.get_dummy_value()
+    return codegen
 
-    return types.float32(packed, r, xq, xs, xsum, scale, t), codegen
+
+@intrinsic
+def _row_dot4(typingctx, packed, r, xq, xs, xsum, scale, t):
+    """float32 ``sum_g scale[r, g] * xs[t, g // 2] * sum_{i in g} (u_i - 8) * xq[t, i]``."""
+    return types.float32(packed, r, xq, xs, xsum, scale, t), _row_dots4_codegen(1)
+
+
+@intrinsic
+def _row_dot4_tile(typingctx, packed, r, xq, xs, xsum, scale, t, res):
+    """``res[j] = _row_dot4(packed, r, xq, xs, xsum, scale, t + j)`` for ``j < TOKENS``."""
+    return (types.void(packed, r, xq, xs, xsum, scale, t, res), _row_dots4_codegen(TOKENS))
+
+
+@intrinsic
+def _row_dot4_tail(typingctx, packed, r, xq, xs, xsum, scale, t, res):
+    """``res[j] = _row_dot4(packed, r, xq, xs, xsum, scale, t + j)`` for ``j < TAIL``."""
+    return (types.void(packed, r, xq, xs, xsum, scale, t, res), _row_dots4_codegen(TAIL))
 
 
 @njit(cache=True, parallel=True)
 def _head4(packed, scale, xq, xs, xsum, out):
+    """``out[j, r]``: token ``j``'s dot with int4 row ``r``; rows in groups of ROWS, tokens in
+    tiles of TOKENS (then TAIL, then one by one) walking a group's rows, like :func:`_head`."""
     v, t = packed.shape[0], xq.shape[0]
     for g in prange((v + ROWS - 1) // ROWS):
-        for r in range(g * ROWS, min(g * ROWS + ROWS, v)):
-            prefetch_row(packed, r + AHEAD)
-            for j in range(t):
-                out[j, r] = _row_dot4(packed, r, xq, xs, xsum, scale, j)
+        res = np.empty(TOKENS, np.float32)
+        r0, r1 = g * ROWS, min(g * ROWS + ROWS, v)
+        j0 = 0
+        while j0 < t:
+            if t - j0 >= TAIL:
+                width = TOKENS if t - j0 >= TOKENS else TAIL
+                for r in range(r0, r1):
+                    if j0 == 0:
+                        prefetch_row(packed, r + AHEAD)
+                    if width == TOKENS:
+                        _row_dot4_tile(packed, r, xq, xs, xsum, scale, j0, res)
+                    else:
+                        _row_dot4_tail(packed, r, xq, xs, xsum, scale, j0, res)
+                    for j in range(width):
+                        out[j0 + j, r] = res[j]
+            else:
+                width = 1
+                for r in range(r0, r1):
+                    if j0 == 0:
+                        prefetch_row(packed, r + AHEAD)
+                    out[j0, r] = _row_dot4(packed, r, xq, xs, xsum, scale, j0)
+            j0 += width
 
 
 def head_logits_int4(x: np.ndarray, packed: np.ndarray, scale: np.ndarray) -> np.ndarray:
