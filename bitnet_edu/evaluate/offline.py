@@ -10,6 +10,7 @@ data in ``tasks/data`` (written by :func:`build`, read by both lm-eval and :func
 * ``bitnet_edu_cloze`` (multiple choice, 4 choices): a verse cut before one of its words (4 or
   more letters, not the first word); that word against three words of about the same frequency
   in the training split, so that a model cannot win by preferring common words.  Chance: 25 %.
+  (Both leave out every verse that also occurs, word for word, in the training split.)
 * ``bitnet_edu_heldout`` (rolling log-likelihood): the held-out chapters themselves; bits per
   byte (= bits per character, the text is ASCII).  Chance: 8 bits per byte for a uniform guess
   over bytes; a model that knows only character frequencies (unigram, fitted on the training
@@ -47,12 +48,16 @@ def _verses(chapter: str) -> list[str]:
     return [v for v in chapter.split("\n") if v.strip()]
 
 
-def build_next_verse(chapters, n=N_QUESTIONS, seed=SEED) -> list[dict]:
+def build_next_verse(chapters, n=N_QUESTIONS, seed=SEED, seen=frozenset()) -> list[dict]:
     """Questions ``{"context", "choices", "label"}``: the verse after ``context`` is
-    ``choices[label]``; the other choices are verses from other held-out chapters."""
+    ``choices[label]``; the other choices are verses from other held-out chapters.  Pairs
+    whose context or answer is also a verse in ``seen`` (the training split: the KJV repeats
+    formulas such as "And the LORD spake unto Moses, saying," hundreds of times) are left out,
+    so that no answer can be recalled from training."""
     rng = random.Random(seed)
     verses = [_verses(c) for c in chapters]
-    pairs = [(ci, vi) for ci, vs in enumerate(verses) for vi in range(len(vs) - 1)]
+    pairs = [(ci, vi) for ci, vs in enumerate(verses) for vi in range(len(vs) - 1)
+             if vs[vi] not in seen and vs[vi + 1] not in seen]
     out = []
     for ci, vi in rng.sample(pairs, n):
         true = verses[ci][vi + 1]
@@ -73,7 +78,8 @@ def build_next_verse(chapters, n=N_QUESTIONS, seed=SEED) -> list[dict]:
 def build_cloze(chapters, train_texts, n=N_QUESTIONS, seed=SEED) -> list[dict]:
     """Questions ``{"context", "choices", "label"}``: ``context`` is a verse up to (not
     including) the space before a word; the word is ``choices[label]``, the others are
-    words of nearby frequency rank in the training split (never the true word)."""
+    words of nearby frequency rank in the training split (never the true word, nor another
+    word of the verse).  Verses that also occur in the training split are left out."""
     from ..train.evaluate import words as split_words
 
     rng = random.Random(seed + 1)
@@ -81,7 +87,8 @@ def build_cloze(chapters, train_texts, n=N_QUESTIONS, seed=SEED) -> list[dict]:
     # candidate words: alphabetic, 4+ letters, seen often enough to have a stable rank
     ranked = [w for w, k in freq.most_common() if w.isalpha() and len(w) >= 4 and k >= 5]
     rank = {w: i for i, w in enumerate(ranked)}
-    verses = [v for c in chapters for v in _verses(c)]
+    seen = _train_verses(train_texts)
+    verses = [v for c in chapters for v in _verses(c) if v not in seen]
     out = []
     while len(out) < n:
         v = rng.choice(verses)
@@ -101,6 +108,10 @@ def build_cloze(chapters, train_texts, n=N_QUESTIONS, seed=SEED) -> list[dict]:
         out.append({"context": " ".join(parts[:i]), "choices": choices,
                     "label": choices.index(word)})
     return out
+
+
+def _train_verses(train_texts) -> frozenset:
+    return frozenset(v for t in train_texts for v in _verses(t))
 
 
 def unigram_bits_per_char(train_texts, texts) -> float:
@@ -127,7 +138,7 @@ def build(out_dir: Path | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     val, train = split_texts("val"), split_texts("train")
     data = {
-        "bitnet_edu_next_verse": {"chance": 1 / _CHOICES, "docs": build_next_verse(val)},
+        "bitnet_edu_next_verse": {"chance": 1 / _CHOICES, "docs": build_next_verse(val, seen=_train_verses(train))},
         "bitnet_edu_cloze": {"chance": 1 / _CHOICES, "docs": build_cloze(val, train)},
         "bitnet_edu_heldout": {"chance_bits_per_byte": 8.0,
                                "unigram_bits_per_char": unigram_bits_per_char(train, val),
