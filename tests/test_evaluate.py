@@ -271,3 +271,38 @@ def test_torch_model_scores_like_the_engine(model, tmp_path):
     assert lp == pytest.approx(float(want), rel=1e-5)
     with pytest.raises(ValueError, match="tokenizer"):
         ev.loglikelihood(tm, ctx, cont)
+
+
+def test_bench_eval_reports_ratios_and_estimates(capsys):
+    from bitnet_edu.bench.__main__ import main as bench
+
+    assert bench(["eval", "--layers", "1", "--context", "16", "--repeats", "1", "--cont", "3"]) == 0
+    out = capsys.readouterr().out
+    row = [ln.split() for ln in out.splitlines() if ln.strip().startswith("16 ")][0]
+    assert float(row[2]) > 1.0  # scoring the choices costs more than the context alone
+    assert float(row[3]) > float(row[2])  # and sharing the context beats scoring from scratch
+    assert "arc_challenge" in out and "gsm8k" in out
+    with pytest.raises(SystemExit):
+        bench(["eval", "--context", "0"])
+
+
+def test_cli_offline_and_lm_eval_wrapper(tmp_path, capsys):
+    from bitnet_edu.evaluate.__main__ import main
+
+    out_json = tmp_path / "r.json"
+    assert main(["offline", "--tasks", "bitnet_edu_cloze", "--limit", "5",
+                 "--json", str(out_json)]) == 0
+    assert "bitnet_edu_cloze" in capsys.readouterr().out
+    assert json.loads(out_json.read_text())["bitnet_edu_cloze"]["n"] == 5
+    with pytest.raises(SystemExit):
+        main(["offline", "--tasks", "arc_easy"])
+    assert main(["frobnicate"]) == 2
+    pytest.importorskip("lm_eval")
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "bitnet_edu.evaluate", "lm-eval", "run", "--model",
+                        "bitnet_edu", "--tasks", "bitnet_edu_cloze", "--limit", "4"],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "bitnet_edu_cloze" in r.stdout and "acc_norm" in r.stdout

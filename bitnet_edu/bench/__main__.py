@@ -8,6 +8,7 @@ BENCHES = {
     "decode": "full 2B4T-shape prefill/decode tok/s and peak memory",
     "batch": "batched decoding at the 2B4T shape: aggregate tok/s for B = 1, 4, 8, 16 sequences",
     "serve": "the HTTP server under C concurrent clients: latency, time to first token, tokens/s",
+    "eval": "evaluation at the 2B4T shape: a question's choices with the context's KV cache shared vs plain",
     "load": "streaming load (GGUF, HF) and GGUF export at the 2B4T shape: peak RSS and time",
 }
 

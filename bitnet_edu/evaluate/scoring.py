@@ -69,11 +69,7 @@ class _EngineScorer:
     kv_reuse = True
 
     def __init__(self, model):
-        if getattr(model, "tokenizer", None) is None:
-            raise ValueError("this model has no tokenizer: scoring text needs one (load a "
-                             "directory with tokenizer.json, or pass token ids to "
-                             "loglikelihood_tokens)")
-        self.model, self.tokenizer = model, model.tokenizer
+        self.model, self.tokenizer = model, getattr(model, "tokenizer", None)
         c = model.config
         no_bos = getattr(model, "add_bos_token", None) is False
         self.prefix = c.eos_ids[0] if (no_bos or c.bos_token_id is None) else int(c.bos_token_id)
@@ -142,6 +138,10 @@ def as_scorer(model, tokenizer=None):
 
 
 def _encode(scorer, text: str) -> list[int]:
+    if scorer.tokenizer is None:
+        raise ValueError("this model has no tokenizer: scoring text needs one (load a "
+                         "directory with tokenizer.json, or score token ids with "
+                         "loglikelihood_tokens / score_continuations)")
     return list(scorer.tokenizer.encode(text, add_special_tokens=False).ids)
 
 
