@@ -306,3 +306,28 @@ def test_cli_offline_and_lm_eval_wrapper(tmp_path, capsys):
                        capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "bitnet_edu_cloze" in r.stdout and "acc_norm" in r.stdout
+
+
+@pytest.mark.parametrize("head", ["int8", "int4"])
+def test_forward_segments_equal_each_segment_alone(head):
+    """Several continuations of one cached context in one pass: each segment's logits are
+    forward(segment) run alone on the context's cache, bit for bit with a quantized head."""
+    from bitnet_edu.model.segments import forward_segments
+
+    m = bitnet_edu.random_model(dict(vocab_size=512, hidden_size=128, intermediate_size=256,
+                                     num_hidden_layers=2, num_attention_heads=4,
+                                     num_key_value_heads=2, head_dim=32,
+                                     max_position_embeddings=64), seed=3, head=head)
+    rng = np.random.default_rng(0)
+    ctx = rng.integers(0, m.config.vocab_size, 9)
+    segs = [rng.integers(0, m.config.vocab_size, n) for n in (4, 1, 6, 2)]
+    cache = m.new_cache(len(ctx) + 6)
+    m.forward(ctx, cache)
+    got = forward_segments(m, segs, cache)
+    assert cache.length == len(ctx)
+    for s, g in zip(segs, got):
+        alone = m.new_cache(len(ctx) + 6)
+        m.forward(ctx, alone)
+        np.testing.assert_array_equal(g, m.forward(s, alone))
+    with pytest.raises(ValueError, match="context too long"):
+        forward_segments(m, [np.zeros(7, np.int64)], cache)

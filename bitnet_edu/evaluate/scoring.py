@@ -64,7 +64,8 @@ def count_words(text: str) -> int:
 # ---- one interface over the engine and torch models -----------------------------------------
 
 class _EngineScorer:
-    """A :class:`~bitnet_edu.model.BitNetModel`: KV cache reuse, prefill GEMMs."""
+    """A :class:`~bitnet_edu.model.BitNetModel`: KV cache reuse, prefill GEMMs, and all of a
+    context's continuations in one pass (:func:`~bitnet_edu.model.segments.forward_segments`)."""
 
     kv_reuse = True
 
@@ -79,16 +80,16 @@ class _EngineScorer:
     def continuation_rows(self, context, conts):
         """For each continuation in ``conts``: float32 ``[len(cont), V]`` logit rows, row ``j``
         predicting ``cont[j]`` after ``context + cont[:j]``.  The context runs once."""
+        from ..model.segments import forward_segments
+
         m = self.model
         cache = m.new_cache(len(context) + max(len(c) for c in conts) - 1)
         last = m.forward(context, cache, last_only=True)  # [1, V]: predicts cont[0]
-        done = cache.length
+        longer = [c[:-1] for c in conts if len(c) > 1]
+        # all continuations in one pass: one weight stream for all of their tokens
+        rows = iter(forward_segments(m, longer, cache) if longer else ())
         for cont in conts:
-            if len(cont) == 1:
-                yield last
-                continue
-            cache.length = done  # forget the previous continuation; its slots are rewritten
-            yield np.concatenate([last, m.forward(cont[:-1], cache)])
+            yield last if len(cont) == 1 else np.concatenate([last, next(rows)])
 
     def window_rows(self, ids):
         """float32 ``[len(ids), V]``: every position's next-token logits."""
