@@ -128,6 +128,11 @@ def cmd_bench(a) -> int:
     return bench_main(a.rest)
 
 
+def cmd_evaluate(a) -> int:
+    from .evaluate.__main__ import main as evaluate_main
+    return evaluate_main(a.rest)
+
+
 def cmd_export(a) -> int:
     from .export import to_gguf
     parent = Path(a.out).expanduser().resolve().parent
@@ -221,6 +226,10 @@ def _main(argv) -> int:
     b = sub.add_parser("bench", help="benchmarks (python -m bitnet_edu.bench ...)")
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(fn=cmd_bench)
+    v = sub.add_parser("evaluate", help="offline tasks, or lm-eval on this engine "
+                                        "(python -m bitnet_edu.evaluate ...)")
+    v.add_argument("rest", nargs=argparse.REMAINDER)
+    v.set_defaults(fn=cmd_evaluate)
     e = sub.add_parser("export", help="write a GGUF I2_S file (runs in bitnet.cpp)")
     _add_model_args(e)
     e.add_argument("out")

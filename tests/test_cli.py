@@ -162,3 +162,10 @@ def test_load_model_progress_false_shows_no_bar(tiny, tmp_path, capfd, fmt):
     load_model(path, progress=False)
     out, err = capfd.readouterr()
     assert err == "" and out == ""
+
+
+def test_evaluate_subcommand(capsys):
+    from bitnet_edu.cli import main
+
+    assert main(["evaluate", "offline", "--tasks", "bitnet_edu_cloze", "--limit", "2"]) == 0
+    assert "bitnet_edu_cloze" in capsys.readouterr().out

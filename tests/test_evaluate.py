@@ -297,6 +297,8 @@ def test_cli_offline_and_lm_eval_wrapper(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["offline", "--tasks", "arc_easy"])
     assert main(["frobnicate"]) == 2
+    assert main(["offline", "--model", str(tmp_path / "missing")]) == 2  # one line, no traceback
+    assert "error:" in capsys.readouterr().err
     pytest.importorskip("lm_eval")
     import subprocess
     import sys
