@@ -1,0 +1,231 @@
+"""Fine-tuning data made offline: a new text domain, and a chat question/answer set.
+
+**Python standard-library docstrings** (:func:`stdlib_docs`).  A domain far from the KJV that is
+installed wherever Python is: the docstrings of a fixed list of pure-library modules, collected
+with ``inspect`` (module, then each public class / function defined there and each public method
+a class defines itself, sorted by name).  License: the Python Software Foundation License
+(CPython's documentation and source).  Deterministic for a given Python version (the docstrings
+change between releases; :func:`stdlib_docs_info` reports the version and a checksum).  Split by
+*module*: every fifth module of :data:`STDLIB_MODULES` is held out, so held-out text is about
+APIs the adapter never read.
+
+**KJV chat set** (:func:`kjv_chat_items`).  Two kinds of question, made from the corpus itself:
+
+* ``father``: "Who was the father of Y?" -> "X", from the genealogies' "X begat Y" (names
+  fathered by more than one X in the text are left out, as ambiguous);
+* ``verse``: "Finish the verse: <first half>" -> second half, from verses of 40-140 characters
+  split at the punctuation mark (``;`` ``:`` ``,``) nearest their middle.
+
+Each item becomes the 2B4T chat template that :func:`bitnet_edu.model.generation.chat_prompt`
+writes, ``"User: <question><|eot_id|>Assistant: "``, followed by the answer and the end-of-turn
+token.  The shipped tokenizer has no ``<|eot_id|>`` token (its only special token is
+``<|endoftext|>``, id 0, the model's bos and eos): the template's ``<|eot_id|>`` text is encoded
+as ordinary byte-level pieces, and an answer ends with ``<|endoftext|>``, which the engine's
+``generate``/``chat`` already stops on (it is ``eos_token_id``).  Items are split train/held-out
+by a hash of the question (one in five held out); the held-out questions are about verses the
+base model read in pre-training or not, in the same proportion as the KJV split (every 20th
+chapter held out there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import re
+import sys
+import warnings
+from functools import lru_cache
+
+from .data import VAL_EVERY, load_chapters
+
+__all__ = ["STDLIB_MODULES", "stdlib_docs", "stdlib_docs_info", "module_doc", "kjv_chat_items",
+           "chat_text", "CHAT_EOT", "HELD_OUT_EVERY"]
+
+#: Pure-Python stdlib modules with substantial docstrings and no import side effects.
+STDLIB_MODULES = (
+    "abc", "argparse", "ast", "base64", "bisect", "calendar", "cmd", "collections", "colorsys",
+    "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime", "difflib", "dis",
+    "email.message", "enum", "filecmp", "fnmatch", "fractions", "ftplib", "functools", "getopt",
+    "gettext", "glob", "graphlib", "gzip", "heapq", "hmac", "html.parser", "http.client",
+    "imaplib", "inspect", "ipaddress", "json", "logging", "mailbox", "mimetypes", "netrc",
+    "numbers", "opcode", "optparse", "pathlib", "pickle", "pkgutil", "platform", "poplib",
+    "pprint", "pydoc", "queue", "quopri", "random", "re", "reprlib", "sched", "secrets",
+    "selectors", "shlex", "shutil", "smtplib", "socketserver", "statistics", "string",
+    "struct", "subprocess", "tarfile", "tempfile", "textwrap", "threading", "timeit",
+    "tokenize", "trace", "traceback", "types", "typing", "unittest.case", "urllib.parse",
+    "urllib.request", "uuid", "warnings", "wave", "weakref", "zipfile", "zoneinfo",
+)
+HELD_OUT_EVERY = 5  # module i (and chat item with hash % 5 == 0) is held out when i % 5 == 4
+CHAT_EOT = "<|endoftext|>"  # the shipped tokenizer's only special token: end of turn here
+
+
+def _doc(obj) -> str | None:
+    d = obj.__doc__ if isinstance(getattr(obj, "__doc__", None), str) else None
+    return inspect.cleandoc(d) if d and d.strip() else None  # own docstring only, not inherited
+
+
+def _signature(obj) -> str:
+    try:
+        return str(inspect.signature(obj))
+    except (TypeError, ValueError):
+        return "(...)"
+
+
+def module_doc(name: str) -> str:
+    """One module's docstrings as one document (``""`` if it cannot be imported).
+
+    Layout: the module docstring, then ``name(signature)`` + docstring for every public
+    function and class *defined in* the module (sorted), then ``Class.method(signature)`` +
+    docstring for the public methods a class defines itself.
+    """
+    with warnings.catch_warnings():  # typing.io & co. warn when touched
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _module_doc(name)
+
+
+def _module_doc(name: str) -> str:
+    try:
+        mod = importlib.import_module(name)
+    except Exception:  # noqa: BLE001 - a module missing from this Python: leave it out
+        return ""
+    parts = [f"Module {name}\n\n{_doc(mod) or ''}".rstrip()]
+    for attr in sorted(vars(mod)):
+        obj = vars(mod)[attr]
+        if attr.startswith("_") or getattr(obj, "__module__", None) != mod.__name__:
+            continue
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue
+        d = _doc(obj)
+        if d:
+            sig = "" if inspect.isclass(obj) else _signature(obj)
+            parts.append(f"{attr}{sig}\n{d}")
+        if inspect.isclass(obj):
+            for meth in sorted(vars(obj)):
+                f = vars(obj)[meth]
+                if meth.startswith("_") or not inspect.isfunction(f):
+                    continue
+                d = _doc(f)
+                if d:
+                    parts.append(f"{attr}.{meth}{_signature(f)}\n{d}")
+    return "\n\n".join(parts) + "\n"
+
+
+@lru_cache(maxsize=1)
+def _all_docs() -> tuple[tuple[str, str], ...]:
+    return tuple((n, module_doc(n)) for n in STDLIB_MODULES)
+
+
+def stdlib_docs(split: str, max_chars: int | None = None) -> list[str]:
+    """Documents (one per module) of ``split``: ``"train"`` or ``"val"`` (every fifth module).
+
+    ``max_chars``: keep whole documents, in order, until about that many characters (the last
+    one cut to fit), for quick runs."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    docs = [d for i, (_, d) in enumerate(_all_docs())
+            if d and (i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1) == (split == "val")]
+    if max_chars is not None:
+        out, n = [], 0
+        for d in docs:
+            if n >= max_chars:
+                break
+            out.append(d[: max_chars - n])
+            n += len(out[-1])
+        docs = out
+    return docs
+
+
+def stdlib_docs_info() -> dict:
+    """Python version, modules and characters per split, and a sha256 of all the text."""
+    docs = _all_docs()
+    h = hashlib.sha256("".join(d for _, d in docs).encode()).hexdigest()
+    val = [n for i, (n, _) in enumerate(docs) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1]
+    return {"python": sys.version.split()[0], "modules": len([1 for _, d in docs if d]),
+            "held_out_modules": val,
+            "train_chars": sum(len(d) for d in stdlib_docs("train")),
+            "val_chars": sum(len(d) for d in stdlib_docs("val")), "sha256": h,
+            "license": "Python Software Foundation License"}
+
+
+# --- the KJV chat set ---------------------------------------------------------------------------
+
+_BEGAT = re.compile(r"\b([A-Z][a-z]+) begat ([A-Z][a-z]+)\b")
+_NOT_NAMES = {"And", "Which", "Who", "He", "They", "Then", "That", "Thou", "Ye", "I", "It",
+              "This", "These", "Also", "But", "For", "So", "Now", "When"}
+
+
+def _held_out(question: str) -> bool:
+    return int(hashlib.sha256(question.encode()).hexdigest(), 16) % HELD_OUT_EVERY == 0
+
+
+@lru_cache(maxsize=1)
+def _chat_items() -> tuple[dict, ...]:
+    chapters = load_chapters()
+    fathers: dict[str, set] = {}
+    where: dict[str, int] = {}
+    for ci, ch in enumerate(chapters):
+        for verse in ch.split("\n"):
+            for x, y in _BEGAT.findall(verse):
+                if x in _NOT_NAMES or y in _NOT_NAMES:
+                    continue
+                fathers.setdefault(y, set()).add(x)
+                where.setdefault(y, ci)
+    items = []
+    for y in sorted(fathers):
+        if len(fathers[y]) == 1:
+            items.append({"kind": "father", "question": f"Who was the father of {y}?",
+                          "answer": next(iter(fathers[y])), "chapter": where[y]})
+    seen = set()
+    for ci, ch in enumerate(chapters):
+        for verse in ch.split("\n"):
+            if not 40 <= len(verse) <= 140:
+                continue
+            cuts = [m.end() for m in re.finditer(r"[;:,] ", verse)]
+            if not cuts:
+                continue
+            mid = len(verse) / 2
+            cut = min(cuts, key=lambda c: (abs(c - mid), c))
+            first, second = verse[:cut].strip(), verse[cut:].strip()
+            if len(first) < 15 or len(second) < 15 or first in seen:
+                continue  # the KJV repeats formulas: one answer per first half
+            seen.add(first)
+            items.append({"kind": "verse", "question": f"Finish the verse: {first}",
+                          "answer": second, "chapter": ci})
+    for it in items:
+        it["split"] = "val" if _held_out(it["question"]) else "train"
+        it["seen_in_pretraining"] = it["chapter"] % VAL_EVERY != VAL_EVERY - 1
+    return tuple(items)
+
+
+def kjv_chat_items(split: str, kinds=("father", "verse"), max_items: int | None = None,
+                   verse_every: int = 1) -> list[dict]:
+    """Question/answer dicts ``{"kind", "question", "answer", "chapter", "split",
+    "seen_in_pretraining"}`` of ``split`` ("train" or "val"), in corpus order.
+
+    ``verse_every``: keep every n-th ``verse`` item (there are many more verses than
+    genealogies); ``max_items``: an evenly spaced subset of at most that many."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    out, k = [], 0
+    for it in _chat_items():
+        if it["split"] != split or it["kind"] not in kinds:
+            continue
+        if it["kind"] == "verse":
+            k += 1
+            if (k - 1) % verse_every:
+                continue
+        out.append(dict(it))
+    if max_items is not None and len(out) > max_items:
+        step = len(out) / max_items
+        out = [out[int(i * step)] for i in range(max_items)]
+    return out
+
+
+def chat_text(question: str, answer: str | None = None) -> str:
+    """The 2B4T chat template for one user turn (``chat_prompt``'s text), plus the answer and
+    :data:`CHAT_EOT` if given: ``"User: q<|eot_id|>Assistant: a<|endoftext|>"``."""
+    from ..model.generation import chat_prompt
+
+    prompt = chat_prompt(None, [{"role": "user", "content": question}])
+    return prompt if answer is None else prompt + answer + CHAT_EOT

@@ -1,0 +1,359 @@
+"""LoRA on a frozen ternary base (bitnet_edu.train.lora), in PEFT's format, checked against PEFT.
+
+Most tests use a tiny random BitNetLM (milliseconds); two load the shipped model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+peft = pytest.importorskip("peft")
+
+from bitnet_edu.bitlinear import BitLinear  # noqa: E402
+from bitnet_edu.quant import absmean_ternary  # noqa: E402
+from bitnet_edu.train import lora as L  # noqa: E402
+from bitnet_edu.train.finetune import (FinetuneConfig, chat_batches, exact_match,  # noqa: E402
+                                       finetune, load_tokenizer, token_batches)
+from bitnet_edu.train.import_hf import latent_from_ternary, load_bitnet_lm  # noqa: E402
+from bitnet_edu.train.model import BitNetLM, ModelConfig  # noqa: E402
+
+TINY = dict(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=48, max_seq_len=32)
+
+
+@pytest.fixture
+def base():
+    torch.manual_seed(0)
+    return BitNetLM(ModelConfig(**TINY))
+
+
+def _x(seed=1, T=16):
+    return torch.randint(0, 64, (2, T), generator=torch.Generator().manual_seed(seed))
+
+
+def _randomize_b(model, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, m in L.lora_layers(model):
+            m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * 0.05)
+
+
+def _peft_load(base_model, adapter_dir):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return peft.PeftModel.from_pretrained(L.HFCausalLM(copy.deepcopy(base_model)), adapter_dir)
+
+
+# --- the shipped model in torch -----------------------------------------------------------------
+
+def test_latent_from_ternary_reproduces_codes_and_scale():
+    rng = np.random.default_rng(0)
+    for zeros in (0.0, 0.3, 0.6, 0.95):  # the clip at +-1 makes any zero fraction work
+        q = rng.choice([-1, 0, 1], size=(24, 40), p=[(1 - zeros) / 2, zeros, (1 - zeros) / 2])
+        q = q.astype(np.int8)
+        w = latent_from_ternary(q, 0.0371).numpy()
+        q2, s2 = absmean_ternary(w)
+        assert np.array_equal(q2, q)
+        assert s2 == pytest.approx(0.0371, rel=1e-6)
+
+
+def test_shipped_model_in_torch_matches_engine():
+    import bitnet_edu
+    from bitnet_edu.formats.hf import read_hf_checkpoint
+
+    lm = load_bitnet_lm()
+    _, w = read_hf_checkpoint(bitnet_edu.DEFAULT_MODEL)
+    for name, m in lm.bitlinears():
+        q, s = m.ternary()
+        assert np.array_equal(q, w[f"model.{name}.weight"]), name
+        assert s == pytest.approx(float(w[f"model.{name}.weight_scale"][0]), rel=1e-6), name
+    eng = bitnet_edu.load_model()
+    ids = np.array([0] + eng.encode("And it came to pass, when the king heard these words")[:40])
+    a = eng.logits(ids)
+    with torch.no_grad():
+        b = lm(torch.from_numpy(ids)[None])[0].numpy()
+    # Logits of magnitude ~15 agree to 1.1e-5 (float32 summation order) at every position but
+    # the last: there one input of layer 0's o_proj lands 7.6e-6 (one float32 ulp at 64) from
+    # an int8 rounding tie, the two computations round it apart by one code, and that position
+    # moves by 0.026.  So: most positions to 1e-4, every one to 0.1, same greedy tokens.
+    per_pos = np.abs(a - b).max(-1)
+    assert np.mean(per_pos < 1e-4) >= 0.9 and per_pos.max() < 0.1
+    assert (a.argmax(-1) == b.argmax(-1)).all()
+
+
+# --- add_lora -----------------------------------------------------------------------------------
+
+def test_add_lora_wraps_bitlinear_frozen_and_starts_as_identity(base):
+    x = _x()
+    with torch.no_grad():
+        ref = base(x)
+    m = L.add_lora(copy.deepcopy(base), L.LoraConfig(r=4, lora_alpha=8))
+    layers = L.lora_layers(m)
+    assert len(layers) == 7 * TINY["n_layers"]
+    assert {n.rsplit(".", 1)[-1] for n, _ in layers} == set(L.PEFT_TARGETS)
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    for _, lay in layers:
+        assert isinstance(lay.base_layer, BitLinear) and lay.scaling == 2.0
+        assert not lay.base_layer.weight.requires_grad
+        assert torch.count_nonzero(lay.lora_B.weight) == 0  # PEFT's init: B = 0 ...
+        bound = 1 / np.sqrt(lay.in_features)  # ... A kaiming-uniform(a=sqrt 5) = U(+-1/sqrt(in))
+        assert 0.5 * bound < lay.lora_A.weight.abs().max() <= bound
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+    counts = L.trainable_parameters(m)
+    r, d, f, kv = 4, TINY["dim"], TINY["ffn_dim"], 16  # kv = n_kv_heads * head_dim
+    per_layer = (r * (d + d) + r * (d + kv) * 2 + r * (d + d) + r * (d + f) * 2 + r * (f + d))
+    assert counts["trainable"] == TINY["n_layers"] * per_layer
+
+
+def test_add_lora_targets_and_errors(base):
+    m = L.add_lora(copy.deepcopy(base), L.LoraConfig(target_modules=("q_proj", "v_proj"),
+                                                     layers_to_transform=(1,)))
+    assert [n for n, _ in L.lora_layers(m)] == ["layers.1.self_attn.q_proj",
+                                                "layers.1.self_attn.v_proj"]
+    with pytest.raises(ValueError, match="no BitLinear matched"):
+        L.add_lora(copy.deepcopy(base), L.LoraConfig(target_modules=("qproj",)))
+    with pytest.raises(ValueError, match="already"):
+        L.add_lora(m)
+
+
+def test_lora_forward_is_quantized_base_plus_float_low_rank(base):
+    m = L.add_lora(copy.deepcopy(base), L.LoraConfig(r=4, lora_alpha=8))
+    _randomize_b(m)
+    lay = m.layers[0].self_attn.q_proj
+    x = torch.randn(5, TINY["dim"])
+    with torch.no_grad():
+        want = lay.base_layer(x) + x @ lay.lora_A.weight.T @ lay.lora_B.weight.T * 2.0
+        assert torch.allclose(lay(x), want, atol=1e-6)
+        # the base path is the ternary one, not the float latent matmul
+        assert not torch.allclose(lay.base_layer(x), x @ lay.base_layer.weight.T, atol=1e-3)
+
+
+def test_training_updates_only_lora_and_base_stays_bit_identical(base):
+    m = L.add_lora(copy.deepcopy(base), L.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    data = np.random.default_rng(0).integers(0, 64, 4000).astype(np.uint16)
+    fc = FinetuneConfig(steps=8, batch_size=4, seq_len=16, lr=1e-2, warmup=1)
+    hist = finetune(m, token_batches(data, fc), fc)
+    assert hist["trainable"] == L.trainable_parameters(m)["trainable"]
+    after = m.state_dict()
+    for k, v in before.items():
+        if ".lora_A." in k or ".lora_B." in k:
+            assert not torch.equal(after[k], v), f"{k} did not train"
+        else:
+            assert torch.equal(after[k], v), f"{k} changed"
+    codes0 = {n: mm.ternary()[0] for n, mm in base.bitlinears()}
+    for n, lay in L.lora_layers(m):
+        assert np.array_equal(lay.base_layer.ternary()[0], codes0[n])
+
+
+# --- PEFT's format ------------------------------------------------------------------------------
+
+def test_save_adapter_writes_peft_names_and_config(base, tmp_path):
+    m = L.add_lora(copy.deepcopy(base), L.LoraConfig(r=4, lora_alpha=8))
+    _randomize_b(m)
+    base_dir = tmp_path / "base"  # PEFT reads the base's config.json (vocab_size) on save
+    base_dir.mkdir()
+    (base_dir / "config.json").write_text(json.dumps(base.cfg.to_dict()))
+    L.save_adapter(m, tmp_path / "ours", base_model_name_or_path=str(base_dir))
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "ours" / "adapter_model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+        assert f.metadata() == {"format": "pt"}
+    assert "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" in keys
+    assert "base_model.model.model.layers.1.mlp.down_proj.lora_B.weight" in keys
+    assert len(keys) == 2 * 7 * TINY["n_layers"]
+    # PEFT itself, on the same model, saves the same names and the same config fields
+    pm = _peft_load(base, tmp_path / "ours")
+    pm.save_pretrained(str(tmp_path / "peft"))
+    with safe_open(str(tmp_path / "peft" / "adapter_model.safetensors"), "pt") as f:
+        assert set(f.keys()) == keys
+    ours = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
+    theirs = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert set(ours) == set(theirs)
+    theirs["target_modules"] = sorted(theirs["target_modules"])  # PEFT writes a set's order
+    assert ours == theirs
+    assert ours["peft_type"] == "LORA" and ours["task_type"] == "CAUSAL_LM"
+    assert ours["bias"] == "none" and ours["r"] == 4 and ours["lora_alpha"] == 8
+    assert ours["base_model_name_or_path"] == str(base_dir)
+
+
+def test_peft_loads_our_adapter_onto_our_model_same_logits(base, tmp_path):
+    m = L.add_lora(copy.deepcopy(base), L.LoraConfig(r=4, lora_alpha=8))
+    _randomize_b(m)
+    L.save_adapter(m, tmp_path)
+    pm = _peft_load(base, tmp_path)
+    # PEFT wrapped our BitLinear (an nn.Linear subclass) in its own lora.Linear
+    from peft.tuners.lora import Linear as PeftLoraLinear
+
+    q = pm.base_model.model.model.layers[0].self_attn.q_proj
+    assert isinstance(q, PeftLoraLinear) and isinstance(q.base_layer, BitLinear)
+    x = _x()
+    with torch.no_grad():
+        ours, theirs = m(x), pm(input_ids=x)
+        assert not torch.allclose(ours, base(x), atol=1e-3)  # the adapter does something
+    assert torch.allclose(ours, theirs, atol=1e-6, rtol=0)
+    # our load_adapter onto a fresh copy gives the same
+    m2 = L.load_adapter(copy.deepcopy(base), tmp_path)
+    with torch.no_grad():
+        assert torch.equal(m2(x), ours)
+
+
+def test_our_load_adapter_reads_what_peft_trained(base, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm = peft.get_peft_model(L.HFCausalLM(copy.deepcopy(base)), peft.LoraConfig(
+            r=2, lora_alpha=6, target_modules=["q_proj", "up_proj"], task_type="CAUSAL_LM"))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    pm.save_pretrained(str(tmp_path))
+    m = L.load_adapter(copy.deepcopy(base), tmp_path)
+    assert m.lora_config.r == 2 and m.lora_config.scaling == 3.0
+    assert sorted(n for n, _ in L.lora_layers(m)) == sorted(
+        f"layers.{i}.{s}" for i in range(2) for s in ("self_attn.q_proj", "mlp.up_proj"))
+    x = _x()
+    with torch.no_grad():
+        assert torch.allclose(m(x), pm(input_ids=x), atol=1e-6, rtol=0)
+
+
+def test_load_adapter_refuses_a_mismatch(base, tmp_path):
+    m = L.add_lora(copy.deepcopy(base), L.LoraConfig(r=4, target_modules=("q_proj",)))
+    L.save_adapter(m, tmp_path)
+    other = L.add_lora(copy.deepcopy(base), L.LoraConfig(r=4, target_modules=("k_proj",)))
+    with pytest.raises(ValueError, match="does not fit"):
+        L.load_adapter(other, tmp_path)
+    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True}))
+    with pytest.raises(ValueError, match="use_dora"):
+        L.load_adapter(copy.deepcopy(base), tmp_path)
+
+
+# --- merging ------------------------------------------------------------------------------------
+
+def test_merge_latent_equals_peft_merge_and_unload(base, tmp_path):
+    m = L.add_lora(copy.deepcopy(base), L.LoraConfig(r=4, lora_alpha=8))
+    _randomize_b(m)
+    L.save_adapter(m, tmp_path)
+    merged = L.merge_lora(m, into="latent")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        unloaded = _peft_load(base, tmp_path).merge_and_unload()
+    for name, w in merged.items():
+        assert torch.allclose(w, unloaded.model.get_submodule(name).weight, atol=1e-6), name
+    lay = m.layers[1].mlp.down_proj
+    want = lay.base_layer.weight + lay.lora_B.weight @ lay.lora_A.weight * lay.scaling
+    assert torch.allclose(merged["layers.1.mlp.down_proj"], want, atol=1e-6)
+
+
+def test_merged_weights_leave_the_ternary_grid_and_requantizing_loses_the_update(base):
+    m = L.add_lora(copy.deepcopy(base), L.LoraConfig(r=4, lora_alpha=8))
+    x = _x()
+    with torch.no_grad():
+        ref = base(x)
+        for into in ("latent", "ternary"):  # B = 0: merging changes nothing
+            assert torch.allclose(L.merged_model(m, into)(x), ref, atol=1e-5)
+    rep0 = L.merge_report(m, "ternary")
+    assert rep0["not_ternary"] == 0.0 and rep0["codes_changed"] == 0.0
+    _randomize_b(m)
+    for into in ("latent", "ternary"):
+        rep = L.merge_report(m, into)
+        assert rep["not_ternary"] > 0.99  # every entry the update touches is off the grid
+        assert rep["update_kept"] < 0.9 and rep["requant_error"] > 0.3
+        mm = L.merged_model(m, into)
+        assert not L.lora_layers(mm)
+        for name, lay in mm.bitlinears():  # what the merged model computes with
+            q, s = lay.ternary()
+            q2, s2 = L.requantize(L.merge_lora(m, into)[name], m.get_submodule(name).base_layer,
+                                  into)
+            assert np.array_equal(q, q2) and s == pytest.approx(s2, rel=1e-6)
+    # ternary merge: the base grid's scale, codes = clip(round(M / s))
+    lay = m.layers[0].self_attn.q_proj
+    q0, s0 = lay.base_layer.ternary()
+    w = torch.from_numpy(q0 * np.float32(s0)) + lay.delta_weight().detach()
+    q1, s1 = L.requantize(w, lay.base_layer, "ternary")
+    assert s1 == s0 and np.array_equal(q1, np.clip(np.round(w.numpy() / s0), -1, 1))
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def test_stdlib_docs_split_by_module_and_deterministic():
+    from bitnet_edu.train import finetune_data as FD
+
+    tr, va = FD.stdlib_docs("train"), FD.stdlib_docs("val")
+    names = lambda docs: {d.split("\n", 1)[0].removeprefix("Module ") for d in docs}  # noqa: E731
+    assert names(tr).isdisjoint(names(va)) and "heapq" in names(va) and "json" in names(tr)
+    assert len(tr) > 3 * len(va) > 30
+    assert FD.module_doc("json") == FD.module_doc("json")
+    assert "\ndumps(obj, *, skipkeys=False" in FD.module_doc("json")
+    assert "\nTextWrapper.wrap(self, text)" in FD.module_doc("textwrap")
+    short = FD.stdlib_docs("val", max_chars=5000)
+    assert sum(map(len, short)) == 5000 and short[0] == va[0][:len(short[0])]
+
+
+def test_kjv_chat_items_and_template():
+    from bitnet_edu.model.generation import chat_prompt
+    from bitnet_edu.train import finetune_data as FD
+
+    items = FD.kjv_chat_items("train") + FD.kjv_chat_items("val")
+    qa = {i["question"]: i["answer"] for i in items}
+    assert qa["Who was the father of Isaac?"] == "Abraham"
+    assert qa["Who was the father of David?"] == "Jesse"
+    assert "Who was the father of Boaz?" not in qa  # Salmon (Ruth 4) or Salma (1 Chr 2): dropped
+    verse = next(i for i in items if i["kind"] == "verse")
+    assert verse["question"].startswith("Finish the verse: ")
+    full = verse["question"].removeprefix("Finish the verse: ") + " " + verse["answer"]
+    assert any(full in ch.split("\n") for ch in FD.load_chapters())
+    tq = {i["question"] for i in FD.kjv_chat_items("train")}
+    assert tq.isdisjoint(i["question"] for i in FD.kjv_chat_items("val"))
+    text = FD.chat_text("Who was the father of Isaac?", "Abraham")
+    assert text == chat_prompt(None, "Who was the father of Isaac?") + "Abraham<|endoftext|>"
+    assert text == "User: Who was the father of Isaac?<|eot_id|>Assistant: Abraham<|endoftext|>"
+
+
+def test_chat_batches_score_answer_tokens_only():
+    tok = load_tokenizer()
+    items = [{"kind": "father", "question": "Who was the father of Isaac?", "answer": "Abraham"},
+             {"kind": "verse", "question": "Finish the verse: Jesus wept,", "answer": "and said"}]
+    x, y = chat_batches(items, tok, batch_size=6, seed=0)(0)
+    assert x.shape == y.shape
+    for r in range(6):
+        tgt = y[r][y[r] != -100].tolist()
+        assert tgt[-1] == 0  # the end-of-turn token <|endoftext|>
+        assert tok.decode(tgt[:-1]) in ("Abraham", "and said")
+        first = int((y[r] != -100).nonzero()[0])
+        assert tok.decode(x[r, :first + 1].tolist()).endswith("Assistant:") or \
+            tok.decode(x[r, :first + 1].tolist()).endswith("Assistant: ")
+
+
+def test_exact_match_counts_hits():
+    tok = load_tokenizer()
+    answer = tok.encode("Abraham").ids + [0]
+
+    class Parrot(torch.nn.Module):  # greedily says "Abraham" then ends the turn
+        cfg = ModelConfig(**TINY)
+
+        def forward(self, idx):
+            k = 0
+            text = tok.decode(idx[0].tolist())
+            if "Assistant: " in text:
+                said = tok.encode(text.split("Assistant: ", 1)[1]).ids if \
+                    text.split("Assistant: ", 1)[1] else []
+                k = len(said)
+            out = torch.zeros(1, idx.shape[1], 4096)
+            out[0, -1, answer[min(k, len(answer) - 1)]] = 1.0
+            return out
+
+    items = [{"kind": "father", "question": "Who was the father of Isaac?", "answer": "Abraham."},
+             {"kind": "father", "question": "Who was the father of Jacob?", "answer": "Isaac"}]
+    r = exact_match(Parrot(), tok, items)
+    assert r["exact_match"] == 0.5 and r["by_kind"] == {"father": (1, 2)}
