@@ -49,6 +49,43 @@ def test_forward_batch_rows_equal_one_sequence_at_a_time(model):
         np.testing.assert_array_equal(cb.k[:, :, :cb.length], ca.k[:, :, :ca.length])
 
 
+@pytest.mark.parametrize("h,hkv,d", [(4, 2, 64), (20, 5, 128)])  # SMALL, the 2B4T heads
+def test_attention_batch_rows_equal_attention_block_alone(h, hkv, d):
+    """The batched attention kernel (every sequence in one call, each its own cache) gives
+    each sequence the bits attention_block / its serial twin give it alone, and writes the
+    same keys and values; ragged lengths past the serial/parallel switch at 1024, caches of
+    different capacities."""
+    from numba.typed import List
+
+    from bitnet_edu.model import fused
+    from bitnet_edu.model.layers import rope_tables
+    rng = np.random.default_rng(11)
+    starts = np.array([0, 1, 7, 64, 100, 1023, 1030, 2], np.int64)
+    layers, layer = 2, 1
+    cos, sin = rope_tables(1100, d, 500000.0)
+    qkv = rng.standard_normal((len(starts), (h + 2 * hkv) * d)).astype(np.float32)
+    scales = np.array([0.7, 1.3, 0.9], np.float32)
+    ks = [rng.standard_normal((layers, hkv, p + 1 + j, d)).astype(np.float32)
+          for j, p in enumerate(starts)]
+    vs = [rng.standard_normal(k.shape).astype(np.float32) for k in ks]
+    want, want_k, want_v = [], [], []
+    for b, p in enumerate(starts):
+        for fn in (fused.attention_block_1, fused.attention_block):
+            k, v = ks[b].copy(), vs[b].copy()
+            want.append(fn(qkv[b:b + 1], scales, cos, sin, k[layer], v[layer], int(p), h, hkv,
+                           d)[0])
+        want_k.append(k)
+        want_v.append(v)
+    for fn in (fused.attention_batch, fused.attention_batch_1):
+        k, v = [a.copy() for a in ks], [a.copy() for a in vs]
+        got = fn(qkv, scales, cos, sin, List(k), List(v), layer, starts, h, hkv, d)
+        for b in range(len(starts)):
+            np.testing.assert_array_equal(got[b], want[2 * b])
+            np.testing.assert_array_equal(got[b], want[2 * b + 1])
+            np.testing.assert_array_equal(k[b], want_k[b])
+            np.testing.assert_array_equal(v[b], want_v[b])
+
+
 def test_forward_batch_reference_path_agrees_with_fast_path(model):
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
     fast = model.forward_batch([9, 10], _prefilled(model, prompts))

@@ -19,7 +19,8 @@ from ..kernels.intrinsics import serial_twin
 # assume "no inf/nan" and break the -inf start of the softmax max.
 _FAST = {"reassoc", "contract", "arcp"}
 
-__all__ = ["rmsnorm_quant", "relu2_rmsnorm_quant", "attention_block", "quantize_rows_int8"]
+__all__ = ["rmsnorm_quant", "relu2_rmsnorm_quant", "attention_block", "attention_batch",
+           "quantize_rows_int8"]
 
 
 @njit(cache=True, fastmath={"nsz", "reassoc"})  # exact: max does not round
@@ -160,6 +161,69 @@ def attention_block(qkv, scales, cos, sin, kc, vc, start, n_heads, n_kv, d):
     return out
 
 
+@njit(cache=True, parallel=True, fastmath=_FAST)
+def attention_batch(qkv, scales, cos, sin, kcs, vcs, layer, starts, n_heads, n_kv, d):
+    """:func:`attention_block` for B sequences of one new token each, in one call.
+
+    ``qkv`` float32 ``[B, (H + 2 Hkv) * D]``; ``kcs``/``vcs``: ``numba.typed.List`` of the B
+    caches' float32 ``[layers, Hkv, capacity_b, D]`` arrays (capacities may differ), written at
+    ``[layer, :, starts[b]]``; ``starts`` int64 ``[B]`` (ragged).  Returns ``[B, H * D]``, row
+    ``b`` the same bits as ``attention_block(qkv[b:b+1], ...)`` on sequence ``b`` alone: the
+    loops over one (sequence, head) are that function's, written out the same way.  prange over
+    the (sequence, head) pairs.
+    """
+    nb = qkv.shape[0]
+    qn, kn = n_heads * d, n_kv * d
+    for j in prange(nb):  # the new key and value into each sequence's cache
+        b = np.int64(j)  # prange's index may be unsigned; typed List indexes are int64
+        p = starts[b]
+        kc, vc = kcs[b], vcs[b]
+        for h in range(n_kv):
+            _rope_into(qkv[b, qn + h * d: qn + (h + 1) * d], cos[p], sin[p], kc[layer, h, p],
+                       scales[1])
+            src = qkv[b, qn + kn + h * d: qn + kn + (h + 1) * d]
+            dst = vc[layer, h, p]
+            for i in range(d):
+                dst[i] = src[i] * scales[2]
+    out = np.empty((nb, n_heads * d), np.float32)
+    rep = n_heads // n_kv
+    inv_sqrt = np.float32(1.0 / np.sqrt(d))
+    for w in prange(n_heads * nb):
+        # (kv head, sequence, query head of the group): the group's heads read the same
+        # keys and values one after another (from L2), and a thread's contiguous share of
+        # the pairs holds every sequence of a kv head (a long context is not all on one thread)
+        kv, rest = np.int64(w) // (nb * rep), np.int64(w) % (nb * rep)
+        b, h = rest // rep, kv * rep + rest % rep
+        p = starts[b]
+        kc, vc = kcs[b], vcs[b]
+        q = np.empty(d, np.float32)
+        scores = np.empty(p + 1, np.float32)
+        acc = np.empty(d, np.float32)
+        _rope_into(qkv[b, h * d:(h + 1) * d], cos[p], sin[p], q, scales[0])
+        m = np.float32(-np.inf)
+        for s in range(p + 1):
+            ks = kc[layer, kv, s]
+            dot = np.float32(0.0)
+            for i in range(d):
+                dot += q[i] * ks[i]
+            dot *= inv_sqrt
+            scores[s] = dot
+            m = max(m, dot)
+        total = np.float32(0.0)
+        for i in range(d):
+            acc[i] = 0.0
+        for s in range(p + 1):
+            e = np.exp(scores[s] - m)
+            total += e
+            vs = vc[layer, kv, s]
+            for i in range(d):
+                acc[i] += e * vs[i]
+        o = out[b, h * d:(h + 1) * d]
+        for i in range(d):
+            o[i] = acc[i] / total
+    return out
+
+
 @njit(cache=True, parallel=True)
 def quantize_rows_int8(w):
     """Per-row absmax int8 of a float32 matrix ``[V, n]`` -> ``(int8 [V, n],
@@ -178,3 +242,4 @@ def quantize_rows_int8(w):
 rmsnorm_quant_1 = serial_twin(rmsnorm_quant)
 relu2_rmsnorm_quant_1 = serial_twin(relu2_rmsnorm_quant)
 attention_block_1 = serial_twin(attention_block, fastmath=_FAST)
+attention_batch_1 = serial_twin(attention_batch, fastmath=_FAST)

@@ -429,9 +429,13 @@ class BitNetModel:
         starts = [int(k.length) for k in caches]
         self._rope(max(starts) + 1)
         x = self.head.embed(ids)
+        # the caches' arrays once per step for the batched attention kernel (typed lists: one
+        # Numba call attends every sequence; their capacities may differ)
+        kv = (numba.typed.List([k.k for k in caches]), numba.typed.List([k.v for k in caches]),
+              np.array(starts, np.int64))
         with self._numba_threads():
             for i, L in enumerate(self.layers):
-                x = self._layer_batch(i, L, x, caches, starts)
+                x = self._layer_batch(i, L, x, kv)
             for k in caches:
                 k.length += 1
             xn = rms_norm(x, self.norm, c.rms_norm_eps)
@@ -451,19 +455,20 @@ class BitNetModel:
             return self.lm_head.logits(xn)
         return np.concatenate([self.lm_head.logits(xn[b:b + 1]) for b in range(len(xn))])
 
-    def _layer_batch(self, i, L: LayerWeights, x, caches, starts):
+    def _layer_batch(self, i, L: LayerWeights, x, kv):
         """:meth:`_layer_fast` for B sequences of one token each (``x`` float32 ``[B, hidden]``):
-        the same layer, attention run per sequence on its own cache."""
+        the same layer, with ``fused.attention_batch`` attending every sequence on its own
+        cache in one call.  ``kv``: typed lists of the caches' ``k`` and ``v`` arrays and the
+        int64 ``[B]`` positions.  One sequence with a short context keeps the serial kernel,
+        as ``forward`` does (a parallel region costs more than it saves there)."""
         c = self.config
+        ks, vs, starts = kv
+        attn = (fused.attention_batch_1 if len(starts) == 1 and starts[0] < 1024
+                else fused.attention_batch)
 
         def attend(qkv):
-            a = np.empty((len(x), c.num_attention_heads * c.head_dim), np.float32)
-            for b, (cache, start) in enumerate(zip(caches, starts)):
-                attn = fused.attention_block_1 if start < 1024 else fused.attention_block
-                a[b] = attn(qkv[b:b + 1], L.qkv_scales, self._cos, self._sin, cache.k[i],
-                            cache.v[i], start, c.num_attention_heads, c.num_key_value_heads,
-                            c.head_dim)[0]
-            return a
+            return attn(qkv, L.qkv_scales, self._cos, self._sin, ks, vs, i, starts,
+                        c.num_attention_heads, c.num_key_value_heads, c.head_dim)
         return self._layer_glue(L, x, attend)
 
     def _rope(self, n: int) -> None:
