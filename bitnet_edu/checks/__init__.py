@@ -18,3 +18,4 @@ from .stage5 import *  # noqa
 from .stage6 import *  # noqa
 from .stage4 import *  # noqa
 from .stage7 import *  # noqa
+from .stage8 import *  # noqa
