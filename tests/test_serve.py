@@ -180,7 +180,7 @@ def test_api_key(model):
 
 
 def test_timeout_and_disconnect_free_the_slot(model):
-    s = Server(model, rate_per_min=0, timeout_s=0.05, max_new_tokens=250, cache_size=0)
+    s = Server(model, rate_per_min=0, timeout_s=0.002, max_new_tokens=250, cache_size=0)
     try:
         r = httpx.post(s.url + "/v1/completions", json={"model": NAME, "prompt": "In the",
                                                         "max_tokens": 250, "temperature": 0.9})
