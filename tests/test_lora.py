@@ -357,3 +357,22 @@ def test_exact_match_counts_hits():
              {"kind": "father", "question": "Who was the father of Jacob?", "answer": "Isaac"}]
     r = exact_match(Parrot(), tok, items)
     assert r["exact_match"] == 0.5 and r["by_kind"] == {"father": (1, 2)}
+
+
+def test_stdlib_docs_same_text_in_every_process():
+    """No memory addresses or live state (logging's handler list) in the text: two processes
+    with different hash seeds and different logging setups give the same checksum."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import logging; from bitnet_edu.train import finetune_data as FD; "
+            "logging.getLogger('x').addHandler(logging.StreamHandler()) if {} else None; "
+            "print(FD.stdlib_docs_info()['sha256'])")
+    out = [subprocess.run([sys.executable, "-c", code.format(i)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONHASHSEED": str(i)}, check=True).stdout
+           for i in (0, 1)]
+    assert out[0] == out[1] and len(out[0].strip()) == 64
+    from bitnet_edu.train import finetune_data as FD
+
+    assert not any(" at 0x" in d for d in FD.stdlib_docs("train") + FD.stdlib_docs("val"))

@@ -62,14 +62,36 @@ CHAT_EOT = "<|endoftext|>"  # the shipped tokenizer's only special token: end of
 
 def _doc(obj) -> str | None:
     d = obj.__doc__ if isinstance(getattr(obj, "__doc__", None), str) else None
-    return inspect.cleandoc(d) if d and d.strip() else None  # own docstring only, not inherited
+    # own docstring only, not inherited; a few show a repr with an address
+    return _ADDRESS.sub("", inspect.cleandoc(d)) if d and d.strip() else None
+
+
+class _Elided:
+    def __repr__(self):
+        return "..."
+
+
+_LITERALS = (type(None), bool, int, float, complex, str, bytes)
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _literal(v) -> bool:
+    if isinstance(v, tuple):
+        return all(_literal(x) for x in v)
+    return type(v) in _LITERALS
 
 
 def _signature(obj) -> str:
+    """``(params)`` with non-literal defaults shown as ``...``: their reprs hold memory
+    addresses or live process state (``logging.shutdown``'s handler list), which would make the
+    text differ from run to run."""
     try:
-        return str(inspect.signature(obj))
+        sig = inspect.signature(obj)
     except (TypeError, ValueError):
         return "(...)"
+    params = [p if p.default is p.empty or _literal(p.default) else p.replace(default=_Elided())
+              for p in sig.parameters.values()]
+    return _ADDRESS.sub("", str(sig.replace(parameters=params)))
 
 
 def module_doc(name: str) -> str:
