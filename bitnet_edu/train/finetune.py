@@ -129,7 +129,7 @@ def load_tokenizer(model_dir=None):
 #: ``--fast`` and full settings: training budget, evaluation sizes.
 COMPARE_SETTINGS = {
     "fast": dict(steps=24, batch_size=4, seq_len=128, docs_chars=12_000, kjv_chapters=2),
-    "full": dict(steps=150, batch_size=8, seq_len=256, docs_chars=None, kjv_chapters=8),
+    "full": dict(steps=100, batch_size=8, seq_len=256, docs_chars=None, kjv_chapters=8),
 }
 
 
@@ -242,7 +242,8 @@ def format_compare(res: dict) -> str:
         lines.append(f"{name:<28}{r['docs_bpc']:>10.4f}{r['docs_bpc'] - b['docs_bpc']:>+8.4f}"
                      f"{r['kjv_bpc']:>10.4f}{r['kjv_bpc'] - b['kjv_bpc']:>+8.4f}{tr:>12}{cc:>11}")
     for into, m in res["merge"].items():
-        lines.append(f"merge into {into}: {m['not_ternary']:.2%} of merged weights not in "
+        lines.append(f"merge into {into} (|update| = {m['delta_rel']:.3f} x |W0| per layer): "
+                     f"{m['not_ternary']:.2%} of merged weights not in "
                      f"{{-1,0,1}}*scale; re-quantizing keeps {m['update_kept']:.1%} of the LoRA "
                      f"update (rounding error {m['requant_error']:.2f} x |update|), changes "
                      f"{m['codes_changed']:.2%} of the ternary codes")
