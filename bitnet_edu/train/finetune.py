@@ -258,7 +258,10 @@ def format_compare(res: dict) -> str:
 def _encode_item(tok, item, n_ctx: int):
     """``(ids, n_prompt)``: bos + prompt + answer + end-of-turn token ids, prompt length."""
     bos = tok.token_to_id(CHAT_EOT)
-    prompt = [bos] + tok.encode(chat_text(item["question"])).ids
+    # the template ends "Assistant: "; byte-level BPE puts a word's space in front of it
+    # ("ĠZadok"), so the prompt's tokens stop before that space and the answer's first token
+    # carries it: the text is the template's, the tokens are the ones pre-training saw
+    prompt = [bos] + tok.encode(chat_text(item["question"]).rstrip(" ")).ids
     full = [bos] + tok.encode(chat_text(item["question"], item["answer"])).ids
     if full[:len(prompt)] != prompt:  # BPE merged across the prompt/answer boundary
         ans = tok.encode(item["answer"]).ids + [bos]
@@ -291,7 +294,7 @@ def answer_greedy(model, tok, question: str, max_new_tokens: int = 40) -> str:
     """Greedy reply of a torch ``model`` to ``question`` in the chat template, until the
     end-of-turn token (``<|endoftext|>``), a newline or ``max_new_tokens``."""
     eot = tok.token_to_id(CHAT_EOT)
-    ids = [eot] + tok.encode(chat_text(question)).ids
+    ids = [eot] + tok.encode(chat_text(question).rstrip(" ")).ids  # see _encode_item
     n = model.cfg.max_position_embeddings
     model.eval()
     new = []
@@ -304,7 +307,7 @@ def answer_greedy(model, tok, question: str, max_new_tokens: int = 40) -> str:
         new.append(nxt)
         if "\n" in tok.decode(new[-1:]):
             break
-    return tok.decode(new).split("\n")[0]
+    return tok.decode(new).split("\n")[0].strip()
 
 
 def _norm(s: str) -> str:
