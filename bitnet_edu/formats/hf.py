@@ -31,7 +31,8 @@ from .safetensors import SafetensorsFile, SafetensorsWriter, bf16_to_float32, fl
 from .schema import RowBlocks, check_zero_linear, expected_tensors, in_order, is_linear, is_scale
 
 __all__ = ["iter_hf_checkpoint", "read_hf_checkpoint", "write_hf_checkpoint", "read_tokenizer",
-           "read_generation_config", "read_chat_template", "QUANT_CONFIG"]
+           "read_generation_config", "read_chat_template", "read_generation_prompt",
+           "GENERATION_PROMPT_KEY", "QUANT_CONFIG"]
 
 #: ``quantization_config`` of a packed checkpoint (the real 2B4T file's)
 QUANT_CONFIG = {"quant_method": "bitnet", "linear_class": "autobitlinear",
@@ -81,6 +82,25 @@ def read_chat_template(path) -> str | None:
     t = Path(path) / "tokenizer_config.json"
     template = _json(t).get("chat_template") if t.exists() else None
     return template if isinstance(template, str) else None  # a list of named ones: unsupported
+
+
+#: bitnet_edu's own ``tokenizer_config.json`` field: the text that opens the assistant's turn
+#: in the chat template, when a model's differs from 2B4T's ``"Assistant: "``.
+GENERATION_PROMPT_KEY = "bitnet_edu_generation_prompt"
+
+
+def read_generation_prompt(path) -> str | None:
+    """``tokenizer_config.json``'s :data:`GENERATION_PROMPT_KEY` (a string), or None.
+
+    The shipped small model sets ``"Assistant:"``: its byte-level BPE attaches a word's leading
+    space to the word (``"ĠZadok"``), so a prompt ending in a space would end on a lone space
+    token that pre-training never put before a name; the answer's first token carries the space
+    instead."""
+    t = Path(path) / "tokenizer_config.json"
+    value = _json(t).get(GENERATION_PROMPT_KEY) if t.exists() else None
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ValueError(f"{t}: {GENERATION_PROMPT_KEY} must be a non-empty string, got {value!r}")
+    return value
 
 
 def _allowed_roots(path: Path) -> list[Path]:

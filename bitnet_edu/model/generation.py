@@ -160,13 +160,16 @@ def _as_text(model, new) -> str:
 
 
 def chat_prompt(model, messages) -> str:
-    """The 2B4T chat template as text: ``"Role: content<|eot_id|>"`` per message, then
-    ``"Assistant: "``.  (The bos token is added when the text is encoded.)"""
+    """The 2B4T chat template as text: ``"Role: content<|eot_id|>"`` per message, then the
+    generation prompt: ``model.generation_prompt`` (``"Assistant: "``, 2B4T's, unless the model's
+    ``tokenizer_config.json`` sets another; ``model`` may be None).  (The bos token is added when
+    the text is encoded.)"""
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
     out = []
     for m in messages:
-        if m.get("role") not in ("system", "user", "assistant"):
-            raise ValueError(f"message role must be system, user or assistant, got {m.get('role')!r}")
-        out.append(f"{m['role'].capitalize()}: {str(m['content']).strip()}<|eot_id|>")
-    return "".join(out) + "Assistant: "
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
+            role = m.get("role") if isinstance(m, dict) else m
+            raise ValueError(f"message role must be system, user or assistant, got {role!r}")
+        out.append(f"{m['role'].capitalize()}: {str(m.get('content', '')).strip()}<|eot_id|>")
+    return "".join(out) + getattr(model, "generation_prompt", "Assistant: ")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..config import BitNetConfig
 from ..formats.gguf import iter_gguf_checkpoint
-from ..formats.hf import iter_hf_checkpoint, read_generation_config, read_tokenizer
+from ..formats.hf import (iter_hf_checkpoint, read_generation_config, read_generation_prompt,
+                          read_tokenizer)
 from .transformer import BitNetModel
 
 __all__ = ["load_model", "HUB_ID", "GOOD_REVISION_HINT"]
@@ -76,7 +77,11 @@ def _load_hf_dir(p: Path, kernel, head, progress) -> BitNetModel:
             BitNetConfig.from_dict(config)
         except ValueError as e:
             raise ValueError(f"{p / 'generation_config.json'}: {e}") from None
-    return _load(p.name, config, it, read_tokenizer(p), kernel, head, progress)
+    prompt = read_generation_prompt(p)  # checked before the weights are read
+    model = _load(p.name, config, it, read_tokenizer(p), kernel, head, progress)
+    if prompt is not None:
+        model.generation_prompt = prompt
+    return model
 
 
 def _load_gguf(p: Path, kernel, head, progress) -> BitNetModel:

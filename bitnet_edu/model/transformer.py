@@ -156,6 +156,9 @@ class BitNetModel:
         # bos in front of a text prompt: None = whenever the tokenizer does not add it (HF, as
         # transformers' 2B4T); True/False = a GGUF's tokenizer.ggml.add_bos_token (llama.cpp)
         self.add_bos_token: bool | None = None
+        # what opens the assistant's turn in the chat template (tokenizer_config.json's
+        # bitnet_edu_generation_prompt; 2B4T's by default)
+        self.generation_prompt = "Assistant: "
         self.fast = True  # False: use the NumPy reference glue (slower, same numbers)
         self.ffn_activation = "relu2"  # the FFN's gated activation (see the property)
         # Numba threads for the forward pass; None = auto: the current Numba setting, but one
