@@ -24,7 +24,7 @@ def _progress_bar(desc: str, total: int, enabled: bool):
 
 
 def load_model(path=None, *, revision: str | None = None, kernel: str | None = None,
-               head: str = "auto", progress: bool | None = None) -> BitNetModel:
+               head: str = "auto", progress: bool | None = None, adapter=None) -> BitNetModel:
     """Load a BitNet b1.58 model.
 
     Args:
@@ -38,7 +38,25 @@ def load_model(path=None, *, revision: str | None = None, kernel: str | None = N
             per row; the logits move by about 1e-2 relative) or ``"auto"`` (default: float32
             unless the float table would exceed 256 MB, as the 2B4T's 1.3 GB one does).
         progress: show a tqdm bar (default: only for models with more than 8 layers).
+        adapter: a LoRA adapter to run beside the ternary weights: a PEFT adapter directory
+            (``adapter_config.json`` + ``adapter_model.safetensors``) or the name of one
+            shipped in ``bitnet_edu/adapters/`` (e.g. ``"chat"``); see
+            :meth:`BitNetModel.load_adapter`.  Its files are read and checked before the
+            model's weights, its shapes against the model after.
     """
+    import bitnet_edu
+
+    if adapter is not None:  # a wrong name or a broken file fails before a long load
+        from ..formats.peft import read_peft_adapter
+        from .lora import resolve_adapter
+        adapter = read_peft_adapter(resolve_adapter(adapter))
+    model = _load_any(path, revision, kernel, head, progress)
+    if adapter is not None:
+        model.load_adapter(adapter)
+    return model
+
+
+def _load_any(path, revision, kernel, head, progress) -> BitNetModel:
     import bitnet_edu
 
     if path is None:

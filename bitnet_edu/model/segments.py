@@ -55,17 +55,17 @@ def forward_segments(model, segments, cache) -> list:
     x = model.head.embed(np.concatenate(segs))
     with model._numba_threads():
         for i, L in enumerate(model.layers):
-            def attend(qkv, i=i, L=L):
+            def attend(qkv, scales, i=i):
                 out = np.empty((len(qkv), c.num_attention_heads * c.head_dim), np.float32)
                 for a, b in zip(bounds[:-1], bounds[1:]):
                     # the kernel forward() would pick for this segment alone
                     attn = fused.attention_block_1 if b - a == 1 and start < 1024 \
                         else fused.attention_block
-                    out[a:b] = attn(np.ascontiguousarray(qkv[a:b]), L.qkv_scales, model._cos,
+                    out[a:b] = attn(np.ascontiguousarray(qkv[a:b]), scales, model._cos,
                                     model._sin, cache.k[i], cache.v[i], start,
                                     c.num_attention_heads, c.num_key_value_heads, c.head_dim)
                 return out
-            x = model._layer_glue(L, x, attend)
+            x = model._layer_glue(L, x, attend, model._lora(i))
         xn = rms_norm(x, model.norm, c.rms_norm_eps)
         logits = model.lm_head.logits(xn)
     bad = ~np.isfinite(xn).all(axis=1)

@@ -35,6 +35,7 @@ from .layers import (FFN_ACTIVATIONS, KVCache, apply_rope, attention, quantize_a
 __all__ = ["BitNetModel", "LayerWeights", "Head"]
 
 _ROPE_LOCK = threading.Lock()  # growth of a model's RoPE tables (BitNetModel._rope)
+_ONES3 = np.ones(3, np.float32)  # q, k, v scales already applied (an adapter's path)
 
 
 @dataclass
@@ -170,6 +171,30 @@ class BitNetModel:
         # max_position_embeddings at load: a config may claim 2**31 positions
         self._cos = self._sin = np.zeros((0, config.head_dim), np.float32)
         self.last_stats: dict = {}
+        # a LoRA adapter (bitnet_edu.model.lora.Adapter) run beside the ternary projections, or
+        # None: load_adapter / remove_adapter
+        self.adapter = None
+
+    # ---- LoRA adapters ------------------------------------------------------------------------
+    def load_adapter(self, adapter):
+        """Run a LoRA adapter from now on: a PEFT adapter directory (``adapter_config.json`` +
+        ``adapter_model.safetensors``), or the name of one shipped in ``bitnet_edu/adapters/``
+        (e.g. ``"chat"``).  Replaces any adapter loaded before.  Returns the
+        :class:`~bitnet_edu.model.lora.Adapter` (also ``model.adapter``).  ValueError, naming the
+        file, when it is not a plain LoRA adapter of this model's shape (docs/formats.md)."""
+        from .lora import load_adapter
+        self.adapter = load_adapter(adapter, self.config)
+        return self.adapter
+
+    def remove_adapter(self):
+        """Back to the base model (``model.adapter = None``); returns the adapter removed, or
+        None."""
+        old, self.adapter = self.adapter, None
+        return old
+
+    def _lora(self, i: int):
+        """Layer ``i``'s :class:`~bitnet_edu.model.lora.LayerLora`, or None."""
+        return None if self.adapter is None else self.adapter.layers[i]
 
     @property
     def ffn_activation(self) -> str:
@@ -311,8 +336,12 @@ class BitNetModel:
         """Bytes held by each part of the model (what the notebook's budget table shows)."""
         lin = sum(L.nbytes for L in self.layers)
         head = self.head.nbytes + (self.lm_head.nbytes if self.lm_head is not self.head else 0)
-        return {"ternary layers": lin, f"embedding/head ({self.head.mode})": head,
-                "total": lin + head + self.norm.nbytes}
+        out = {"ternary layers": lin, f"embedding/head ({self.head.mode})": head,
+               "total": lin + head + self.norm.nbytes}
+        if self.adapter is not None:
+            out["LoRA adapter (float32)"] = self.adapter.nbytes
+            out["total"] += self.adapter.nbytes
+        return out
 
     # ---- forward ------------------------------------------------------------------------------
     SMALL_MODEL_BYTES = 32 * 2**20  # below this many bytes of ternary layers, auto threads = 1
@@ -355,9 +384,9 @@ class BitNetModel:
         with self._numba_threads():
             for i, L in enumerate(self.layers):
                 if trace is not None or not self.fast or self.ffn_activation != "relu2":
-                    x = self._layer_reference(i, L, x, cache, start, trace)
+                    x = self._layer_reference(i, L, x, cache, start, trace, self._lora(i))
                 else:
-                    x = self._layer_fast(i, L, x, cache, start)
+                    x = self._layer_fast(i, L, x, cache, start, self._lora(i))
             cache.length += t
             if last_only:
                 x = x[-1:]
@@ -438,7 +467,7 @@ class BitNetModel:
               np.array(starts, np.int64))
         with self._numba_threads():
             for i, L in enumerate(self.layers):
-                x = self._layer_batch(i, L, x, kv)
+                x = self._layer_batch(i, L, x, kv, self._lora(i))
             for k in caches:
                 k.length += 1
             xn = rms_norm(x, self.norm, c.rms_norm_eps)
@@ -458,7 +487,7 @@ class BitNetModel:
             return self.lm_head.logits(xn)
         return np.concatenate([self.lm_head.logits(xn[b:b + 1]) for b in range(len(xn))])
 
-    def _layer_batch(self, i, L: LayerWeights, x, kv):
+    def _layer_batch(self, i, L: LayerWeights, x, kv, lora=None):
         """:meth:`_layer_fast` for B sequences of one token each (``x`` float32 ``[B, hidden]``):
         the same layer, with ``fused.attention_batch`` attending every sequence on its own
         cache in one call.  ``kv``: typed lists of the caches' ``k`` and ``v`` arrays and the
@@ -469,10 +498,10 @@ class BitNetModel:
         attn = (fused.attention_batch_1 if len(starts) == 1 and starts[0] < 1024
                 else fused.attention_batch)
 
-        def attend(qkv):
-            return attn(qkv, L.qkv_scales, self._cos, self._sin, ks, vs, i, starts,
+        def attend(qkv, scales):
+            return attn(qkv, scales, self._cos, self._sin, ks, vs, i, starts,
                         c.num_attention_heads, c.num_key_value_heads, c.head_dim)
-        return self._layer_glue(L, x, attend)
+        return self._layer_glue(L, x, attend, lora)
 
     def _rope(self, n: int) -> None:
         """Make the RoPE tables cover positions ``0 .. n-1``: doubled when too short (rows of a
@@ -500,25 +529,29 @@ class BitNetModel:
             return self.kernel.linear_1(packed, xq, xs, w_scale)
         return self.kernel.linear_fast(packed, xq, xs, w_scale)
 
-    def _layer_fast(self, i, L: LayerWeights, x, cache, start):
+    def _layer_fast(self, i, L: LayerWeights, x, cache, start, lora=None):
         c = self.config
         one = len(x) == 1  # decode: the glue runs without threads (see fused)
         attn = fused.attention_block_1 if one and start < 1024 else fused.attention_block
 
-        def attend(qkv):
-            return attn(qkv, L.qkv_scales, self._cos, self._sin, cache.k[i], cache.v[i], start,
+        def attend(qkv, scales):
+            return attn(qkv, scales, self._cos, self._sin, cache.k[i], cache.v[i], start,
                         c.num_attention_heads, c.num_key_value_heads, c.head_dim)
-        return self._layer_glue(L, x, attend)
+        return self._layer_glue(L, x, attend, lora)
 
-    def _layer_glue(self, L: LayerWeights, x, attend):
-        """One layer on the fused Numba path, ``attend(qkv) -> [T, H * D]`` doing the attention
-        (one sequence, or each sequence of a batch on its own cache)."""
+    def _layer_glue(self, L: LayerWeights, x, attend, lora=None):
+        """One layer on the fused Numba path, ``attend(qkv, scales) -> [T, H * D]`` doing the
+        attention (one sequence, or each sequence of a batch on its own cache; ``scales`` the
+        q, k, v weight scales still to apply).  ``lora``: the layer's
+        :class:`~bitnet_edu.model.lora.LayerLora` (None: the base model, untouched)."""
+        if lora is not None:
+            return self._layer_glue_lora(L, x, attend, lora)
         eps = self.config.rms_norm_eps
         one = len(x) == 1  # one token: the glue runs without threads (see fused)
         norm_quant = fused.rmsnorm_quant_1 if one else fused.rmsnorm_quant
         ffn_quant = fused.relu2_rmsnorm_quant_1 if one else fused.relu2_rmsnorm_quant
         xq, xs = norm_quant(x, L.input_layernorm, eps)
-        a = attend(self._linear_fast(L.qkv, xq, xs, 1.0))
+        a = attend(self._linear_fast(L.qkv, xq, xs, 1.0), L.qkv_scales)
         aq, as_ = norm_quant(a, L.attn_sub_norm, eps)
         x = x + self._linear_fast(L.o, aq, as_, L.o_scale)
         zq, zs = norm_quant(x, L.post_attention_layernorm, eps)
@@ -526,14 +559,75 @@ class BitNetModel:
         hq, hs = ffn_quant(gu, L.gate_up_scales[0], L.gate_up_scales[1], L.ffn_sub_norm, eps)
         return x + self._linear_fast(L.down, hq, hs, L.down_scale)
 
-    def _layer_reference(self, i, L: LayerWeights, x, cache, start, trace=None):
+    def _layer_glue_lora(self, L: LayerWeights, x, attend, lora):
+        """:meth:`_layer_glue` with an adapter on some of the layer's projections.
+
+        The ternary part is the same fused int8 path.  Each adapted group also needs the float
+        normalized input (``rms_norm``, NumPy) for its low-rank term; that term is added to the
+        projection's *scaled* output, so the weight scales are applied here and the fused
+        kernels after it get scales of 1.0 (dividing the term by a scale instead would fail for
+        a zero scale)."""
+        c, eps = self.config, self.config.rms_norm_eps
+        one = len(x) == 1
+        norm_quant = fused.rmsnorm_quant_1 if one else fused.rmsnorm_quant
+        ffn_quant = fused.relu2_rmsnorm_quant_1 if one else fused.relu2_rmsnorm_quant
+        hq_, hkv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+        f = c.intermediate_size
+        xq, xs = norm_quant(x, L.input_layernorm, eps)
+        qkv = self._linear_fast(L.qkv, xq, xs, 1.0)
+        if lora.qkv is not None:
+            cols = np.repeat(L.qkv_scales, [hq_, hkv, hkv])
+            qkv = qkv * cols + lora.qkv.delta(rms_norm(x, L.input_layernorm, eps))
+            a = attend(qkv, _ONES3)
+        else:
+            a = attend(qkv, L.qkv_scales)
+        aq, as_ = norm_quant(a, L.attn_sub_norm, eps)
+        o = self._linear_fast(L.o, aq, as_, L.o_scale)
+        if lora.o is not None:
+            o = o + lora.o.delta(rms_norm(a, L.attn_sub_norm, eps))
+        x = x + o
+        zq, zs = norm_quant(x, L.post_attention_layernorm, eps)
+        gu = self._linear_fast(L.gate_up, zq, zs, 1.0)
+        sg, su = L.gate_up_scales[0], L.gate_up_scales[1]
+        if lora.gate_up is not None:
+            cols = np.repeat(L.gate_up_scales, [f, f])
+            gu = gu * cols + lora.gate_up.delta(rms_norm(x, L.post_attention_layernorm, eps))
+            sg = su = np.float32(1.0)
+        hq, hs = ffn_quant(gu, sg, su, L.ffn_sub_norm, eps)
+        down = self._linear_fast(L.down, hq, hs, L.down_scale)
+        if lora.down is not None:
+            act = FFN_ACTIVATIONS["relu2"](gu[:, :f] * sg, gu[:, f:] * su)
+            down = down + lora.down.delta(rms_norm(act, L.ffn_sub_norm, eps))
+        return x + down
+
+    def _layer_reference(self, i, L: LayerWeights, x, cache, start, trace=None, lora=None):
+        """One layer in plain NumPy (``lora``: the layer's adapter, each adapted projection
+        ``BitLinear(xn) + (xn @ A.T) @ (B * scaling).T``; its terms go into the trace as
+        ``lora_<group>``)."""
         c, eps = self.config, self.config.rms_norm_eps
         t, d, h, hkv = len(x), c.head_dim, c.num_attention_heads, c.num_key_value_heads
+        deltas = {}
+
+        def low_rank(group, xn):  # the adapter's term for one packed matrix, or None
+            g = None if lora is None else getattr(lora, group)
+            if g is None:
+                return None
+            deltas["lora_" + group] = g.delta_reference(xn)
+            return deltas["lora_" + group]
+
+        def plus(y, dy):
+            return y if dy is None else y + dy
+
         xn = rms_norm(x, L.input_layernorm, eps)
         qkv = self._linear(L.qkv, *quantize_act(xn), 1.0)
         q = qkv[:, : h * d].reshape(t, h, d) * L.qkv_scales[0]
         k = qkv[:, h * d:(h + hkv) * d].reshape(t, hkv, d) * L.qkv_scales[1]
         v = qkv[:, (h + hkv) * d:].reshape(t, hkv, d) * L.qkv_scales[2]
+        dq = low_rank("qkv", xn)
+        if dq is not None:
+            q = q + dq[:, : h * d].reshape(t, h, d)
+            k = k + dq[:, h * d:(h + hkv) * d].reshape(t, hkv, d)
+            v = v + dq[:, (h + hkv) * d:].reshape(t, hkv, d)
         cos, sin = self._cos[start:start + t], self._sin[start:start + t]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         cache.k[i][:, start:start + t] = k.transpose(1, 0, 2)
@@ -542,18 +636,22 @@ class BitNetModel:
         vals = cache.v[i][:, : start + t].transpose(1, 0, 2)
         a, probs = attention(q, keys, vals, start, return_probs=True)
         an = rms_norm(a, L.attn_sub_norm, eps)
-        hid = x + self._linear(L.o, *quantize_act(an), L.o_scale)
+        hid = x + plus(self._linear(L.o, *quantize_act(an), L.o_scale), low_rank("o", an))
         z = rms_norm(hid, L.post_attention_layernorm, eps)
         gu = self._linear(L.gate_up, *quantize_act(z), 1.0)
         f = c.intermediate_size
         gate, up = gu[:, :f] * L.gate_up_scales[0], gu[:, f:] * L.gate_up_scales[1]
+        dgu = low_rank("gate_up", z)
+        if dgu is not None:
+            gate, up = gate + dgu[:, :f], up + dgu[:, f:]
         act = FFN_ACTIVATIONS[self.ffn_activation](gate, up)
         actn = rms_norm(act, L.ffn_sub_norm, eps)
-        out = hid + self._linear(L.down, *quantize_act(actn), L.down_scale)
+        out = hid + plus(self._linear(L.down, *quantize_act(actn), L.down_scale),
+                         low_rank("down", actn))
         if trace is not None:
             trace.append(dict(layer=i, input=x, attn_norm=xn, q=q, k=k, v=v, attn_probs=probs,
                               attn_out=a, attn_sub_norm=an, residual=hid, ffn_norm=z, gate=gate,
-                              up=up, act=act, ffn_sub_norm=actn, output=out))
+                              up=up, act=act, ffn_sub_norm=actn, output=out, **deltas))
         return out
 
     # ---- public API ---------------------------------------------------------------------------
@@ -597,9 +695,10 @@ class BitNetModel:
 
     def __repr__(self) -> str:
         c = self.config
+        lora = "" if self.adapter is None else f", adapter {self.adapter.name!r}"
         return (f"BitNetModel({c.num_hidden_layers} layers, hidden {c.hidden_size}, "
                 f"heads {c.num_attention_heads}/{c.num_key_value_heads}, vocab {c.vocab_size}, "
-                f"kernel {self.kernel_name!r}, head {self.head.mode})")
+                f"kernel {self.kernel_name!r}, head {self.head.mode}{lora})")
 
 
 # packed matrices of a layer: linears sharing an input are packed as one (one kernel call)
