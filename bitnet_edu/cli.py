@@ -1,10 +1,11 @@
 """``bitnet-edu``: generate, chat, bench and export from the command line.
 
     bitnet-edu generate --model DIR_OR_GGUF "Once upon a time" -n 64 --temperature 0.8 --seed 0
-    bitnet-edu chat --model DIR
+    bitnet-edu chat --model DIR [--adapter chat]
     bitnet-edu bench decode --threads 1,2
     bitnet-edu export --model DIR out.gguf
-    bitnet-edu serve --model DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+    bitnet-edu serve --model DIR [--adapter DIR_OR_NAME] [--host 127.0.0.1] [--port 8000]
+                     [--api-key KEY]
 
 Every error a user can cause (a bad argument, a missing or broken model file, a directory that
 does not exist, too little memory) ends in one line ``bitnet-edu: error: ...`` on stderr and
@@ -58,12 +59,16 @@ def _float_in(low: float, high: float, what: str, *, low_open: bool = False):
     return parse
 
 
-def _add_model_args(p):
+def _add_model_args(p, adapter: bool = True):
     p.add_argument("--model", default=None,
                    help="HF directory, .gguf file or hub id (default: shipped model)")
     p.add_argument("--revision", default=None, help="hub revision to pin")
     p.add_argument("--kernel", default=None, help="ternary kernel (bitnet_edu.kernels.available())")
     p.add_argument("--head", default="auto", choices=["auto", "int8", "int4", "float32"])
+    if adapter:  # not for export: a GGUF holds the ternary weights only
+        p.add_argument("--adapter", default=None, metavar="DIR_OR_NAME",
+                       help="a LoRA adapter to run with the model: a PEFT adapter directory, or "
+                            "the name of a shipped one (e.g. chat)")
 
 
 def _add_sampling_args(p):
@@ -87,7 +92,8 @@ def _sampling(a) -> dict:
 
 def _load(a):
     from .model.loading import load_model
-    return load_model(a.model, revision=a.revision, kernel=a.kernel, head=a.head, progress=True)
+    return load_model(a.model, revision=a.revision, kernel=a.kernel, head=a.head, progress=True,
+                      adapter=getattr(a, "adapter", None))
 
 
 def cmd_generate(a) -> int:
@@ -165,6 +171,8 @@ def cmd_serve(a) -> int:
     log.setLevel(logging.INFO)
     model = _load(a)
     name = a.name or (Path(a.model).name if a.model else "bitnet-edu-default")
+    if a.adapter and not a.name:
+        name += "+" + model.adapter.name
     cfg = ServerConfig(model_name=name, api_key=key, rate_per_min=a.rate, burst=a.burst,
                        timeout_s=a.timeout, max_batch=a.max_batch, log_prompts=a.log_prompts,
                        max_new_tokens=a.max_tokens)
@@ -231,7 +239,7 @@ def _main(argv) -> int:
     v.add_argument("rest", nargs=argparse.REMAINDER)
     v.set_defaults(fn=cmd_evaluate)
     e = sub.add_parser("export", help="write a GGUF I2_S file (runs in bitnet.cpp)")
-    _add_model_args(e)
+    _add_model_args(e, adapter=False)
     e.add_argument("out")
     e.set_defaults(fn=cmd_export)
     s = sub.add_parser("serve", help="an OpenAI-compatible server for a class (FastAPI + uvicorn)")

@@ -22,6 +22,7 @@ name from the ones shipped in ``bitnet_edu/adapters/<name>/``.  Use
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ GROUPS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
           "gate_up": ("gate_proj", "up_proj"), "down": ("down_proj",)}
 
 _FAST = {"reassoc", "contract", "arcp"}
+_SERIAL = itertools.count(1)  # Adapter.serial: never reused (id() is, after GC)
 
 
 @njit(cache=True, parallel=True, fastmath=_FAST)
@@ -125,13 +127,14 @@ class Adapter:
     ``name`` (the directory's name), ``path``, ``config`` (``adapter_config.json``),
     ``layers``: a :class:`LayerLora` or None per layer, ``modules``: ``{(layer, proj): (A, B,
     scaling)}`` as read; ``nbytes``: bytes of the float32 A and B matrices (read once per
-    token); ``n_params``.
+    token); ``n_params``; ``serial``: a number no other Adapter of this process has.
     """
 
     def __init__(self, peft: PeftAdapter, model_config):
         check_layers(peft, model_config.num_hidden_layers)
         check_adapter(peft, model_config)
         self.name, self.path, self.config = peft.name, peft.path, peft.config
+        self.serial = next(_SERIAL)  # tells adapters apart (the server's response cache)
         self.modules = peft.modules
         self.layers = [_layer(peft.modules, i, model_config)
                        for i in range(model_config.num_hidden_layers)]

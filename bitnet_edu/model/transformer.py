@@ -285,6 +285,10 @@ class BitNetModel:
         cfg = self.config
         hq, hkv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
         f = cfg.intermediate_size
+        if self.adapter is not None:
+            warnings.warn(f"the checkpoint holds the base model only: the LoRA adapter "
+                          f"{self.adapter.name!r} is not in it (ship its directory beside it)",
+                          RuntimeWarning, stacklevel=2)
 
         def table(h):
             if not blocks:

@@ -282,7 +282,8 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
 
         key = None
         if cache is not None and ResponseCache.cacheable(settings):
-            key = ResponseCache.key(ids, {**settings, "stop": tuple(stops), "chat": chat}, model)
+            key = ResponseCache.key(ids, {**settings, "stop": tuple(stops), "chat": chat,
+                                          "adapter": _adapter_tag(model)}, model)
             hit = cache.get(key)
             metrics.cache.labels("hit" if hit else "miss").inc()
             if hit is not None:
@@ -498,7 +499,8 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": cfg.model_name, "running": sched.running,
-                "waiting": sched.waiting, "context": context}
+                "waiting": sched.waiting, "context": context,
+                "adapter": getattr(getattr(model, "adapter", None), "name", None)}
 
     @app.get("/metrics")
     async def prometheus():
@@ -510,6 +512,13 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
                             .replace("__MODEL__", cfg.model_name))
 
     return app
+
+
+def _adapter_tag(model):
+    """What keeps cached answers of one model object apart when its LoRA adapter changes
+    (``model.load_adapter`` / ``remove_adapter`` while serving): None without an adapter."""
+    a = getattr(model, "adapter", None)
+    return None if a is None else f"{getattr(a, 'name', '?')}#{getattr(a, 'serial', id(a))}"
 
 
 def _sse(obj) -> str:

@@ -6,6 +6,11 @@ with ``url=``, the instructor's ``bitnet-edu serve`` (:class:`bitnet_edu.serve.c
 the same widget, the model on another machine).
 Generation goes through :func:`bitnet_edu.deploy.stream_reply`, so the widget gets the same
 timeout and measurement as the deployment lesson. Headless use: ``w.send("Once upon")``.
+
+A LoRA adapter: ``ChatWidget(adapter="chat")`` loads the default model with the shipped chat
+adapter (or pass a model that has one: ``load_model(adapter=...)``).  A model with an adapter is
+prompted in the chat format (``chat_prompt``: the conversation so far, then the generation
+prompt), as the adapter was trained; ``chat=True/False`` forces it on or off.
 """
 
 from __future__ import annotations
@@ -43,9 +48,14 @@ class ChatWidget:
 
     def __init__(self, model=None, *, url: str | None = None, api_key: str | None = None,
                  max_new_tokens: int = 48, temperature: float = 0.8, timeout: float = 60.0,
-                 limits: Limits = Limits(), refresh_s: float = 0.1):
+                 limits: Limits = Limits(), refresh_s: float = 0.1, adapter=None,
+                 chat: bool | None = None):
         if model is not None and url is not None:
             raise ValueError("give a model or a server url, not both")
+        if adapter is not None and (model is not None or url is not None):
+            raise ValueError("adapter= loads the default model with that adapter; for your own "
+                             "model call model.load_adapter(...) (or load_model(adapter=...))")
+        self.adapter, self.chat = adapter, chat
         self._model, self.timeout, self.limits, self.refresh_s = model, timeout, limits, refresh_s
         self.url, self.api_key = url, api_key
         self.controls = {
@@ -78,8 +88,26 @@ class ChatWidget:
         elif self._model is None:
             from .. import load_model
 
-            self._model = load_model()
+            self._model = load_model(adapter=self.adapter)
         return self._model
+
+    def _chat_format(self, model) -> bool:
+        """Whether prompts go in the chat format: ``chat`` if given, else when the model runs
+        a LoRA adapter (a chat adapter answers only in the format it was trained on)."""
+        if self.chat is not None:
+            return bool(self.chat)
+        return getattr(model, "adapter", None) is not None
+
+    def _prompt_text(self, model, prompt: str) -> str:
+        if not self._chat_format(model):
+            return prompt
+        from ..model.generation import chat_prompt
+
+        messages = []
+        for p, r in self.history:
+            messages += [{"role": "user", "content": p},
+                         {"role": "assistant", "content": str(r.text)}]
+        return chat_prompt(model, messages + [{"role": "user", "content": prompt}])
 
     def _render(self, partial: str | None = None, prompt: str | None = None):
         rows = [(p, r.text) for p, r in self.history]
@@ -106,7 +134,8 @@ class ChatWidget:
         n_new = self.controls["max_new_tokens"].value
         try:
             model = self.model
-            check_request(model, prompt, n_new, self.limits)
+            text = self._prompt_text(model, prompt) if prompt.strip() else prompt
+            check_request(model, text, n_new, self.limits)
         except (ValueError, OSError, ImportError, AttributeError, NotImplementedError) as e:
             self.status.value = f"<span style='color:#c00'>{html.escape(str(e))}</span>"
             return None
@@ -124,7 +153,7 @@ class ChatWidget:
 
         try:
             temp = self.controls["temperature"].value
-            reply = stream_reply(model, prompt, max_new_tokens=n_new, timeout=self.timeout,
+            reply = stream_reply(model, text, max_new_tokens=n_new, timeout=self.timeout,
                                  on_piece=on_piece, temperature=temp, seed=len(self.history))
         except ValueError as e:  # e.g. a model without a tokenizer given text
             self.status.value = f"<span style='color:#c00'>{html.escape(str(e))}</span>"
