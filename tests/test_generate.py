@@ -72,7 +72,11 @@ def test_context_length_error(model):
 
 def test_chat_template(model):
     text = chat_prompt(model, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " Hi "}])
-    assert text == "System: Be brief.<|eot_id|>User: Hi<|eot_id|>Assistant: "
+    assert text == "System: Be brief.<|eot_id|>User: Hi<|eot_id|>" + model.generation_prompt
+    # 2B4T's generation prompt ends in a space; the shipped small model's (tokenizer_config.json)
+    # does not: its BPE carries a word's space on the word
+    assert chat_prompt(None, "Hi") == "User: Hi<|eot_id|>Assistant: "
+    assert load_model().generation_prompt == "Assistant:"
     with pytest.raises(ValueError, match="role"):
         chat_prompt(model, [{"role": "robot", "content": "x"}])
 
@@ -156,3 +160,18 @@ def test_float_and_out_of_vocabulary_ids_are_rejected(model):
     with pytest.raises(ValueError, match="flat list"):
         list(model.stream([[1, 2], [3]], 2))  # (generate reads a list of lists as a batch)
     assert len(model.generate(np.array([[1, 2]], np.int32), 2, stop=[])) == 2  # any int shape
+
+
+def test_generation_prompt_from_tokenizer_config(tmp_path):
+    import json
+    pytest.importorskip("transformers")
+    d = write_tiny_checkpoint(tmp_path / "m", seed=1)
+    cfg = d / "tokenizer_config.json"
+    base = json.loads(cfg.read_text()) if cfg.exists() else {}
+    cfg.write_text(json.dumps({**base, "bitnet_edu_generation_prompt": "Bot:"}))
+    m = load_model(d)
+    assert chat_prompt(m, "Hi") == "User: Hi<|eot_id|>Bot:"
+    for bad in ("", 3, ["Bot:"]):
+        cfg.write_text(json.dumps({**base, "bitnet_edu_generation_prompt": bad}))
+        with pytest.raises(ValueError, match="bitnet_edu_generation_prompt"):
+            load_model(d)
