@@ -175,3 +175,15 @@ def test_generation_prompt_from_tokenizer_config(tmp_path):
         cfg.write_text(json.dumps({**base, "bitnet_edu_generation_prompt": bad}))
         with pytest.raises(ValueError, match="bitnet_edu_generation_prompt"):
             load_model(d)
+
+
+def test_shipped_chat_template_matches_transformers():
+    """The shipped model's jinja chat_template (what transformers and a GGUF export use) renders
+    the same text as the engine's chat_prompt."""
+    transformers = pytest.importorskip("transformers")
+    import bitnet_edu
+    tok = transformers.AutoTokenizer.from_pretrained(bitnet_edu.DEFAULT_MODEL)
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " Who was Boaz? "},
+            {"role": "assistant", "content": "A man of Bethlehem."}, {"role": "user", "content": "And?"}]
+    hf = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert hf == chat_prompt(load_model(), msgs)
