@@ -19,6 +19,11 @@ over 64 tokens, peak RSS, for the int8 head (the default) and the 4-bit head (``
   set: the engine's automatic choice, and bitnet.cpp's own default).
 * ``--transformers``: also transformers' BitNetForCausalLM at the same shape (slow, ~5 GB: few
   tokens) and the ratio.
+* ``--adapter R``: a LoRA adapter of rank R (random A and B on all seven projections of every
+  layer), or ``--adapter DIR`` a PEFT adapter directory of this shape: each of our processes
+  times the model without and with it, alternating in the same process (same warm caches, same
+  load), and prints both, the ratio, and the adapter's float32 bytes against the ternary
+  weights' bytes (each read once per decoded token).
 """
 
 from __future__ import annotations
@@ -69,25 +74,40 @@ def _median(xs):
     return float(statistics.median(xs))
 
 
+def bench_adapter(spec: str, config):
+    """``--adapter``: a whole number = a random adapter of that rank on all seven projections;
+    otherwise a PEFT adapter directory (checked against ``config``)."""
+    from bitnet_edu.model.lora import load_adapter, random_adapter
+    if spec.isdigit():
+        return random_adapter(config, int(spec), seed=1)
+    return load_adapter(spec, config)
+
+
 def run_ours(threads: int, prompt: int, new: int, head: str, layers: int | None, kernel,
-             repeats: int = 1) -> dict:
+             repeats: int = 1, adapter: str | None = None) -> dict:
     """Time one configuration in this process (call in a fresh one for honest RSS):
     ``repeats`` times a ``prompt``-token prefill then ``new`` decode steps, each from an empty
-    cache; medians.  ``threads``: ``model.threads`` (0: left at None, the automatic choice)."""
+    cache; medians.  ``threads``: ``model.threads`` (0: left at None, the automatic choice).
+    ``adapter`` (:func:`bench_adapter`): each repeat also runs with the adapter, right after
+    the run without (``*_adapter`` keys)."""
     t0 = time.perf_counter()
     from bitnet_edu.kernels.intrinsics import isa
     from bitnet_edu.model.random import random_model
     over = {"num_hidden_layers": layers} if layers else {}
     m = random_model("2b4t", seed=0, head=head, kernel=kernel, **over)
     m.threads = threads or None
+    lora = bench_adapter(adapter, m.config) if adapter else None
     built = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     ids = rng.integers(0, m.config.vocab_size, prompt).tolist()
-    m.forward(ids[:8], m.new_cache(16), last_only=True)  # compile / load the Numba cache
-    m.forward(ids[:1], m.new_cache(16))                  # the one-token paths too
+    for a in [None] + ([lora] if lora else []):
+        m.adapter = a
+        m.forward(ids[:8], m.new_cache(16), last_only=True)  # compile / load the Numba cache
+        m.forward(ids[:1], m.new_cache(16))                  # the one-token paths too
+    m.adapter = None
     cold = time.perf_counter() - t0
-    pre, dec = [], []
-    for _ in range(repeats):
+
+    def one_run(pre, dec):
         cache = m.new_cache(prompt + new)
         t = time.perf_counter()
         logits = m.forward(ids, cache, last_only=True)
@@ -97,11 +117,27 @@ def run_ours(threads: int, prompt: int, new: int, head: str, layers: int | None,
         for _ in range(new):
             tok = int(np.argmax(m.forward([tok], cache)[0]))
         dec.append(new / (time.perf_counter() - t))
-    return {"engine": f"bitnet_edu ({m.kernel_name} {isa()}, head {head})", "threads": threads,
-            "prefill_tok_s": _median(pre), "decode_tok_s": _median(dec),
-            "prefill_runs": pre, "decode_runs": dec,
-            "peak_rss_gb": _peak_rss_gb(), "build_s": built, "cold_start_s": cold,
-            "weights_gb": m.memory_report()["total"] / 2**30}
+
+    pre, dec, pre_a, dec_a = [], [], [], []
+    for _ in range(repeats):
+        m.adapter = None
+        one_run(pre, dec)
+        if lora is not None:
+            m.adapter = lora
+            one_run(pre_a, dec_a)
+    m.adapter = None
+    out = {"engine": f"bitnet_edu ({m.kernel_name} {isa()}, head {head})", "threads": threads,
+           "prefill_tok_s": _median(pre), "decode_tok_s": _median(dec),
+           "prefill_runs": pre, "decode_runs": dec,
+           "peak_rss_gb": _peak_rss_gb(), "build_s": built, "cold_start_s": cold,
+           "weights_gb": m.memory_report()["total"] / 2**30}
+    if lora is not None:
+        ranks = sorted({a.shape[0] for a, _, _ in lora.modules.values()})
+        out.update(adapter=lora.name, adapter_ranks=ranks, adapter_modules=len(lora.modules),
+                   adapter_bytes=lora.nbytes, ternary_bytes=sum(L.nbytes for L in m.layers),
+                   prefill_tok_s_adapter=_median(pre_a), decode_tok_s_adapter=_median(dec_a),
+                   prefill_runs_adapter=pre_a, decode_runs_adapter=dec_a)
+    return out
 
 
 def run_transformers(threads: int, new: int, layers: int | None) -> dict:
@@ -232,7 +268,7 @@ def _child(args) -> int:
     else:
         r = run_ours(threads=args.threads_one, prompt=args.prompt, new=args.new,
                      head=args.head, layers=args.layers, kernel=args.kernel,
-                     repeats=args.repeats)
+                     repeats=args.repeats, adapter=args.adapter)
     print("RESULT " + json.dumps(r))
     return 0
 
@@ -245,6 +281,8 @@ def _spawn(args, child: str, threads: int, head: str = "int8") -> dict:
         cmd += ["--layers", str(args.layers)]
     if args.kernel:
         cmd += ["--kernel", args.kernel]
+    if args.adapter and child == "ours":
+        cmd += ["--adapter", args.adapter]
     env = dict(os.environ)
     if threads:  # "default" leaves Numba's and OpenMP's own defaults alone
         env.update(NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
@@ -259,6 +297,33 @@ def _spawn(args, child: str, threads: int, head: str = "int8") -> dict:
         if line.startswith("RESULT "):
             return json.loads(line[7:])
     raise RuntimeError(f"{child} run failed:\n{out.stderr[-2000:]}")
+
+
+def adapter_rows(r: dict) -> list[dict]:
+    """One child's result with ``--adapter`` as two table rows: without, then with it."""
+    if "adapter" not in r:
+        return [r]
+    with_ = {**r, "engine": f"{r['engine']} + LoRA {r['adapter']}",
+             "prefill_tok_s": r["prefill_tok_s_adapter"],
+             "decode_tok_s": r["decode_tok_s_adapter"], "with_adapter": True}
+    return [r, with_]
+
+
+def print_adapter_lines(rows: list[dict]) -> None:
+    """Per configuration with an adapter: its size against the ternary weights, and the speed
+    with / without."""
+    for r in rows:
+        if "adapter" not in r or r.get("with_adapter"):
+            continue
+        ab, tb = r["adapter_bytes"], r["ternary_bytes"]
+        print(f"LoRA {r['adapter']} (r={'/'.join(map(str, r['adapter_ranks']))}, "
+              f"{r['adapter_modules']} projections), {r['engine'][12:-1]}, busy {r['busy']}, "
+              f"threads {_thr(r['threads'])}: adapter {ab / 2**20:.2f} MiB float32 vs ternary "
+              f"weights {tb / 2**20:.1f} MiB ({100 * ab / tb:.1f}%, both read once per token); "
+              f"decode {r['decode_tok_s']:.2f} -> {r['decode_tok_s_adapter']:.2f} tok/s "
+              f"({r['decode_tok_s_adapter'] / r['decode_tok_s']:.3f}x), prefill "
+              f"{r['prefill_tok_s']:.1f} -> {r['prefill_tok_s_adapter']:.1f} tok/s "
+              f"({r['prefill_tok_s_adapter'] / r['prefill_tok_s']:.3f}x)")
 
 
 def _threads(spec: str) -> list[int]:
@@ -318,6 +383,9 @@ def main(argv=None) -> int:
     ap.add_argument("--transformers", action="store_true",
                     help="also time transformers (~5 GB, slow)")
     ap.add_argument("--hf-tokens", type=int, default=4)
+    ap.add_argument("--adapter", default=None, metavar="R_OR_DIR",
+                    help="also time with a LoRA adapter: a rank (random A, B on all seven "
+                         "projections) or a PEFT adapter directory of the 2B4T shape")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--threads-one", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -327,6 +395,16 @@ def main(argv=None) -> int:
     bad = [h for h in heads if h not in ("int8", "int4", "float32")]
     if bad:
         ap.error(f"unknown head {bad[0]!r}: choose from int8, int4, float32")
+    if args.adapter is not None:
+        if args.adapter.isdigit():
+            if int(args.adapter) < 1:
+                ap.error("--adapter takes a rank >= 1 or an adapter directory")
+        else:
+            from bitnet_edu.model.lora import resolve_adapter
+            try:
+                resolve_adapter(args.adapter)
+            except ValueError as e:
+                ap.error(str(e))
     if any("=" not in kv for kv in args.env):
         ap.error("--env takes KEY=VALUE")
     gguf = None
@@ -342,7 +420,8 @@ def main(argv=None) -> int:
         with cpu_threads.busy_programs(busy):
             for t in _threads(args.threads):
                 for head in heads:
-                    rows.append({**_spawn(args, "ours", t, head), "busy": busy})
+                    rows += [{**r, "busy": busy}
+                             for r in adapter_rows(_spawn(args, "ours", t, head))]
                 if gguf is not None:
                     rows.append({**run_bitnet_cpp(args.bitnet_cpp, gguf, t, args.prompt,
                                                   args.new, args.repeats), "busy": busy})
@@ -354,7 +433,9 @@ def main(argv=None) -> int:
           f"load average now {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
           + ("; busy N: N competing busy processes" if args.busy else ""))
     print_table(rows)
-    rows = [r for r in rows if r["busy"] == 0]  # targets: the unloaded machine
+    print_adapter_lines(rows)
+    # targets: the unloaded machine, the base model
+    rows = [r for r in rows if r["busy"] == 0 and not r.get("with_adapter")]
     for t in sorted({r["threads"] for r in rows}):
         ours = [r for r in rows if r["threads"] == t and r["engine"].startswith("bitnet_edu")]
         ours = sorted(ours, key=lambda r: -r["decode_tok_s"])

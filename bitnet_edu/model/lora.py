@@ -223,6 +223,9 @@ def resolve_adapter(adapter) -> Path:
     p = Path(os.path.expanduser(str(adapter)))
     if p.is_dir():
         return p
+    if p.exists():
+        raise ValueError(f"{p}: not a directory (a PEFT adapter is a directory with "
+                         "adapter_config.json and adapter_model.safetensors)")
     text = str(adapter)
     shipped = shipped_adapters()
     if "/" not in text and os.sep not in text and not text.startswith((".", "~")):
