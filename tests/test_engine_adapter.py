@@ -380,3 +380,24 @@ def test_bench_decode_adapter_lines():
     rows = decode.adapter_rows(r)
     assert [x["decode_tok_s"] for x in rows] == [20.0, 19.0] and rows[1]["with_adapter"]
     assert decode.bench_adapter("3", load_model().config).n_params > 0
+
+
+def test_lora_delta_kernel_equals_its_numpy_reference():
+    """The Numba low-rank kernel (both twins) against LoraGroup.delta_reference, for every group
+    of a random adapter on a subset of projections (ragged: unadapted columns give 0)."""
+    from bitnet_edu.config import BitNetConfig
+    cfg = BitNetConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                       max_position_embeddings=32)
+    ad = engine_lora.random_adapter(cfg, r=4, targets=("q_proj", "v_proj", "up_proj", "down_proj"),
+                                    scale=0.3)
+    rng = np.random.default_rng(5)
+    for layer in ad.layers:
+        for group in (layer.qkv, layer.o, layer.gate_up, layer.down):
+            if group is None:
+                continue
+            for t in (1, 7):
+                xn = rng.standard_normal((t, group.a.shape[1])).astype(np.float32)
+                got, want = group.delta(xn), group.delta_reference(xn)
+                assert got.shape == want.shape and got.dtype == np.float32
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
