@@ -19,3 +19,4 @@ from .stage6 import *  # noqa
 from .stage4 import *  # noqa
 from .stage7 import *  # noqa
 from .stage8 import *  # noqa
+from .stage9 import *  # noqa
