@@ -15,6 +15,8 @@ torch is imported lazily, so the inference form works with NumPy alone.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .norm import rms_norm  # the one NumPy RMSNorm (re-exported: bitlinear.rms_norm)
@@ -75,6 +77,20 @@ def ste(x, xq):
     return x + (xq - x).detach()
 
 
+@functools.lru_cache(maxsize=1)
+def _int_mm_is_fast() -> bool:
+    """Whether this CPU has int8 dot-product instructions (AVX-512 VNNI or AVX-VNNI), where
+    ``torch._int_mm`` beats a float32 matmul of the same codes.  Without them it is far slower
+    (measured on an AMD EPYC without VNNI: 124 ms against 7 ms for [256, 384] x [384, 1024]), and
+    the float32 product of int8 codes is exact anyway for in_features < 2**17."""
+    try:
+        import llvmlite.binding as llvm
+        f = llvm.get_host_cpu_features()
+        return bool(f.get("avx512vnni") or f.get("avxvnni"))
+    except Exception:  # no llvmlite or an unknown CPU: the float path is exact, just maybe slower
+        return False
+
+
 if torch is not None:
 
     class _BitLinearSTE(torch.autograd.Function):
@@ -96,11 +112,14 @@ if torch is not None:
             wq = (w / s).round_().clamp_(-1, 1)
             a = 127.0 / x.abs().amax(dim=-1, keepdim=True).clamp(min=eps)
             xq = (x * a).round_().clamp_(-128, 127)
-            if x.device.type == "cpu" and x.dtype == torch.float32:
+            if x.device.type == "cpu" and x.dtype == torch.float32 and (
+                    x.shape[-1] >= 2**17 or _int_mm_is_fast()):
                 xq, wq = xq.to(torch.int8), wq.to(torch.int8)
                 acc = torch._int_mm(xq, wq.T).to(x.dtype)
-            else:
+            else:  # exact: every partial sum is an integer below 128 * 2**17 = 2**24
                 acc = xq @ wq.T
+                if x.device.type == "cpu":
+                    xq, wq = xq.to(torch.int8), wq.to(torch.int8)  # saved: 1 byte, not 4
             ctx.save_for_backward(xq, a, wq, s)
             ctx.grad_dtype = grad_dtype
             return acc.mul_(s / a)
