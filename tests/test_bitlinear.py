@@ -102,3 +102,20 @@ def test_replace_linears():
     assert type(model.lm_head) is torch.nn.Linear  # skipped by name
     assert torch.equal(model[0].weight, w0)
     assert model(x).shape == (2, 4)
+
+
+def test_int_mm_and_float_products_of_the_codes_are_identical(monkeypatch):
+    """BitLinear's forward picks torch._int_mm (CPUs with VNNI) or a float32 matmul of the same
+    int8 codes (exact: partial sums stay integers below 2**24); both give the same bits."""
+    torch = pytest.importorskip("torch")
+    from bitnet_edu import bitlinear as B
+    torch.manual_seed(0)
+    layer, x = B.BitLinear(384, 200), torch.randn(33, 384) * 3
+    outs = []
+    for fast in (True, False):
+        monkeypatch.setattr(B, "_int_mm_is_fast", lambda fast=fast: fast)
+        xg = x.clone().requires_grad_(True)
+        y = layer(xg)
+        y.square().sum().backward()
+        outs.append((y.detach(), xg.grad))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
