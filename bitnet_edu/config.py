@@ -16,7 +16,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 __all__ = ["BitNetConfig", "PRESETS", "SHAPE_KEYS", "LINEAR_KINDS", "MAX_SIZE",
-           "MAX_POSITIONS"]
+           "MAX_POSITIONS", "HIDDEN_ACTS", "LINEAR_CLASSES", "SUB_NORM_ARCHITECTURES",
+           "PLAIN_ARCHITECTURES", "MEMBERS"]
 
 #: Published shapes, as ``BitNetConfig`` keyword arguments (``BitNetConfig.preset(name)``).
 #: The LLaMA-2 rows are comparison shapes for :mod:`bitnet_edu.energy` (their configs' sizes;
@@ -37,7 +38,69 @@ PRESETS = {
                        num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8,
                        max_position_embeddings=4096, rope_theta=10000.0, tie_word_embeddings=False,
                        bos_token_id=1, eos_token_id=2),
+    # --- the ternary Llama-layout members (docs/family.md, 2a/2b): LlamaForCausalLM with a
+    # ``quant_method: bitnet`` config (linear class bitlinear: the file's weight_scale is
+    # 1/absmean), SwiGLU, no sub-norms, untied bf16 head.  Numbers from the config.json of
+    # tiiuae/Falcon3-1B-Instruct-1.58bit, -3B/-7B/-10B-Base-1.58bit; the Instruct 3B/7B/10B
+    # repos sharing their base's shape is unverified (the file sizes agree).
+    "falcon3-1b": dict(vocab_size=131072, hidden_size=2048, intermediate_size=8192,
+                       num_hidden_layers=18, num_attention_heads=8, num_key_value_heads=4,
+                       head_dim=256, max_position_embeddings=8192, rms_norm_eps=1e-6,
+                       rope_theta=1000042.0, hidden_act="silu", sub_norms=False,
+                       linear_class="bitlinear", tie_word_embeddings=False, bos_token_id=None,
+                       eos_token_id=11),
+    "falcon3-3b": dict(vocab_size=131072, hidden_size=3072, intermediate_size=9216,
+                       num_hidden_layers=22, num_attention_heads=12, num_key_value_heads=4,
+                       head_dim=256, max_position_embeddings=4096, rms_norm_eps=1e-6,
+                       rope_theta=1000042.0, hidden_act="silu", sub_norms=False,
+                       linear_class="bitlinear", tie_word_embeddings=False, bos_token_id=11,
+                       eos_token_id=11),
+    "falcon3-7b": dict(vocab_size=131072, hidden_size=3072, intermediate_size=23040,
+                       num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=4,
+                       head_dim=256, max_position_embeddings=8192, rms_norm_eps=1e-6,
+                       rope_theta=1000042.0, hidden_act="silu", sub_norms=False,
+                       linear_class="bitlinear", tie_word_embeddings=False, bos_token_id=11,
+                       eos_token_id=11),
+    "falcon3-10b": dict(vocab_size=131072, hidden_size=3072, intermediate_size=23040,
+                        num_hidden_layers=40, num_attention_heads=12, num_key_value_heads=4,
+                        head_dim=256, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                        rope_theta=1000042.0, hidden_act="silu", sub_norms=False,
+                        linear_class="bitlinear", tie_word_embeddings=False, bos_token_id=1,
+                        eos_token_id=11),
+    # HF1BitLLM/Llama3-8B-1.58-100B-tokens: read from a byte-size-matching copy of its
+    # config.json (unverified that the hub file is identical; every number is
+    # Meta-Llama-3-8B-Instruct's).  Llama 3 (not 3.1): no rope_scaling.
+    "llama3-8b-1.58": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                           num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                           max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=500000.0,
+                           hidden_act="silu", sub_norms=False, linear_class="bitlinear",
+                           tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128009),
 }
+
+#: the ternary models the engine runs (presets above): name -> the hub ids of that shape
+MEMBERS = {
+    "2b4t": ("microsoft/bitnet-b1.58-2B-4T", "microsoft/bitnet-b1.58-2B-4T-bf16"),
+    "falcon3-1b": ("tiiuae/Falcon3-1B-Instruct-1.58bit",),
+    "falcon3-3b": ("tiiuae/Falcon3-3B-Base-1.58bit", "tiiuae/Falcon3-3B-Instruct-1.58bit"),
+    "falcon3-7b": ("tiiuae/Falcon3-7B-Base-1.58bit", "tiiuae/Falcon3-7B-Instruct-1.58bit"),
+    "falcon3-10b": ("tiiuae/Falcon3-10B-Base-1.58bit", "tiiuae/Falcon3-10B-Instruct-1.58bit"),
+    "llama3-8b-1.58": ("HF1BitLLM/Llama3-8B-1.58-100B-tokens",),
+}
+
+#: the FFN activations of the decoder block: relu2 (BitNet: relu(gate)**2 * up), silu (SwiGLU)
+HIDDEN_ACTS = ("relu2", "silu")
+#: ``quantization_config.linear_class``: how the FILE's ``weight_scale`` reads.  autobitlinear
+#: (2B4T): it multiplies (absmean); bitlinear (transformers' default for ``quant_method:
+#: bitnet``; Falcon3, HF1BitLLM): it is the reciprocal 1/absmean.  The engine always holds the
+#: absmean (the HF reader converts); this field says how a checkpoint of the model is written.
+LINEAR_CLASSES = ("autobitlinear", "bitlinear")
+#: ``architectures`` whose block has the two sub-norms (attn_sub_norm, ffn_sub_norm) ...
+SUB_NORM_ARCHITECTURES = ("BitNetForCausalLM",)
+#: ... and those whose block is the plain Llama one (no sub-norms)
+PLAIN_ARCHITECTURES = ("LlamaForCausalLM",)
+_ROPE_TYPES = ("default", "llama3")
+_LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor",
+                "original_max_position_embeddings")
 
 #: The fields that fix every tensor's shape (what counting parameters or bytes needs).
 SHAPE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -87,8 +150,16 @@ class BitNetConfig:
     max_position_embeddings: int = _2B4T["max_position_embeddings"]
     rms_norm_eps: float = 1e-5
     rope_theta: float = _2B4T["rope_theta"]
-    hidden_act: str = "relu2"
+    hidden_act: str = "relu2"  # relu2 | silu (HIDDEN_ACTS)
     tie_word_embeddings: bool = True
+    # None (default rope) or a llama3 scaling: {"rope_type": "llama3", "factor",
+    # "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
+    rope_scaling: dict | None = None
+    # the block: attn_sub_norm + ffn_sub_norm (BitNetForCausalLM) or not (LlamaForCausalLM);
+    # from_dict derives it from ``architectures``
+    sub_norms: bool = True
+    # the file's weight_scale semantics (LINEAR_CLASSES); from_dict reads quantization_config
+    linear_class: str = "autobitlinear"
     bos_token_id: int | None = 128000
     eos_token_id: int | list | None = 128001
     pad_token_id: int | None = None
@@ -106,8 +177,13 @@ class BitNetConfig:
                              f"of num_key_value_heads={self.num_key_value_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
-        if self.hidden_act != "relu2":
-            raise ValueError(f"hidden_act={self.hidden_act!r} not supported (BitNet uses 'relu2')")
+        if self.hidden_act not in HIDDEN_ACTS:
+            raise ValueError(f"hidden_act={self.hidden_act!r} not supported (one of "
+                             f"{', '.join(HIDDEN_ACTS)})")
+        if self.linear_class not in LINEAR_CLASSES:
+            raise ValueError(f"config linear_class={self.linear_class!r}: expected one of "
+                             f"{', '.join(LINEAR_CLASSES)}")
+        self.rope_scaling = _check_rope_scaling(self.rope_scaling)
 
     def _check_fields(self) -> None:
         """ValueError naming the key for a value no model can have: a size that is not a whole
@@ -142,6 +218,10 @@ class BitNetConfig:
                              "true or false")
         if not isinstance(self.hidden_act, str):
             raise ValueError(f"config hidden_act={self.hidden_act!r}: expected a string")
+        if not isinstance(self.sub_norms, bool):
+            raise ValueError(f"config sub_norms={self.sub_norms!r}: expected true or false")
+        if not isinstance(self.linear_class, str):
+            raise ValueError(f"config linear_class={self.linear_class!r}: expected a string")
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
             v = getattr(self, key)
             items = v if isinstance(v, (list, tuple)) and key == "eos_token_id" else [v]
@@ -178,22 +258,38 @@ class BitNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "BitNetConfig":
-        """Build from config.json keys; accepts a top-level ``rope_theta`` (the real 2B4T file) or
-        transformers-5's ``rope_parameters`` dict (only the default rope type is supported)."""
+        """Build from config.json keys.
+
+        RoPE: a top-level ``rope_theta`` and ``rope_scaling`` (the hub files, transformers 4.x)
+        or transformers-5's ``rope_parameters`` dict; rope types ``default`` and ``llama3``.
+        ``sub_norms`` from ``architectures`` (:data:`SUB_NORM_ARCHITECTURES`: yes,
+        :data:`PLAIN_ARCHITECTURES`: no, none or another name: yes) unless the key is given;
+        ``linear_class`` from ``quantization_config`` (a ``quant_method: bitnet`` config without
+        it means ``bitlinear``, as in transformers; no quantization config: ``autobitlinear``).
+        """
         if not isinstance(d, dict):
             raise ValueError(f"a config must be a JSON object (key: value), got "
                              f"{type(d).__name__}")
         d = dict(d)
         rope = d.pop("rope_parameters", None) or {}
         scaling = d.pop("rope_scaling", None)
+        found = None
         for key, r in (("rope_parameters", rope), ("rope_scaling", scaling or {})):
             if not isinstance(r, dict):
                 raise ValueError(f"config {key}={r!r}: expected an object")
             kind = r.get("rope_type", r.get("type", "default"))
-            if kind != "default":
-                raise ValueError(f"rope type {kind!r} not supported (BitNet uses plain RoPE)")
+            if kind not in _ROPE_TYPES:
+                raise ValueError(f"rope type {kind!r} not supported (default or llama3)")
+            if kind == "llama3":
+                found = r
         if "rope_theta" not in d and "rope_theta" in rope:
             d["rope_theta"] = rope["rope_theta"]
+        d["rope_scaling"] = None if found is None else \
+            {"rope_type": "llama3", **{k: found.get(k) for k in _LLAMA3_KEYS}}
+        if "sub_norms" not in d:
+            d["sub_norms"] = _sub_norms_of(d.get("architectures"))
+        if "linear_class" not in d:
+            d["linear_class"] = _linear_class_of(d.get("quantization_config"))
         known = {k for k in cls.__dataclass_fields__ if k != "extra"}
         kwargs = {k: v for k, v in d.items() if k in known}
         extra = {k: v for k, v in d.items() if k not in known}
@@ -233,16 +329,27 @@ class BitNetConfig:
         return BitNetConfig(**kwargs)
 
     def to_dict(self) -> dict:
-        """HF ``config.json`` keys (with top-level ``rope_theta``, as the real 2B4T file).
+        """HF ``config.json`` keys (with top-level ``rope_theta`` and ``rope_scaling``, as the
+        hub files); ``from_dict(to_dict())`` gives this config back.
 
-        Only ``BitNetConfig``'s own fields: a subclass's extra fields (training's ``quantized``)
-        never reach a ``config.json``.
+        ``sub_norms`` and ``linear_class`` are written the way the hub files say them:
+        ``architectures`` (``BitNetForCausalLM`` / ``LlamaForCausalLM``) and
+        ``quantization_config.linear_class``; kept from ``extra`` when they already agree.
+        Only ``BitNetConfig``'s own fields: a subclass's extra fields (training's
+        ``quantized``) never reach a ``config.json``.
         """
         d = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(BitNetConfig)
-             if f.name != "extra"}  # copies, as dataclasses.asdict made: eos lists stay ours
-        out = {**self.extra, **d}
-        out.setdefault("architectures", ["BitNetForCausalLM"])
-        out.setdefault("model_type", "bitnet")
+             if f.name not in ("extra", "sub_norms", "linear_class")}
+        out = {**copy.deepcopy(self.extra), **d}  # copies, as dataclasses.asdict made
+        if "architectures" not in out or _sub_norms_of(out["architectures"]) != self.sub_norms:
+            out["architectures"] = ["BitNetForCausalLM" if self.sub_norms else "LlamaForCausalLM"]
+            out["model_type"] = "bitnet" if self.sub_norms else "llama"
+        out.setdefault("model_type", "bitnet" if self.sub_norms else "llama")
+        if _linear_class_of(out.get("quantization_config")) != self.linear_class:
+            qc = out.get("quantization_config")
+            qc = dict(qc) if isinstance(qc, dict) and qc else {"quant_method": "bitnet"}
+            qc["linear_class"] = self.linear_class
+            out["quantization_config"] = qc
         return out
 
     # --- tensor shapes and parameter counts ----------------------------------------------------
@@ -274,9 +381,10 @@ class BitNetConfig:
         shapes = self.linear_shapes()
         counts = {"embedding": self.vocab_size * h}
         counts.update({k: n * o * i for k, (o, i) in shapes.items()})
-        # input_layernorm, post_attention_layernorm [h]; attn_sub_norm [q]; ffn_sub_norm [f];
-        # the final norm [h]
-        counts["norms"] = n * (2 * h + shapes["o_proj"][1] + self.intermediate_size) + h
+        # input_layernorm, post_attention_layernorm [h]; attn_sub_norm [q]; ffn_sub_norm [f]
+        # (a block with sub-norms); the final norm [h]
+        sub = shapes["o_proj"][1] + self.intermediate_size if self.sub_norms else 0
+        counts["norms"] = n * (2 * h + sub) + h
         counts["lm_head"] = 0 if self.tie_word_embeddings else self.vocab_size * h
         counts["linear"] = sum(counts[k] for k in LINEAR_KINDS)
         counts["total"] = sum(counts[k] for k in ("linear", "embedding", "norms", "lm_head"))
@@ -303,3 +411,45 @@ class BitNetConfig:
         """Key and value entries stored per token of context, over all layers."""
         return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim
 
+
+
+def _sub_norms_of(architectures) -> bool:
+    """Whether a config.json's ``architectures`` names a block with sub-norms (default yes)."""
+    names = architectures if isinstance(architectures, (list, tuple)) else [architectures]
+    if any(a in PLAIN_ARCHITECTURES for a in names) and \
+            not any(a in SUB_NORM_ARCHITECTURES for a in names):
+        return False
+    return True
+
+
+def _linear_class_of(qc) -> str:
+    """The weight_scale semantics a ``quantization_config`` gives (transformers' defaults)."""
+    if not isinstance(qc, dict) or not qc:
+        return "autobitlinear"  # no scales in the file (master) or the engine's own meaning
+    lc = qc.get("linear_class", "bitlinear")
+    return lc if isinstance(lc, str) else repr(lc)  # a non-string fails validation
+
+
+def _check_rope_scaling(r):
+    """None, or a llama3 scaling dict with valid numbers (ValueError naming the key)."""
+    if r is None:
+        return None
+    if not isinstance(r, dict) or r.get("rope_type", r.get("type")) != "llama3":
+        raise ValueError(f"config rope_scaling={r!r}: expected null or a llama3 scaling "
+                         "{'rope_type': 'llama3', ...}")
+    out = {"rope_type": "llama3"}
+    for k in _LLAMA3_KEYS:
+        v = r.get(k)
+        if isinstance(v, bool) or not isinstance(v, (int, float, _np_floating(), _np_integer())) \
+                or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"config rope_scaling.{k}={v!r}: expected a finite number > 0")
+        out[k] = float(v)
+    if out["high_freq_factor"] <= out["low_freq_factor"]:
+        raise ValueError(f"config rope_scaling: high_freq_factor={out['high_freq_factor']} must "
+                         f"be > low_freq_factor={out['low_freq_factor']}")
+    m = out["original_max_position_embeddings"]
+    if m != int(m) or m > MAX_POSITIONS:
+        raise ValueError(f"config rope_scaling.original_max_position_embeddings={m!r}: expected "
+                         f"a whole number in [1, {MAX_POSITIONS}]")
+    out["original_max_position_embeddings"] = int(m)
+    return out
