@@ -10,6 +10,16 @@ A directory holds ``config.json``, ``model.safetensors`` (or shards with
 * the bf16 master (``quantization_mode: online`` or no quantization config): float linears,
   ternarized here with absmean as transformers does on the fly.
 
+The block's layout comes from ``config.json`` (:class:`~bitnet_edu.config.BitNetConfig`):
+``BitNetForCausalLM`` (2B4T: sub-norms, tied head) or ``LlamaForCausalLM`` (Falcon3 1.58-bit,
+HF1BitLLM's Llama3-8B-1.58: no sub-norms, an untied float ``lm_head``).  Two meanings of the
+packed file's ``weight_scale`` (``quantization_config.linear_class``, docs/family.md):
+``autobitlinear`` (2B4T) multiplies, ``bitlinear`` (the default of ``quant_method: bitnet``:
+Falcon3, HF1BitLLM) is the reciprocal 1/absmean.  The reader converts to the canonical
+absmean, so nothing after it sees the difference; the writer writes the config's own class.
+``modules_to_not_convert`` is honoured as transformers does: listed modules stay float (the
+untied head must be one of them; a float projection is refused).
+
 Reading streams: :func:`iter_hf_checkpoint` reads one tensor at a time with plain file reads,
 so a load never holds the file (or more than one unpacked tensor) next to the model.
 """
@@ -23,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import BitNetConfig
+from ..config import LINEAR_CLASSES, BitNetConfig
 from ..packing import pack_hf, unpack_hf
 from ..quant import absmean_ternary
 from ..tokenizer import load_tokenizer
@@ -32,11 +42,15 @@ from .schema import RowBlocks, check_zero_linear, expected_tensors, in_order, is
 
 __all__ = ["iter_hf_checkpoint", "read_hf_checkpoint", "write_hf_checkpoint", "read_tokenizer",
            "read_generation_config", "read_chat_template", "read_generation_prompt",
-           "GENERATION_PROMPT_KEY", "QUANT_CONFIG"]
+           "GENERATION_PROMPT_KEY", "QUANT_CONFIG", "QUANT_CONFIG_BITLINEAR"]
 
 #: ``quantization_config`` of a packed checkpoint (the real 2B4T file's)
 QUANT_CONFIG = {"quant_method": "bitnet", "linear_class": "autobitlinear",
                 "quantization_mode": "offline"}
+#: ``quantization_config`` of a packed ``bitlinear`` checkpoint (weight_scale = 1/absmean; the
+#: Falcon3 1.58-bit files say only quant_method and modules_to_not_convert: the same meaning)
+QUANT_CONFIG_BITLINEAR = {"quant_method": "bitnet", "linear_class": "bitlinear",
+                          "modules_to_not_convert": ["lm_head"]}
 _FLOATS = ("BF16", "F32", "F16", "F64")
 
 
@@ -167,6 +181,8 @@ def _check_index(path: Path, wm: dict, files: dict) -> None:
 
 
 def _quant_mode(config: dict, raw: dict) -> str:
+    """``"offline"`` (packed linears and their scales) or ``"online"`` (float master linears,
+    quantized here); the linear class and ``modules_to_not_convert`` are checked too."""
     qc = config.get("quantization_config") or {}
     if not isinstance(qc, dict):
         raise ValueError(f"quantization_config={qc!r}: expected an object")
@@ -174,11 +190,56 @@ def _quant_mode(config: dict, raw: dict) -> str:
         if qc.get("quant_method", "bitnet") != "bitnet":
             raise ValueError(f"quantization_config.quant_method={qc.get('quant_method')!r} is "
                              "not 'bitnet'")
-        if qc.get("linear_class", "autobitlinear") != "autobitlinear":
-            raise ValueError(f"linear_class={qc.get('linear_class')!r}: only 'autobitlinear' "
-                             "(the 2B4T convention: weight_scale multiplies) is supported")
+        lc = qc.get("linear_class", "bitlinear")
+        if lc not in LINEAR_CLASSES:
+            raise ValueError(f"linear_class={lc!r}: only 'autobitlinear' (2B4T: weight_scale "
+                             "multiplies) and 'bitlinear' (weight_scale is 1/absmean) exist")
+        if lc == "bitlinear":
+            return "offline"  # transformers ignores quantization_mode for bitlinear
         return qc.get("quantization_mode", "offline")
     return "offline" if any(k.endswith("_scale") for k in raw) else "online"
+
+
+_BOUNDARY = r"(?:(?<=\.)|(?=\.|$))"
+
+
+def _not_converted(name: str, patterns) -> bool:
+    """transformers' ``should_convert_module`` negated: whether module ``name`` stays float
+    under ``modules_to_not_convert`` (a pattern matches from the start up to a module
+    boundary, as a regex with the same boundary, or as a suffix)."""
+    for key in patterns:
+        try:
+            if re.match(rf"(?:{key}){_BOUNDARY}", name):
+                return True
+        except re.error as e:
+            raise ValueError(f"quantization_config.modules_to_not_convert: {key!r} is not a "
+                             f"pattern ({e})") from None
+        if name.endswith(key):
+            return True
+    return False
+
+
+def _check_not_converted(config: dict, cfg: BitNetConfig, want: dict) -> None:
+    """``modules_to_not_convert`` as transformers reads it: None (or absent) = its defaults
+    (the output head stays float); a list = exactly those modules.  The engine runs ternary
+    projections and a float head only: a list that leaves a projection float, or an untied
+    head ternary, is refused."""
+    qc = config.get("quantization_config") or {}
+    patterns = qc.get("modules_to_not_convert")
+    if patterns is None:
+        return
+    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        raise ValueError(f"quantization_config.modules_to_not_convert={patterns!r}: expected a "
+                         "list of module names")
+    for name in want:
+        if is_linear(name) and _not_converted(name[:-len(".weight")], patterns):
+            raise ValueError(f"quantization_config.modules_to_not_convert keeps "
+                             f"{name[:-len('.weight')]!r} in float: only ternary projections "
+                             "are supported")
+    if not cfg.tie_word_embeddings and not _not_converted("lm_head", patterns):
+        raise ValueError(f"quantization_config.modules_to_not_convert={patterns!r} does not "
+                         "list 'lm_head': a ternary output head is not supported (Falcon3's "
+                         "files list it)")
 
 
 def iter_hf_checkpoint(path, *, progress=None, blocks: bool = False):
@@ -215,6 +276,11 @@ def iter_hf_checkpoint(path, *, progress=None, blocks: bool = False):
         raise ValueError(f"{cfg_path}: {e}") from None
     _check_layers(cfg_path, cfg.num_hidden_layers, files)  # before listing expected names
     want = expected_tensors(cfg)
+    try:
+        _check_not_converted(config, cfg, want)
+    except ValueError as e:
+        raise ValueError(f"{cfg_path}: {e}") from None
+    reciprocal = mode == "offline" and cfg.linear_class == "bitlinear"
     missing = [n for n in want if n not in files and not (mode == "online" and is_scale(n))]
     if missing:
         raise ValueError(f"{path}: missing tensor {missing[0]!r} ({len(missing)} missing in all)")
@@ -228,7 +294,7 @@ def iter_hf_checkpoint(path, *, progress=None, blocks: bool = False):
     for k, name in enumerate(names):
         st = files[name]
         if is_linear(name):
-            yield from _linear(name, st, files, mode, want[name])
+            yield from _linear(name, st, files, mode, want[name], reciprocal)
         elif blocks and len(want[name]) == 2:
             _check_float(name, st, want[name])
             yield name, RowBlocks(want[name], lambda a, b, name=name, st=st: _finite(
@@ -279,7 +345,9 @@ def _widen(a: np.ndarray, dtype: str) -> np.ndarray:
     return bf16_to_float32(a) if dtype == "BF16" else np.asarray(a, np.float32)
 
 
-def _linear(name, st: SafetensorsFile, files: dict, mode: str, shape):
+def _linear(name, st: SafetensorsFile, files: dict, mode: str, shape, reciprocal=False):
+    """The int8 codes and canonical scale (absmean: it multiplies) of one linear.
+    ``reciprocal``: the file's ``weight_scale`` is bitlinear's 1/absmean, inverted here."""
     out, k = shape
     sname = name + "_scale"
     if mode == "offline":
@@ -299,6 +367,11 @@ def _linear(name, st: SafetensorsFile, files: dict, mode: str, shape):
         if s.size != 1 or not np.isfinite(s[0]):
             raise ValueError(f"{files[sname].path}: tensor {sname!r}: expected one finite scale, "
                              f"got shape {s.shape} {s[:3]}")
+        if reciprocal:
+            if s[0] == 0:
+                raise ValueError(f"{files[sname].path}: tensor {sname!r} is 0: a bitlinear "
+                                 "weight_scale is 1/absmean and divides the output")
+            s = np.array([1.0 / np.float64(s[0])], np.float32)
     else:
         _check_float(name, st, shape)
         q, scale = absmean_ternary(_finite(st, name, _widen(st.read(name), st.dtype(name))))
@@ -332,8 +405,9 @@ def _specs(want: dict) -> dict:
     return specs
 
 
-def _packed(name: str, a, shape):
-    """One canonical tensor -> its packed-format bytes (an array, or row blocks as a generator)."""
+def _packed(name: str, a, shape, reciprocal: bool = False):
+    """One canonical tensor -> its packed-format bytes (an array, or row blocks as a generator).
+    ``reciprocal``: a scale is written as bitlinear's 1/absmean."""
     if isinstance(a, RowBlocks):
         if a.shape != tuple(shape):
             raise ValueError(f"tensor {name!r}: expected shape {tuple(shape)}, got {a.shape}")
@@ -341,6 +415,10 @@ def _packed(name: str, a, shape):
     a = np.asarray(a)
     if is_scale(name):
         a = a.reshape(-1)
+        if reciprocal:
+            if a.shape == (1,) and a[0] == 0:
+                raise ValueError(f"tensor {name!r}: a zero scale has no bitlinear reciprocal")
+            a = (1.0 / a.astype(np.float64)).astype(np.float32)
     if tuple(a.shape) != tuple(shape):
         raise ValueError(f"tensor {name!r}: expected shape {tuple(shape)}, got {tuple(a.shape)}")
     if is_linear(name):
@@ -364,7 +442,9 @@ def write_hf_checkpoint(out_dir, config, tensors, *, tokenizer=None, tokenizer_c
 
     Args:
         config: a :class:`~bitnet_edu.config.BitNetConfig` or its ``config.json`` dict; the file
-            gets it plus the offline ``quantization_config`` and ``torch_dtype: bfloat16``.
+            gets it plus the offline ``quantization_config`` of its ``linear_class``
+            (:data:`QUANT_CONFIG`; ``bitlinear``: :data:`QUANT_CONFIG_BITLINEAR`, the scales
+            written as 1/absmean) and ``torch_dtype: bfloat16``.
         tensors: the canonical checkpoint, a dict or a stream of ``(name, array)`` (a
             :class:`~bitnet_edu.formats.schema.RowBlocks` for a large float matrix is fine).
             A stream in the canonical order is written as it comes, one tensor in memory.
@@ -379,15 +459,16 @@ def write_hf_checkpoint(out_dir, config, tensors, *, tokenizer=None, tokenizer_c
     cfg = config if isinstance(config, BitNetConfig) else BitNetConfig.from_dict(config)
     want = expected_tensors(cfg)
     specs = _specs(want)
+    reciprocal = cfg.linear_class == "bitlinear"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with SafetensorsWriter(out / "model.safetensors", specs, metadata={"format": "pt"}) as w:
         for k, (name, a) in enumerate(in_order(tensors, list(want))):
-            w.write(name, _packed(name, a, want[name]))
+            w.write(name, _packed(name, a, want[name], reciprocal))
             if progress:
                 progress(k + 1, len(want), name)
     d = cfg.to_dict()
-    d["quantization_config"] = dict(QUANT_CONFIG)
+    d["quantization_config"] = dict(QUANT_CONFIG_BITLINEAR if reciprocal else QUANT_CONFIG)
     d.setdefault("torch_dtype", "bfloat16")
     _write_json(out / "config.json", d)
     if generation_config is not None:

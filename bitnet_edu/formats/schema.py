@@ -23,15 +23,23 @@ import numpy as np
 
 from ..config import BitNetConfig
 
-__all__ = ["LINEARS", "NORMS", "expected_tensors", "is_linear", "is_scale", "check_zero_linear",
+__all__ = ["LINEARS", "NORMS", "SUB_NORMS", "layer_norms", "expected_tensors", "is_linear", "is_scale", "check_zero_linear",
            "RowBlocks", "in_order"]
 
 #: the seven ternary projections of a layer, relative to ``model.layers.N.``
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-#: the four RMSNorm weights of a layer
+#: the four RMSNorm weights of a layer (a block with sub-norms: 2B4T's)
 NORMS = ("input_layernorm", "post_attention_layernorm", "self_attn.attn_sub_norm",
          "mlp.ffn_sub_norm")
+#: the two of them only a block with sub-norms has (``BitNetConfig.sub_norms``)
+SUB_NORMS = ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm")
+
+
+def layer_norms(cfg: BitNetConfig) -> tuple:
+    """The RMSNorm weights of one layer of ``cfg`` (relative to ``model.layers.N.``): the four
+    of :data:`NORMS`, or the two outer ones for a block without sub-norms (Llama)."""
+    return NORMS if cfg.sub_norms else tuple(n for n in NORMS if n not in SUB_NORMS)
 _LINEAR = re.compile(r".*_proj\.weight$")
 
 
@@ -48,7 +56,8 @@ def is_scale(name: str) -> bool:
 def expected_tensors(cfg: BitNetConfig) -> dict[str, tuple]:
     """Every canonical tensor name -> its shape (linear weights unpacked ``[out, in]``), in the
     canonical order: embedding, final norm, ``lm_head`` if untied, then layer by layer each
-    linear's weight and scale followed by the four norms."""
+    linear's weight and scale followed by the layer's norms (:func:`layer_norms`: four with
+    sub-norms, two without)."""
     h, f, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
     q, kv = cfg.num_attention_heads * d, cfg.num_key_value_heads * d
     lin = {"self_attn.q_proj": (q, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h),
@@ -56,6 +65,7 @@ def expected_tensors(cfg: BitNetConfig) -> dict[str, tuple]:
            "mlp.down_proj": (h, f)}
     norm = {"input_layernorm": h, "post_attention_layernorm": h, "self_attn.attn_sub_norm": q,
             "mlp.ffn_sub_norm": f}
+    norm = {k: norm[k] for k in layer_norms(cfg)}
     out = {"model.embed_tokens.weight": (cfg.vocab_size, h), "model.norm.weight": (h,)}
     if not cfg.tie_word_embeddings:
         out["lm_head.weight"] = (cfg.vocab_size, h)
