@@ -20,7 +20,7 @@ from ..kernels.intrinsics import serial_twin
 _FAST = {"reassoc", "contract", "arcp"}
 
 __all__ = ["rmsnorm_quant", "relu2_rmsnorm_quant", "attention_block", "attention_batch",
-           "quantize_rows_int8"]
+           "quantize_rows_int8", "silu_rmsnorm_quant", "silu_quant", "relu2_quant", "FFN_QUANT"]
 
 
 @njit(cache=True, fastmath={"nsz", "reassoc"})  # exact: max does not round
@@ -243,3 +243,79 @@ rmsnorm_quant_1 = serial_twin(rmsnorm_quant)
 relu2_rmsnorm_quant_1 = serial_twin(relu2_rmsnorm_quant)
 attention_block_1 = serial_twin(attention_block, fastmath=_FAST)
 attention_batch_1 = serial_twin(attention_batch, fastmath=_FAST)
+
+
+# --- the config-driven block's other FFN middles (SwiGLU; no ffn_sub_norm) ------------------
+# References: ``layers.silu_glu`` / ``layers.relu2_glu``, then ``rms_norm`` (when the block has
+# ffn_sub_norm) and ``quantize_act``.  silu(g) = g * (1 / (1 + exp(-g))), in that order, as
+# the reference: exp is the one step that may differ by an ulp from NumPy's.
+
+@njit(cache=True, inline="always")
+def _silu(g):
+    return g * (np.float32(1.0) / (np.float32(1.0) + np.exp(-g)))
+
+
+@njit(cache=True, parallel=True)
+def silu_rmsnorm_quant(gu, s_gate, s_up, w, eps):
+    """:func:`relu2_rmsnorm_quant` with SwiGLU: ``silu(gate) * up``, ffn_sub_norm, int8 (the
+    1bitLLM block; also 2B4T with lesson 04's deliberately wrong activation)."""
+    t = gu.shape[0]
+    f = gu.shape[1] // 2
+    xq = np.empty((t, f), np.int8)
+    scale = np.empty(t, np.float32)
+    for r in prange(t):
+        y = np.empty(f, np.float32)
+        for i in range(f):
+            y[i] = _silu(gu[r, i] * s_gate) * (gu[r, f + i] * s_up)
+        inv = np.float32(1.0) / np.sqrt(_mean_sq(y) + np.float32(eps))
+        for i in range(f):
+            y[i] = (y[i] * inv) * w[i]
+        scale[r] = _quant_row(y, xq[r])
+    return xq, scale
+
+
+@njit(cache=True, parallel=True)
+def silu_quant(gu, s_gate, s_up):
+    """FFN middle of a block without ffn_sub_norm (Falcon3, Llama3-1.58): ``silu(gate) * up``
+    straight to per-token int8: ``(xq int8 [T, F], scale float32 [T])``."""
+    t = gu.shape[0]
+    f = gu.shape[1] // 2
+    xq = np.empty((t, f), np.int8)
+    scale = np.empty(t, np.float32)
+    for r in prange(t):
+        y = np.empty(f, np.float32)
+        for i in range(f):
+            y[i] = _silu(gu[r, i] * s_gate) * (gu[r, f + i] * s_up)
+        scale[r] = _quant_row(y, xq[r])
+    return xq, scale
+
+
+@njit(cache=True, parallel=True)
+def relu2_quant(gu, s_gate, s_up):
+    """:func:`silu_quant` with squared ReLU: ``relu(gate)**2 * up`` to int8, no sub-norm."""
+    t = gu.shape[0]
+    f = gu.shape[1] // 2
+    xq = np.empty((t, f), np.int8)
+    scale = np.empty(t, np.float32)
+    for r in prange(t):
+        y = np.empty(f, np.float32)
+        for i in range(f):
+            g = max(gu[r, i] * s_gate, np.float32(0.0))
+            y[i] = g * g * (gu[r, f + i] * s_up)
+        scale[r] = _quant_row(y, xq[r])
+    return xq, scale
+
+
+silu_rmsnorm_quant_1 = serial_twin(silu_rmsnorm_quant)
+silu_quant_1 = serial_twin(silu_quant)
+relu2_quant_1 = serial_twin(relu2_quant)
+quantize_rows_int8_1 = serial_twin(quantize_rows_int8)  # the attention output without a sub-norm
+
+#: the FFN middle by (activation, block has ffn_sub_norm, one token): with a sub-norm it takes
+#: ``(gu, s_gate, s_up, w, eps)``, without ``(gu, s_gate, s_up)``
+FFN_QUANT = {
+    ("relu2", True, False): relu2_rmsnorm_quant, ("relu2", True, True): relu2_rmsnorm_quant_1,
+    ("silu", True, False): silu_rmsnorm_quant, ("silu", True, True): silu_rmsnorm_quant_1,
+    ("relu2", False, False): relu2_quant, ("relu2", False, True): relu2_quant_1,
+    ("silu", False, False): silu_quant, ("silu", False, True): silu_quant_1,
+}

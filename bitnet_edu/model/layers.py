@@ -10,7 +10,7 @@ import numpy as np
 
 from ..norm import rms_norm  # the one NumPy RMSNorm, re-exported here for the model code
 
-__all__ = ["rms_norm", "quantize_act", "rope_tables", "rotate_half", "apply_rope", "attention",
+__all__ = ["rms_norm", "quantize_act", "rope_tables", "llama3_inv_freq", "rotate_half", "apply_rope", "attention",
            "relu2_glu", "silu_glu", "FFN_ACTIVATIONS", "KVCache"]
 
 
@@ -23,12 +23,34 @@ def quantize_act(x: np.ndarray):
     return xq, (amax / np.float32(127.0)).astype(np.float32)
 
 
-def rope_tables(n_pos: int, head_dim: int, theta: float):
-    """``(cos, sin)`` float32 ``[n_pos, D]`` with ``emb = cat(freqs, freqs)`` (NeoX rotate-half)."""
+def rope_tables(n_pos: int, head_dim: int, theta: float, scaling: dict | None = None):
+    """``(cos, sin)`` float32 ``[n_pos, D]`` with ``emb = cat(freqs, freqs)`` (NeoX rotate-half).
+
+    ``scaling``: None (plain RoPE) or a llama3 rope scaling (``BitNetConfig.rope_scaling``),
+    applied to the frequencies as :func:`llama3_inv_freq`."""
     inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    if scaling is not None:
+        inv_freq = llama3_inv_freq(inv_freq, scaling)
     freqs = np.arange(n_pos, dtype=np.float32)[:, None] * inv_freq.astype(np.float32)[None, :]
     emb = np.concatenate([freqs, freqs], axis=-1)
     return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
+
+
+def llama3_inv_freq(inv_freq: np.ndarray, scaling: dict) -> np.ndarray:
+    """Llama 3.1's rope scaling of the frequencies (transformers' ``_compute_llama3_parameters``):
+    wavelengths longer than ``original / low_freq_factor`` are slowed by ``factor``, shorter
+    than ``original / high_freq_factor`` kept, those between interpolated smoothly.  float32."""
+    inv = np.asarray(inv_freq, np.float32)
+    factor = np.float32(scaling["factor"])
+    low, high = np.float32(scaling["low_freq_factor"]), np.float32(scaling["high_freq_factor"])
+    old = np.float32(scaling["original_max_position_embeddings"])
+    low_wavelen, high_wavelen = old / low, old / high
+    wavelen = np.float32(2 * np.pi) / inv
+    scaled = np.where(wavelen > low_wavelen, inv / factor, inv).astype(np.float32)
+    smooth = ((old / wavelen - low) / (high - low)).astype(np.float32)
+    smoothed = ((1 - smooth) * scaled / factor + smooth * scaled).astype(np.float32)
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
 def rotate_half(x: np.ndarray) -> np.ndarray:

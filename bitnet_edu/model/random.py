@@ -19,8 +19,10 @@ __all__ = ["random_model"]
 
 def random_model(shape="2b4t", seed: int = 0, *, kernel: str | None = None, head: str = "int8",
                  **overrides) -> BitNetModel:
-    """A model of the given shape (``"2b4t"``, a ``BitNetConfig`` or a config dict) with random
-    ternary weights, norms of ones, and an embedding drawn in the head's own format.
+    """A model of the given shape (a preset name: ``"2b4t"``, ``"falcon3-1b"``, ...; a
+    ``BitNetConfig`` or a config dict) with random ternary weights, norms of ones, and an
+    embedding drawn in the head's own format (an untied shape gets an ``lm_head`` drawn the
+    same way: a Llama-layout member reads both tables' bytes, the head every token).
 
     ``head="int8"`` (default) and ``"int4"`` draw the quantized entries directly; ``"float32"``
     a float table (4x the int8 memory: 1.3 GB at the 2B4T shape).  No tokenizer: pass token ids.
@@ -43,6 +45,8 @@ def random_model(shape="2b4t", seed: int = 0, *, kernel: str | None = None, head
     def scales(n):  # absmean scales of a trained 2B4T are around 1..3; anything positive works
         return rng.uniform(0.5, 2.0, n).astype(np.float32)
 
+    sub = cfg.sub_norms  # a Llama block (Falcon3) has no sub-norms
+
     layers = []
     for _ in range(cfg.num_hidden_layers):
         layers.append(LayerWeights(
@@ -51,8 +55,15 @@ def random_model(shape="2b4t", seed: int = 0, *, kernel: str | None = None, head
             gate_up=k.random_packed(rng, 2 * f, h), gate_up_scales=scales(2),
             down=k.random_packed(rng, h, f), down_scale=float(scales(1)[0]),
             input_layernorm=ones(h, np.float32), post_attention_layernorm=ones(h, np.float32),
-            attn_sub_norm=ones(nq, np.float32), ffn_sub_norm=ones(f, np.float32)))
-    v = cfg.vocab_size
+            attn_sub_norm=ones(nq, np.float32) if sub else None,
+            ffn_sub_norm=ones(f, np.float32) if sub else None))
+    emb = _table(rng, cfg.vocab_size, h, head)
+    lm = None if cfg.tie_word_embeddings else _table(rng, cfg.vocab_size, h, head)
+    return BitNetModel(cfg, layers, emb, ones(h, np.float32), kname, lm_head=lm)
+
+
+def _table(rng, v: int, h: int, head: str) -> Head:
+    """A random embedding / head table of ``v`` rows, drawn in the head's own format."""
     if head == "int8":
         table = rng.integers(-127, 128, (v, h), dtype=np.int8)  # one allocation, symmetric
         emb = Head.from_quantized("int8", table, np.full(v, 0.02 / 127 * 4, np.float32), h)
@@ -64,4 +75,4 @@ def random_model(shape="2b4t", seed: int = 0, *, kernel: str | None = None, head
         emb = Head.from_quantized("int4", nib, np.full((v, h // 128), 0.02 / 7 * 4, np.float32), h)
     else:
         emb = Head(rng.standard_normal((v, h), dtype=np.float32) * np.float32(0.02), head)
-    return BitNetModel(cfg, layers, emb, ones(h, np.float32), kname)
+    return emb

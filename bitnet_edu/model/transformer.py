@@ -9,6 +9,12 @@ then ``norm`` and the tied head ``logits = norm(x) @ embed_tokens.T``.  Every ``
 BitLinear: per-token int8 activations, ternary weights, ``y = (xq @ Wq.T) * x_scale * w_scale``.
 q/k/v and gate/up are packed as one matrix each (same input, one kernel call).
 
+The block is config-driven (:class:`~bitnet_edu.config.BitNetConfig`, docs/formats.md): the
+FFN activation (``hidden_act``: ``relu2`` as above, or ``silu``: SwiGLU ``silu(gate) * up``), the
+two sub-norms present or not (``sub_norms``; a Llama block has neither: ``o_proj(attention)``,
+``down_proj(act)``), a tied head or an untied ``lm_head`` (same :class:`Head` modes), RoPE with
+an optional llama3 scaling.  Falcon3 1.58-bit and Llama3-8B-1.58 are the Llama block with SiLU.
+
 Two code paths compute the same thing: ``_layer_reference`` (plain NumPy from :mod:`.layers`,
 readable, records a trace) and ``_layer_fast`` (Numba fused glue from :mod:`.fused`).
 """
@@ -27,7 +33,7 @@ from .. import cpu_threads, kernels
 from ..kernels import head as head_kernel
 from ..kernels import selfcheck
 from . import fused
-from ..formats.schema import NORMS, RowBlocks, expected_tensors
+from ..formats.schema import NORMS, RowBlocks, expected_tensors, layer_norms
 from .config import BitNetConfig
 from .layers import (FFN_ACTIVATIONS, KVCache, apply_rope, attention, quantize_act, rms_norm,
                      rope_tables)
@@ -40,7 +46,8 @@ _ONES3 = np.ones(3, np.float32)  # q, k, v scales already applied (an adapter's 
 
 @dataclass
 class LayerWeights:
-    """One decoder layer: packed ternary matrices, their scales, and four RMSNorm weights."""
+    """One decoder layer: packed ternary matrices, their scales, and its RMSNorm weights (the
+    two sub-norms None in a block without them: Llama, Falcon3)."""
 
     qkv: kernels.Packed        # [(H + 2 Hkv) D, hidden]
     qkv_scales: np.ndarray     # float32 [3]: q, k, v weight scales
@@ -52,14 +59,15 @@ class LayerWeights:
     down_scale: float
     input_layernorm: np.ndarray
     post_attention_layernorm: np.ndarray
-    attn_sub_norm: np.ndarray
-    ffn_sub_norm: np.ndarray
+    attn_sub_norm: np.ndarray | None = None
+    ffn_sub_norm: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
         packed = sum(p.nbytes for p in (self.qkv, self.o, self.gate_up, self.down))
         return packed + sum(a.nbytes for a in (self.input_layernorm, self.post_attention_layernorm,
-                                                self.attn_sub_norm, self.ffn_sub_norm))
+                                                self.attn_sub_norm, self.ffn_sub_norm)
+                            if a is not None)
 
 
 class Head:
@@ -161,7 +169,7 @@ class BitNetModel:
         # bitnet_edu_generation_prompt; 2B4T's by default)
         self.generation_prompt = "Assistant: "
         self.fast = True  # False: use the NumPy reference glue (slower, same numbers)
-        self.ffn_activation = "relu2"  # the FFN's gated activation (see the property)
+        self.ffn_activation = config.hidden_act  # the FFN's gated activation (the property)
         # Numba threads for the forward pass; None = auto: the current Numba setting, but one
         # thread for a small model, where waking a second thread for every matmul costs more than
         # the matmul (measured: the 1.8 MB default model decodes ~15x faster on one thread), and
@@ -198,10 +206,10 @@ class BitNetModel:
 
     @property
     def ffn_activation(self) -> str:
-        """The FFN's gated activation: ``"relu2"`` (BitNet's, the default) or ``"silu"``
-        (LLaMA's: a deliberately wrong model, lesson 04's "fast but wrong" case study).  Any
-        other name is a ValueError.  Anything but ``"relu2"`` runs the NumPy reference path
-        (as ``fast = False``); the fused Numba glue computes ReLU² only."""
+        """The FFN's gated activation, the config's ``hidden_act`` at first: ``"relu2"``
+        (BitNet's) or ``"silu"`` (SwiGLU: Falcon3's and LLaMA's; on a 2B4T model a deliberately
+        wrong model, lesson 04's "fast but wrong" case study).  Any other name is a
+        ValueError.  Both run on the fused Numba path and on the NumPy reference path."""
         return self._ffn_activation
 
     @ffn_activation.setter
@@ -316,7 +324,7 @@ class BitNetModel:
             yield from linear(p + "mlp.up_proj", gu[f:], L.gate_up_scales[1])
             del gu
             yield from linear(p + "mlp.down_proj", self.unpack(L.down), L.down_scale)
-            for name in NORMS:
+            for name in layer_norms(cfg):
                 yield p + name + ".weight", getattr(L, name.split(".")[-1]).copy()
 
     def to_checkpoint(self) -> tuple[dict, dict]:
@@ -387,7 +395,7 @@ class BitNetModel:
             trace.append({"embedding": x.copy()})
         with self._numba_threads():
             for i, L in enumerate(self.layers):
-                if trace is not None or not self.fast or self.ffn_activation != "relu2":
+                if trace is not None or not self.fast:
                     x = self._layer_reference(i, L, x, cache, start, trace, self._lora(i))
                 else:
                     x = self._layer_fast(i, L, x, cache, start, self._lora(i))
@@ -457,7 +465,7 @@ class BitNetModel:
         if len({id(k) for k in caches}) != len(caches):
             raise ValueError("forward_batch: the same KV cache appears twice; each sequence "
                              "needs its own (model.new_cache)")
-        if not self.fast or self.ffn_activation != "relu2":  # the reference path, one by one
+        if not self.fast:  # the reference path, one by one
             return np.concatenate([self.forward([int(i)], k) for i, k in zip(ids, caches)])
         c = self.config
         for k in caches:
@@ -520,7 +528,7 @@ class BitNetModel:
                 return
             c = self.config
             size = min(max(n, 2 * have, 64), c.max_position_embeddings)
-            self._cos, self._sin = rope_tables(size, c.head_dim, c.rope_theta)
+            self._cos, self._sin = rope_tables(size, c.head_dim, c.rope_theta, c.rope_scaling)
 
     def _linear(self, packed, xq, xs, w_scale):
         return self.kernel.linear(packed, xq, xs, w_scale)
@@ -553,15 +561,27 @@ class BitNetModel:
         eps = self.config.rms_norm_eps
         one = len(x) == 1  # one token: the glue runs without threads (see fused)
         norm_quant = fused.rmsnorm_quant_1 if one else fused.rmsnorm_quant
-        ffn_quant = fused.relu2_rmsnorm_quant_1 if one else fused.relu2_rmsnorm_quant
+        sub = L.ffn_sub_norm is not None
+        ffn_quant = fused.FFN_QUANT[self._ffn_activation, sub, one]
         xq, xs = norm_quant(x, L.input_layernorm, eps)
         a = attend(self._linear_fast(L.qkv, xq, xs, 1.0), L.qkv_scales)
-        aq, as_ = norm_quant(a, L.attn_sub_norm, eps)
+        aq, as_ = self._sub_quant(a, L.attn_sub_norm, one)
         x = x + self._linear_fast(L.o, aq, as_, L.o_scale)
         zq, zs = norm_quant(x, L.post_attention_layernorm, eps)
         gu = self._linear_fast(L.gate_up, zq, zs, 1.0)
-        hq, hs = ffn_quant(gu, L.gate_up_scales[0], L.gate_up_scales[1], L.ffn_sub_norm, eps)
+        if sub:
+            hq, hs = ffn_quant(gu, L.gate_up_scales[0], L.gate_up_scales[1], L.ffn_sub_norm, eps)
+        else:
+            hq, hs = ffn_quant(gu, L.gate_up_scales[0], L.gate_up_scales[1])
         return x + self._linear_fast(L.down, hq, hs, L.down_scale)
+
+    def _sub_quant(self, a, w, one):
+        """int8 of the attention output: through attn_sub_norm ``w``, or straight (a block
+        without sub-norms, ``w`` None)."""
+        if w is None:
+            return (fused.quantize_rows_int8_1 if one else fused.quantize_rows_int8)(a)
+        return (fused.rmsnorm_quant_1 if one else fused.rmsnorm_quant)(a, w,
+                                                                      self.config.rms_norm_eps)
 
     def _layer_glue_lora(self, L: LayerWeights, x, attend, lora):
         """:meth:`_layer_glue` with an adapter on some of the layer's projections.
@@ -574,7 +594,8 @@ class BitNetModel:
         c, eps = self.config, self.config.rms_norm_eps
         one = len(x) == 1
         norm_quant = fused.rmsnorm_quant_1 if one else fused.rmsnorm_quant
-        ffn_quant = fused.relu2_rmsnorm_quant_1 if one else fused.relu2_rmsnorm_quant
+        sub = L.ffn_sub_norm is not None
+        ffn_quant = fused.FFN_QUANT[self._ffn_activation, sub, one]
         hq_, hkv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
         f = c.intermediate_size
         xq, xs = norm_quant(x, L.input_layernorm, eps)
@@ -585,10 +606,10 @@ class BitNetModel:
             a = attend(qkv, _ONES3)
         else:
             a = attend(qkv, L.qkv_scales)
-        aq, as_ = norm_quant(a, L.attn_sub_norm, eps)
+        aq, as_ = self._sub_quant(a, L.attn_sub_norm, one)
         o = self._linear_fast(L.o, aq, as_, L.o_scale)
         if lora.o is not None:
-            o = o + lora.o.delta(rms_norm(a, L.attn_sub_norm, eps))
+            o = o + lora.o.delta(_maybe_norm(a, L.attn_sub_norm, eps))
         x = x + o
         zq, zs = norm_quant(x, L.post_attention_layernorm, eps)
         gu = self._linear_fast(L.gate_up, zq, zs, 1.0)
@@ -597,11 +618,11 @@ class BitNetModel:
             cols = np.repeat(L.gate_up_scales, [f, f])
             gu = gu * cols + lora.gate_up.delta(rms_norm(x, L.post_attention_layernorm, eps))
             sg = su = np.float32(1.0)
-        hq, hs = ffn_quant(gu, sg, su, L.ffn_sub_norm, eps)
+        hq, hs = ffn_quant(gu, sg, su, L.ffn_sub_norm, eps) if sub else ffn_quant(gu, sg, su)
         down = self._linear_fast(L.down, hq, hs, L.down_scale)
         if lora.down is not None:
-            act = FFN_ACTIVATIONS["relu2"](gu[:, :f] * sg, gu[:, f:] * su)
-            down = down + lora.down.delta(rms_norm(act, L.ffn_sub_norm, eps))
+            act = FFN_ACTIVATIONS[self._ffn_activation](gu[:, :f] * sg, gu[:, f:] * su)
+            down = down + lora.down.delta(_maybe_norm(act, L.ffn_sub_norm, eps))
         return x + down
 
     def _layer_reference(self, i, L: LayerWeights, x, cache, start, trace=None, lora=None):
@@ -639,7 +660,7 @@ class BitNetModel:
         keys = cache.k[i][:, : start + t].transpose(1, 0, 2)
         vals = cache.v[i][:, : start + t].transpose(1, 0, 2)
         a, probs = attention(q, keys, vals, start, return_probs=True)
-        an = rms_norm(a, L.attn_sub_norm, eps)
+        an = _maybe_norm(a, L.attn_sub_norm, eps)
         hid = x + plus(self._linear(L.o, *quantize_act(an), L.o_scale), low_rank("o", an))
         z = rms_norm(hid, L.post_attention_layernorm, eps)
         gu = self._linear(L.gate_up, *quantize_act(z), 1.0)
@@ -649,7 +670,7 @@ class BitNetModel:
         if dgu is not None:
             gate, up = gate + dgu[:, :f], up + dgu[:, f:]
         act = FFN_ACTIVATIONS[self.ffn_activation](gate, up)
-        actn = rms_norm(act, L.ffn_sub_norm, eps)
+        actn = _maybe_norm(act, L.ffn_sub_norm, eps)
         out = hid + plus(self._linear(L.down, *quantize_act(actn), L.down_scale),
                          low_rank("down", actn))
         if trace is not None:
@@ -705,6 +726,11 @@ class BitNetModel:
                 f"kernel {self.kernel_name!r}, head {self.head.mode}{lora})")
 
 
+def _maybe_norm(x, w, eps):
+    """``rms_norm(x, w)``, or ``x`` itself for a block without that sub-norm (``w`` None)."""
+    return x if w is None else rms_norm(x, w, eps)
+
+
 # packed matrices of a layer: linears sharing an input are packed as one (one kernel call)
 _GROUPS = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
            "o": ("self_attn.o_proj",), "gate_up": ("mlp.gate_proj", "mlp.up_proj"),
@@ -758,7 +784,8 @@ class _LayerBuilder:
         def s(name):
             return float(np.asarray(d[name + ".weight_scale"], np.float32).reshape(-1)[0])
 
-        norm = {n.split(".")[-1]: np.asarray(d[n + ".weight"], np.float32) for n in NORMS}
+        norm = {n.split(".")[-1]: np.asarray(d[n + ".weight"], np.float32) for n in NORMS
+                if n + ".weight" in d}  # a block without sub-norms has two
         p = self.packed
         return LayerWeights(
             qkv=p["qkv"], o=p["o"], gate_up=p["gate_up"], down=p["down"],
