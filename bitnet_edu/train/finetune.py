@@ -29,6 +29,7 @@ import argparse
 import copy
 import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +39,8 @@ import torch
 
 from .data import encode_texts, get_batch, split_texts
 from .evaluate import bits_per_char
-from .finetune_data import CHAT_EOT, chat_text, kjv_chat_items, stdlib_docs, stdlib_docs_info
+from .finetune_data import (CHAT_EOT, CHAT_KINDS, answer_text, chat_text, kjv_chat_items,
+                            stdlib_docs, stdlib_docs_info)
 from .import_hf import default_model_dir, load_bitnet_lm
 from .adapter import (LoraConfig, add_lora, lora_layers, merge_report, merged_model, save_adapter,
                    trainable_parameters)
@@ -253,26 +255,93 @@ def format_compare(res: dict) -> str:
     return "\n".join(lines)
 
 
+# --- a frozen base, fast -----------------------------------------------------------------------
+
+class _FrozenBitLinearFn(torch.autograd.Function):
+    """BitLinear's forward with cached ternary codes held as float ``{-1, 0, 1}``: ``xq @ wq.T``
+    of integer values is exact in float32 (every partial sum is an integer below
+    ``128 * in_features < 2**24``), so the result equals ``torch._int_mm``'s bit for bit, then
+    the same rescale ``acc * (s / a)``; the backward is BitLinear's STE ``gy @ (wq * s)``.  On
+    CPUs without an int8 GEMM path ``torch._int_mm`` runs ~15x slower than a float GEMM."""
+
+    @staticmethod
+    def forward(ctx, x, wq, s, eps):
+        a = 127.0 / x.abs().amax(dim=-1, keepdim=True).clamp(min=eps)
+        xq = (x * a).round_().clamp_(-128, 127)
+        ctx.save_for_backward(wq, s)
+        return (xq @ wq.T).mul_(s / a)
+
+    @staticmethod
+    def backward(ctx, gy):
+        wq, s = ctx.saved_tensors
+        return gy @ (wq.to(gy.dtype) * s), None, None, None
+
+
+def _frozen_forward(self, x):
+    w = self.weight
+    if w.requires_grad or x.dtype != w.dtype or x.shape[-1] != self.in_features:
+        return type(self).forward(self, x)  # training the base, or another dtype: as ever
+    key = (w._version, w.data_ptr())
+    c = self.__dict__.get("_frozen_codes")
+    if c is None or c[0] != key:
+        with torch.no_grad():
+            s = w.abs().mean().clamp(min=self.eps)
+            c = self.__dict__["_frozen_codes"] = (key, (w / s).round_().clamp_(-1, 1), s)
+    if self.norm is not None:
+        x = self.norm(x)
+    y = _FrozenBitLinearFn.apply(x.reshape(-1, self.in_features), c[1], c[2], self.eps)
+    y = y.reshape(*x.shape[:-1], self.out_features)
+    return y if self.bias is None else y + self.bias
+
+
+def fast_frozen(model):
+    """Give every BitLinear of ``model`` whose weight is frozen (``requires_grad=False``) the
+    float-GEMM forward of :class:`_FrozenBitLinearFn`: same outputs and gradients, bit for bit,
+    ~10x faster on CPUs where ``torch._int_mm`` has no int8 kernel.  In place (an instance
+    attribute: module names and state dict unchanged); returns ``model``."""
+    import types
+
+    from ..bitlinear import BitLinear
+
+    for m in model.modules():
+        if isinstance(m, BitLinear):
+            m.forward = types.MethodType(_frozen_forward, m)
+    return model
+
+
 # --- chat ---------------------------------------------------------------------------------------
 
-def _encode_item(tok, item, n_ctx: int):
-    """``(ids, n_prompt)``: bos + prompt + answer + end-of-turn token ids, prompt length."""
-    bos = tok.token_to_id(CHAT_EOT)
-    # the template ends "Assistant: "; byte-level BPE puts a word's space in front of it
-    # ("ĠZadok"), so the prompt's tokens stop before that space and the answer's first token
-    # carries it: the text is the template's, the tokens are the ones pre-training saw
-    prompt = [bos] + tok.encode(chat_text(item["question"]).rstrip(" ")).ids
-    full = [bos] + tok.encode(chat_text(item["question"], item["answer"])).ids
-    if full[:len(prompt)] != prompt:  # BPE merged across the prompt/answer boundary
-        ans = tok.encode(item["answer"]).ids + [bos]
-        full = prompt + ans
-    return full[:n_ctx + 1], len(prompt)
+def generation_prompt(model_dir=None) -> str:
+    """The generation prompt the engine ends a chat prompt with for the model in ``model_dir``
+    (its tokenizer_config.json's ``bitnet_edu_generation_prompt``, else 2B4T's ``"Assistant: "``);
+    default the shipped model's ``"Assistant:"``."""
+    from ..formats.hf import read_generation_prompt
+
+    return read_generation_prompt(Path(model_dir or default_model_dir())) or "Assistant: "
 
 
-def chat_batches(items, tok, batch_size: int, seed: int = 0, n_ctx: int = 256):
+def chat_prompt_ids(tok, question: str, gen_prompt: str | None = None) -> list[int]:
+    """The token ids the engine feeds for ``chat([{"role": "user", "content": question}])``:
+    bos (``<|endoftext|>``, id 0) + the tokens of ``chat_prompt``'s text."""
+    return [tok.token_to_id(CHAT_EOT)] + tok.encode(chat_text(question, None, gen_prompt)).ids
+
+
+def _encode_item(tok, item, n_ctx: int, gen_prompt: str | None = None):
+    """``(ids, n_prompt)``: the engine's prompt ids (:func:`chat_prompt_ids`), then the answer's
+    tokens (``" " + answer``: the byte-level BPE puts a word's space on the word, ``ĠZadok``, as
+    pre-training saw it) and the end of turn ``<|endoftext|>``; the prompt's length."""
+    gp = generation_prompt() if gen_prompt is None else gen_prompt
+    prompt = chat_prompt_ids(tok, item["question"], gp)
+    eot = tok.token_to_id(CHAT_EOT)
+    ans = tok.encode(answer_text(item["answer"], gp)[: -len(CHAT_EOT)]).ids + [eot]
+    return (prompt + ans)[:n_ctx + 1], len(prompt)
+
+
+def chat_batches(items, tok, batch_size: int, seed: int = 0, n_ctx: int = 256,
+                 gen_prompt: str | None = None):
     """``batch(step) -> (x, y)`` int64 ``[B, T]``: ``batch_size`` random items, right-padded;
     ``y`` is the next token on answer positions (answer + end of turn) and -100 elsewhere."""
-    enc = [_encode_item(tok, it, n_ctx) for it in items]
+    enc = [_encode_item(tok, it, n_ctx, gen_prompt) for it in items]
 
     def batch(step):
         g = torch.Generator().manual_seed(seed * 100_003 + step)
@@ -289,97 +358,292 @@ def chat_batches(items, tok, batch_size: int, seed: int = 0, n_ctx: int = 256):
     return batch
 
 
+def _newline_ids(tok) -> frozenset:
+    return frozenset(i for i in range(tok.get_vocab_size()) if "\n" in tok.decode([i]))
+
+
 @torch.no_grad()
-def answer_greedy(model, tok, question: str, max_new_tokens: int = 40) -> str:
-    """Greedy reply of a torch ``model`` to ``question`` in the chat template, until the
-    end-of-turn token (``<|endoftext|>``), a newline or ``max_new_tokens``."""
+def greedy_batch(model, tok, prompts, max_new_tokens=24, batch_size: int = 64):
+    """Greedy continuations (token ids) of several prompts (lists of ids) with a torch ``model``:
+    each stops at ``<|endoftext|>`` (not included), after a token holding a newline, or after
+    ``max_new_tokens`` (one int, or one per prompt).  Sequences are right-padded into one batch
+    (causal attention and per-token activation scales make a row's last logits independent of
+    the padding after it); no KV cache (the prompts are short)."""
     eot = tok.token_to_id(CHAT_EOT)
-    ids = [eot] + tok.encode(chat_text(question).rstrip(" ")).ids  # see _encode_item
+    nl = _newline_ids(tok)
     n = model.cfg.max_position_embeddings
+    limit = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else \
+        list(max_new_tokens)
     model.eval()
-    new = []
-    for _ in range(max_new_tokens):
-        logits = model(torch.tensor([ids[-n:]]))[0, -1]
-        nxt = int(logits.argmax())
-        if nxt == eot:
-            break
-        ids.append(nxt)
-        new.append(nxt)
-        if "\n" in tok.decode(new[-1:]):
-            break
-    return tok.decode(new).split("\n")[0].strip()
+    out = [[] for _ in prompts]
+    for lo in range(0, len(prompts), batch_size):
+        seqs = [list(p) for p in prompts[lo:lo + batch_size]]
+        live = [i for i in range(len(seqs)) if limit[lo + i] > 0]
+        for _ in range(max(limit[lo:lo + batch_size], default=0)):
+            if not live:
+                break
+            rows = [seqs[i][-n:] for i in live]
+            T = max(map(len, rows))
+            x = torch.zeros(len(rows), T, dtype=torch.long)
+            for r, ids in enumerate(rows):
+                x[r, :len(ids)] = torch.tensor(ids)
+            logits = model(x)
+            last = torch.tensor([len(ids) - 1 for ids in rows])
+            nxt = logits[torch.arange(len(rows)), last].argmax(-1).tolist()
+            still = []
+            for i, t in zip(live, nxt):
+                if t == eot:
+                    continue
+                seqs[i].append(t)
+                out[lo + i].append(t)
+                if t not in nl and len(out[lo + i]) < limit[lo + i]:
+                    still.append(i)
+            live = still
+    return out
+
+
+def _first_line(tok, ids) -> str:
+    return tok.decode(ids).split("\n")[0].strip()
+
+
+def answer_greedy(model, tok, question: str, max_new_tokens: int = 24,
+                  gen_prompt: str | None = None) -> str:
+    """Greedy reply of a torch ``model`` to ``question`` in the chat template (the engine's
+    prompt tokens, :func:`chat_prompt_ids`), until the end of turn, a newline or
+    ``max_new_tokens``."""
+    return answers_greedy(model, tok, [question], max_new_tokens, gen_prompt)[0]
+
+
+def answers_greedy(model, tok, questions, max_new_tokens=24,
+                   gen_prompt: str | None = None) -> list[str]:
+    """:func:`answer_greedy` of several questions, decoded as one batch."""
+    gp = generation_prompt() if gen_prompt is None else gen_prompt
+    new = greedy_batch(model, tok, [chat_prompt_ids(tok, q, gp) for q in questions],
+                       max_new_tokens)
+    return [_first_line(tok, ids) for ids in new]
+
+
+def plain_answers(model, tok, items, max_new_tokens: int = 16) -> list[str]:
+    """The base model's answers in *plain text*, no chat template: the greedy continuation of
+    the item's ``plain`` prompt (``"Joshua the son of"``, ``"Salmon begat"``, a verse's first
+    part) up to its first punctuation mark or newline.  What pre-training alone knows: the
+    ceiling a chat fine-tune can reach by teaching the format."""
+    bos = tok.token_to_id(CHAT_EOT)
+    new = greedy_batch(model, tok, [[bos] + tok.encode(it["plain"]).ids for it in items],
+                       _limits(tok, items, max_new_tokens))
+    return [re.split(r"[,;:.?!]", _first_line(tok, ids), maxsplit=1)[0].strip() for ids in new]
 
 
 def _norm(s: str) -> str:
     return " ".join(s.split()).strip().rstrip(".,;:!?").casefold()
 
 
-def exact_match(model, tok, items, max_new_tokens: int = 40) -> dict:
-    """Fraction of ``items`` whose greedy answer equals the reference (whitespace collapsed,
-    case-folded, trailing punctuation dropped).  Returns ``{"exact_match", "n", "by_kind":
-    {kind: (hits, n)}, "examples": first five (question, reference, answer)}``."""
-    hits, by_kind, ex = 0, {}, []
-    for it in items:
-        a = answer_greedy(model, tok, it["question"], max_new_tokens)
-        ok = _norm(a) == _norm(it["answer"])
-        hits += ok
-        h, n = by_kind.get(it["kind"], (0, 0))
-        by_kind[it["kind"]] = (h + ok, n + 1)
-        if len(ex) < 5:
-            ex.append((it["question"], it["answer"], a))
-    return {"exact_match": hits / len(items) if items else float("nan"), "n": len(items),
-            "by_kind": by_kind, "examples": ex}
+def _words(s: str) -> list[str]:
+    return [w.strip(".,;:!?'\"()") for w in _norm(s).split()]
 
 
-#: chat ``--fast`` and full settings.
+def token_f1(pred: str, ref: str) -> float:
+    """SQuAD-style word F1 of a prediction against the reference (after :func:`_norm`)."""
+    p, r = _words(pred), _words(ref)
+    common = sum(min(p.count(w), r.count(w)) for w in set(p))
+    if not p or not r or not common:
+        return float(p == r)
+    prec, rec = common / len(p), common / len(r)
+    return 2 * prec * rec / (prec + rec)
+
+
+def score_answers(items, answers) -> dict:
+    """Exact match (whitespace collapsed, case-folded, trailing punctuation dropped), first-word
+    accuracy and word F1 of ``answers`` against ``items``' references.  Returns
+    ``{"exact_match", "first_word", "f1", "n", "by_kind": {kind: (hits, n)}, "table":
+    {kind: {"em", "first_word", "f1", "n"}, ... "all": ...}, "by_seen": {"kind/seen|unseen":
+    same}, "examples": first five (question, reference, answer)}``."""
+    rows = []
+    for it, a in zip(items, answers):
+        rows.append((it["kind"], it.get("seen_in_pretraining", True),
+                     _norm(a) == _norm(it["answer"]), _words(a)[:1] == _words(it["answer"])[:1],
+                     token_f1(a, it["answer"])))
+
+    def agg(sel):
+        n = len(sel)
+        if not n:
+            return {"em": float("nan"), "first_word": float("nan"), "f1": float("nan"), "n": 0}
+        return {"em": sum(r[2] for r in sel) / n, "first_word": sum(r[3] for r in sel) / n,
+                "f1": sum(r[4] for r in sel) / n, "n": n}
+
+    kinds = [k for k in CHAT_KINDS if any(r[0] == k for r in rows)] + sorted(
+        {r[0] for r in rows} - set(CHAT_KINDS))
+    table = {k: agg([r for r in rows if r[0] == k]) for k in kinds}
+    table["all"] = agg(rows)
+    by_seen = {f"{k}/{'seen' if s else 'unseen'}": agg([r for r in rows if r[0] == k and r[1] == s])
+               for k in kinds for s in (True, False)}
+    by_seen = {k: v for k, v in by_seen.items() if v["n"]}
+    by_kind = {k: (sum(r[2] for r in rows if r[0] == k), table[k]["n"]) for k in kinds}
+    return {"exact_match": table["all"]["em"], "first_word": table["all"]["first_word"],
+            "f1": table["all"]["f1"], "n": len(rows), "by_kind": by_kind, "table": table,
+            "by_seen": by_seen,
+            "examples": [(it["question"], it["answer"], a) for it, a in zip(items[:5], answers)],
+            "answers": list(answers)}
+
+
+def _limits(tok, items, max_new_tokens: int) -> list[int]:
+    """Tokens to decode per item: the reference's + 4 (a longer answer cannot match), at most
+    ``max_new_tokens``: most of the decoding time goes to answers that ramble."""
+    return [min(max_new_tokens, len(tok.encode(" " + it["answer"]).ids) + 4) for it in items]
+
+
+def exact_match(model, tok, items, max_new_tokens: int = 24, gen_prompt: str | None = None) -> dict:
+    """Greedy chat answers of a torch ``model`` to ``items`` scored by :func:`score_answers`
+    (exact match, first word, word F1, by kind and by ``seen_in_pretraining``).  Each answer is
+    decoded for at most its reference's tokens + 4 (:func:`_limits`)."""
+    return score_answers(items, answers_greedy(model, tok, [it["question"] for it in items],
+                                               _limits(tok, items, max_new_tokens), gen_prompt))
+
+
+def plain_text_match(model, tok, items, max_new_tokens: int = 16) -> dict:
+    """:func:`plain_answers` scored like :func:`exact_match`: the plain-text ceiling."""
+    return score_answers(items, plain_answers(model, tok, items, max_new_tokens))
+
+
+#: chat ``--fast`` and full settings: steps, batch, eval items per genealogy kind (all of them
+#: when None) and verse items, every n-th verse kept for training, LoRA shape and lr.
 CHAT_SETTINGS = {
-    "fast": dict(steps=60, batch_size=16, n_eval=40, verse_every=4),
-    "full": dict(steps=400, batch_size=16, n_eval=200, verse_every=1),
+    "fast": dict(steps=40, batch_size=16, n_verse_eval=8, n_gen_eval=8, verse_every=16,
+                 r=8, alpha=16, targets=("q_proj", "k_proj", "v_proj", "o_proj"), lr=3e-3),
+    "full": dict(steps=200, batch_size=16, n_verse_eval=60, n_gen_eval=None, verse_every=8,
+                 r=8, alpha=16, targets=("q_proj", "k_proj", "v_proj", "o_proj"), lr=3e-3),
 }
 
 
+def chat_eval_items(n_verse: int = 200, n_gen: int | None = None) -> list[dict]:
+    """The held-out items :func:`train_chat_adapter` scores: of each genealogy kind all (or an
+    evenly spaced ``n_gen``), then ``n_verse`` evenly spaced verses."""
+    out = []
+    for k in CHAT_KINDS:
+        n = n_verse if k == "verse" else n_gen
+        out += kjv_chat_items("val", kinds=(k,), max_items=n)
+    return out
+
+
 def train_chat_adapter(fast: bool = True, *, model_dir=None, master=None,
-                       lora: LoraConfig | None = None, lr: float = 2e-3,
-                       steps: int | None = None, out_dir=None, progress: bool = True) -> dict:
-    """Train a LoRA chat adapter on the KJV question/answer set; held-out exact match before and
-    after.  Returns ``{"before", "after", "sizes", "settings", "history"}`` (and saves the
-    adapter to ``out_dir/chat_adapter`` if given)."""
+                       lora: LoraConfig | None = None, lr: float | None = None,
+                       steps: int | None = None, out_dir=None, progress: bool = True,
+                       kinds=CHAT_KINDS, threads: int = 2) -> dict:
+    """Train a LoRA chat adapter on the KJV question/answer set (loss on the answer tokens
+    only); held-out exact match before and after, and the base model's plain-text ceiling.
+
+    Returns ``{"before", "after", "plain", "train_sample", "sizes", "settings", "history"}``
+    (:func:`score_answers` dicts) and saves the adapter to ``out_dir`` if given."""
     st = dict(CHAT_SETTINGS["fast" if fast else "full"])
     if steps is not None:
         st["steps"] = steps
+    if lr is not None:
+        st["lr"] = lr
+    lora = lora or LoraConfig(r=st["r"], lora_alpha=st["alpha"], target_modules=st["targets"])
+    torch.set_num_threads(threads)
     tok = load_tokenizer(model_dir)
-    train_items = kjv_chat_items("train", verse_every=st["verse_every"])
-    val_all = kjv_chat_items("val")
-    # held-out evaluation: all genealogy questions, then evenly spaced verses
-    fathers = [i for i in val_all if i["kind"] == "father"]
-    verses = kjv_chat_items("val", kinds=("verse",), max_items=max(0, st["n_eval"] - len(fathers)))
-    val_items = fathers + verses
+    gp = generation_prompt(model_dir)
+    train_items = kjv_chat_items("train", kinds=kinds, verse_every=st["verse_every"])
+    val_items = chat_eval_items(st["n_verse_eval"], st["n_gen_eval"])
     say = print if progress else (lambda *a, **k: None)
-    sizes = {"train": len(train_items), "val": len(val_all), "val_evaluated": len(val_items),
-             "train_father": sum(i["kind"] == "father" for i in train_items),
-             "val_father": len(fathers)}
-    say(f"chat set: {sizes}", flush=True)
+    sizes = {"train": {k: sum(i["kind"] == k for i in train_items) for k in CHAT_KINDS},
+             "val": {k: len(kjv_chat_items("val", kinds=(k,))) for k in CHAT_KINDS},
+             "val_evaluated": {k: sum(i["kind"] == k for i in val_items) for k in CHAT_KINDS}}
+    say(f"chat set: {sizes}; generation prompt {gp!r}", flush=True)
     base = load_bitnet_lm(model_dir, master=master)
     torch.manual_seed(0)
-    model = add_lora(base, lora or LoraConfig())
-    before = exact_match(model, tok, val_items)  # B = 0: the base model's answers
-    say(f"  before: exact match {before['exact_match']:.2%} {before['by_kind']}", flush=True)
-    fc = FinetuneConfig(steps=st["steps"], batch_size=st["batch_size"], lr=lr,
-                        warmup=max(1, st["steps"] // 10))
-    hist = finetune(model, chat_batches(train_items, tok, fc.batch_size, fc.seed), fc,
-                    progress=progress)
-    after = exact_match(model, tok, val_items)
-    train_em = exact_match(model, tok, train_items[:: max(1, len(train_items) // 40)][:40])
-    say(f"  after:  exact match {after['exact_match']:.2%} {after['by_kind']}  "
-        f"(train sample {train_em['exact_match']:.2%})", flush=True)
-    for q, ref, a in after["examples"][:3]:
+    model = fast_frozen(add_lora(base, lora))  # B = 0: the base model's outputs, bit for bit
+    t0 = time.perf_counter()
+    plain = plain_text_match(model, tok, val_items)
+    before = exact_match(model, tok, val_items, gen_prompt=gp)  # B = 0: the base model's answers
+    t_eval = time.perf_counter() - t0
+    say(f"  plain text: exact match {plain['exact_match']:.2%}; chat before: "
+        f"{before['exact_match']:.2%} ({t_eval:.0f}s)", flush=True)
+    fc = FinetuneConfig(steps=st["steps"], batch_size=st["batch_size"], lr=st["lr"],
+                        warmup=max(1, st["steps"] // 10), threads=threads)
+    say(f"  LoRA r={lora.r} alpha={lora.lora_alpha} on {','.join(lora.target_modules)}: "
+        f"{trainable_parameters(model)['trainable']:,} parameters; {fc.steps} steps x "
+        f"{fc.batch_size}, lr {fc.lr:g}", flush=True)
+    hist = finetune(model, chat_batches(train_items, tok, fc.batch_size, fc.seed, gen_prompt=gp),
+                    fc, progress=progress)
+    after = exact_match(model, tok, val_items, gen_prompt=gp)
+    train_em = exact_match(model, tok, train_items[:: max(1, len(train_items) // 40)][:40],
+                           gen_prompt=gp)
+    res = {"before": before, "after": after, "plain": plain, "train_sample": train_em,
+           "sizes": sizes,
+           "settings": {**st, "lr": fc.lr, "r": lora.r, "alpha": lora.lora_alpha,
+                        "targets": list(lora.target_modules), "generation_prompt": gp,
+                        "train_seconds": hist["seconds"], "threads": threads},
+           "history": {"loss": hist["loss"], "seconds": hist["seconds"]}}
+    say(format_chat(res))
+    for (q, ref, _), a in list(zip(after["examples"], after["answers"]))[:3]:
         say(f"    {q!r} -> {a!r} (reference {ref!r})")
     if out_dir is not None:
-        save_adapter(model, Path(out_dir) / "chat_adapter",
+        save_adapter(model, Path(out_dir),
                      base_model_name_or_path=str(model_dir or default_model_dir()))
-    return {"before": before, "after": after, "train_sample": train_em, "sizes": sizes,
-            "settings": {**st, "lr": lr}, "history": {"loss": hist["loss"],
-                                                      "seconds": hist["seconds"]}}
+    return res
+
+
+def format_chat(res: dict) -> str:
+    """A text table of :func:`train_chat_adapter`'s result: exact match (first-word accuracy)
+    by kind for the plain-text ceiling, the chat template before and after, and by
+    ``seen_in_pretraining``."""
+    cols = [("plain text", res["plain"]), ("chat before", res["before"]),
+            ("chat after", res["after"])]
+    lines = [f"{'held-out':<16}{'n':>5}" + "".join(f"{c:>22}" for c, _ in cols),
+             " " * 21 + "".join(f"{'EM   first-word':>22}" for _ in cols)]
+    keys = list(res["after"]["table"]) + list(res["after"]["by_seen"])
+    for k in keys:
+        get = (lambda r: r["table"][k]) if k in res["after"]["table"] else (
+            lambda r: r["by_seen"][k])
+        n = get(res["after"])["n"]
+        lines.append(f"{k:<16}{n:>5}" + "".join(
+            f"{get(r)['em']:>15.1%}{get(r)['first_word']:>7.0%}" for _, r in cols))
+    s = res["settings"]
+    lines.append(f"train sample exact match {res['train_sample']['exact_match']:.1%}; "
+                 f"{s['steps']} steps x {s['batch_size']}, lr {s['lr']:g}, r={s['r']}, "
+                 f"alpha={s['alpha']}, {','.join(s['targets'])}; "
+                 f"{s['train_seconds']:.0f}s on {s['threads']} threads")
+    return "\n".join(lines)
+
+
+def chat_model_card(res: dict, command: str) -> str:
+    """The README.md of a chat adapter: data, split, settings, the before/after table and the
+    command that reproduces it."""
+    s, z = res["settings"], res["sizes"]
+    return (
+        "---\nlibrary_name: peft\nbase_model: bitnet_edu/default_model\n---\n\n"
+        "# bitnet_edu chat adapter (KJV questions)\n\n"
+        "A LoRA adapter (PEFT format) for the shipped 6-layer BitNet b1.58 model "
+        "(`bitnet_edu/default_model`) that makes it answer in the chat template the engine "
+        f"writes (`User: ...<|eot_id|>{s['generation_prompt']}`, then ` answer<|endoftext|>`).  "
+        "The ternary base is untouched; the adapter is a float side path.\n\n"
+        "## Data\n\nQuestion/answer pairs generated offline from the KJV itself "
+        "(`bitnet_edu.train.finetune_data.kjv_chat_items`):\n\n"
+        "* `son_of`: \"Who was the father of Y?\" where the corpus writes \"Y the son of X\" "
+        "(forward: the question's name comes first in the text too);\n"
+        "* `begat`: \"Whom did X beget?\" from \"X begat Y\" (forward);\n"
+        "* `father`: \"Who was the father of Y?\" where the corpus only writes \"X begat Y\" "
+        "(the reverse direction: kept as a measured contrast, the reversal curse);\n"
+        "* `verse`: \"Finish the verse: <verse up to its last clause>\" -> that clause "
+        "(2-8 words).\n\n"
+        "Split: one in five facts (genealogies: by father>son pair, so a question and its "
+        "reverse fall on the same side; verses: by question) is held out, by a hash.  "
+        f"Training items: {z['train']}; held-out: {z['val']}; evaluated: "
+        f"{z['val_evaluated']}.\n\n"
+        "## Settings\n\n"
+        f"LoRA r={s['r']}, lora_alpha={s['alpha']}, on {', '.join(s['targets'])} of all 6 "
+        f"layers; loss on answer tokens only; AdamW lr {s['lr']:g} (warmup, cosine), "
+        f"{s['steps']} steps x {s['batch_size']} items; {s['train_seconds']:.0f} s of training "
+        f"on {s['threads']} CPU threads.\n\n"
+        "## Held-out results\n\nExact match (whitespace, case and trailing punctuation "
+        "ignored) and first-word accuracy, greedy decoding.  *plain text*: the base model "
+        "continuing the corpus phrase (\"Joshua the son of\", \"Salmon begat\", the verse's "
+        "first part) with no template, the ceiling of what the chat format can surface.\n\n"
+        "```\n" + format_chat(res) + "\n```\n\n"
+        f"Reproduce:\n\n```\n{command}\n```\n\n"
+        "Load: `bitnet_edu.train.lora.load_adapter(load_bitnet_lm(), \"bitnet_edu/adapters/chat\")`"
+        " (torch), or `peft.PeftModel.from_pretrained(HFCausalLM(load_bitnet_lm()), ...)`.\n")
 
 
 def main(argv=None):
@@ -391,27 +655,46 @@ def main(argv=None):
     p.add_argument("--master", default=None,
                    help="training checkpoint.pt of that model: start from its latent weights")
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--r", type=int, default=8)
-    p.add_argument("--alpha", type=float, default=16)
-    p.add_argument("--lr-lora", type=float, default=2e-3)
+    p.add_argument("--r", type=int, default=None, help="LoRA rank (compare 8; chat: its setting)")
+    p.add_argument("--alpha", type=float, default=None, help="lora_alpha (default 2 r)")
+    p.add_argument("--targets", default=None,
+                   help="comma-separated projections (compare: all seven; chat: q,k,v,o_proj)")
+    p.add_argument("--kinds", default=",".join(CHAT_KINDS),
+                   help=f"chat: question kinds to train on (of {','.join(CHAT_KINDS)})")
+    p.add_argument("--lr-lora", type=float, default=None,
+                   help="LoRA peak learning rate (compare 2e-3; chat: its setting)")
     p.add_argument("--lr-qat", type=float, default=3e-4)
-    p.add_argument("--out", default=None, help="write the adapter(s) and a JSON result here")
+    p.add_argument("--out", default=None,
+                   help="compare: write the adapter and compare.json here; chat: the adapter "
+                        "directory (adapter_config.json, adapter_model.safetensors, chat.json)")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    cfg = LoraConfig(r=a.r, lora_alpha=a.alpha,
-                     base_model_name_or_path=str(a.model or default_model_dir()))
+    base_path = str(a.model or default_model_dir())
     if a.command == "compare":
-        res = compare(a.fast, model_dir=a.model, master=a.master, lora=cfg, lr_lora=a.lr_lora,
-                      lr_qat=a.lr_qat, steps=a.steps, out_dir=a.out)
+        r = a.r or 8
+        cfg = LoraConfig(r=r, lora_alpha=a.alpha or 2 * r, base_model_name_or_path=base_path,
+                         **({"target_modules": tuple(a.targets.split(","))} if a.targets else {}))
+        res = compare(a.fast, model_dir=a.model, master=a.master, lora=cfg,
+                      lr_lora=a.lr_lora or 2e-3, lr_qat=a.lr_qat, steps=a.steps, out_dir=a.out)
         print(format_compare(res))
         return res
+    st = CHAT_SETTINGS["fast" if a.fast else "full"]
+    r = a.r or st["r"]
+    cfg = LoraConfig(r=r, lora_alpha=a.alpha or (st["alpha"] if a.r is None else 2 * r),
+                     target_modules=tuple(a.targets.split(",")) if a.targets else st["targets"],
+                     base_model_name_or_path=base_path)
     res = train_chat_adapter(a.fast, model_dir=a.model, master=a.master, lora=cfg, lr=a.lr_lora,
-                             steps=a.steps, out_dir=a.out)
+                             steps=a.steps, out_dir=a.out, kinds=tuple(a.kinds.split(",")),
+                             threads=a.threads)
     if a.out:
         Path(a.out).mkdir(parents=True, exist_ok=True)
         (Path(a.out) / "chat.json").write_text(json.dumps(
-            {k: v for k, v in res.items() if k != "history"}, indent=2) + "\n")
+            {k: ({kk: vv for kk, vv in v.items() if kk != "answers"} if isinstance(v, dict)
+                 else v) for k, v in res.items() if k != "history"}, indent=2) + "\n")
+        cmd = "python -m bitnet_edu.train.lora " + " ".join(
+            x for x in (argv if argv is not None else __import__("sys").argv[1:]))
+        (Path(a.out) / "README.md").write_text(chat_model_card(res, cmd))
     return res
 
 

@@ -40,7 +40,8 @@ from functools import lru_cache
 from .data import VAL_EVERY, load_chapters
 
 __all__ = ["STDLIB_MODULES", "stdlib_docs", "stdlib_docs_info", "module_doc", "kjv_chat_items",
-           "chat_text", "CHAT_EOT", "HELD_OUT_EVERY"]
+           "chat_text", "answer_text", "default_generation_prompt", "CHAT_EOT", "CHAT_KINDS",
+           "HELD_OUT_EVERY"]
 
 #: Pure-Python stdlib modules with substantial docstrings and no import side effects.
 STDLIB_MODULES = (
@@ -172,58 +173,112 @@ def stdlib_docs_info() -> dict:
 
 # --- the KJV chat set ---------------------------------------------------------------------------
 
-_BEGAT = re.compile(r"\b([A-Z][a-z]+) begat ([A-Z][a-z]+)\b")
+# lookaheads: overlapping matches, so a chain "Zadok the son of Ahitub the son of Amariah" gives both
+_BEGAT = re.compile(r"(?=\b([A-Z][a-z]+) begat ([A-Z][a-z]+)\b)")
+_SON_OF = re.compile(r"(?=\b([A-Z][a-z]+) the son of ([A-Z][a-z]+)\b)")
 _NOT_NAMES = {"And", "Which", "Who", "He", "They", "Then", "That", "Thou", "Ye", "I", "It",
-              "This", "These", "Also", "But", "For", "So", "Now", "When"}
+              "This", "These", "Also", "But", "For", "So", "Now", "When", "God", "Lord", "Son",
+              "Of", "The", "Is", "Art", "Was", "Even", "Behold", "Let", "Saith"}
+#: The kinds of :func:`kjv_chat_items`, in the order tables list them.
+CHAT_KINDS = ("son_of", "begat", "father", "passage", "verse")
+#: a ``verse`` item's answer: the verse's last clause, this many words at most (and 2 at least)
+VERSE_ANSWER_WORDS = (2, 8)
 
 
-def _held_out(question: str) -> bool:
-    return int(hashlib.sha256(question.encode()).hexdigest(), 16) % HELD_OUT_EVERY == 0
+def _held_out(key: str) -> bool:
+    return int(hashlib.sha256(key.encode()).hexdigest(), 16) % HELD_OUT_EVERY == 0
+
+
+def _pairs(chapters, pattern, swap: bool):
+    """``{(father, son): [chapter indices of each occurrence]}`` of ``pattern`` in the corpus."""
+    out: dict[tuple, list] = {}
+    for ci, ch in enumerate(chapters):
+        for a, b in pattern.findall(ch):
+            if a in _NOT_NAMES or b in _NOT_NAMES:
+                continue
+            out.setdefault((b, a) if swap else (a, b), []).append(ci)
+    return out
 
 
 @lru_cache(maxsize=1)
 def _chat_items() -> tuple[dict, ...]:
     chapters = load_chapters()
-    fathers: dict[str, set] = {}
-    where: dict[str, int] = {}
+    begat = _pairs(chapters, _BEGAT, swap=False)     # "X begat Y": (X, Y)
+    son_of = _pairs(chapters, _SON_OF, swap=True)    # "Y the son of X": (X, Y)
+    fathers_of: dict[str, set] = {}
+    for x, y in list(begat) + list(son_of):
+        fathers_of.setdefault(y, set()).add(x)
+    sons_of: dict[str, set] = {}
+    for x, y in begat:
+        sons_of.setdefault(x, set()).add(y)
+    items = []
+
+    def add(kind, question, answer, occ, key, plain):
+        items.append({"kind": kind, "question": question, "answer": answer, "plain": plain,
+                      "chapter": occ[0], "mentions": len(occ), "fact": key,
+                      "seen_in_pretraining": any(c % VAL_EVERY != VAL_EVERY - 1 for c in occ)})
+
+    # "Who was the father of Y?": forward when the corpus writes "Y the son of X" (the son's
+    # name comes first, as in the question), reverse when it only writes "X begat Y"
+    for y in sorted(fathers_of):
+        if len(fathers_of[y]) != 1:
+            continue  # two men of that name with different fathers: ambiguous
+        x = next(iter(fathers_of[y]))
+        q = f"Who was the father of {y}?"
+        if (x, y) in son_of:
+            add("son_of", q, x, son_of[(x, y)], f"{x}>{y}", f"And {y} the son of")
+        else:
+            add("father", q, x, begat[(x, y)], f"{x}>{y}", f"And {y} the son of")
+    # open book: the verse that states the fact, then the question (answerable by reading)
+    first_verse = {}
     for ci, ch in enumerate(chapters):
         for verse in ch.split("\n"):
-            for x, y in _BEGAT.findall(verse):
-                if x in _NOT_NAMES or y in _NOT_NAMES:
-                    continue
-                fathers.setdefault(y, set()).add(x)
-                where.setdefault(y, ci)
-    items = []
-    for y in sorted(fathers):
-        if len(fathers[y]) == 1:
-            items.append({"kind": "father", "question": f"Who was the father of {y}?",
-                          "answer": next(iter(fathers[y])), "chapter": where[y]})
+            if len(verse) <= 160:
+                for pat, swap in ((_BEGAT, False), (_SON_OF, True)):
+                    for a, b in pat.findall(verse):
+                        first_verse.setdefault((b, a) if swap else (a, b), (verse, ci))
+    for y in sorted(fathers_of):
+        x = next(iter(fathers_of[y]))
+        if len(fathers_of[y]) == 1 and (x, y) in first_verse:
+            verse, ci = first_verse[(x, y)]
+            occ = son_of.get((x, y), []) + begat.get((x, y), [])
+            add("passage", f"{verse} Who was the father of {y}?", x, occ, f"{x}>{y}",
+                f"{verse}\nAnd {y} the son of")
+    # "Whom did X beget?": the forward question of "X begat Y" (fathers with one son there)
+    for x in sorted(sons_of):
+        if len(sons_of[x]) == 1:
+            y = next(iter(sons_of[x]))
+            add("begat", f"Whom did {x} beget?", y, begat[(x, y)], f"{x}>{y}", f"And {x} begat")
+    lo, hi = VERSE_ANSWER_WORDS
     seen = set()
     for ci, ch in enumerate(chapters):
         for verse in ch.split("\n"):
-            if not 40 <= len(verse) <= 140:
+            if not 40 <= len(verse) <= 200:
                 continue
             cuts = [m.end() for m in re.finditer(r"[;:,] ", verse)]
             if not cuts:
                 continue
-            mid = len(verse) / 2
-            cut = min(cuts, key=lambda c: (abs(c - mid), c))
-            first, second = verse[:cut].strip(), verse[cut:].strip()
-            if len(first) < 15 or len(second) < 15 or first in seen:
-                continue  # the KJV repeats formulas: one answer per first half
+            first, last = verse[:cuts[-1]].strip(), verse[cuts[-1]:].strip().rstrip(".?!")
+            if len(first) < 20 or not lo <= len(last.split()) <= hi or not re.fullmatch(
+                    r"[A-Za-z' ]+", last) or first in seen:
+                continue  # the KJV repeats formulas: one answer per first part
             seen.add(first)
-            items.append({"kind": "verse", "question": f"Finish the verse: {first}",
-                          "answer": second, "chapter": ci})
+            add("verse", f"Finish the verse: {first}", last, [ci], f"verse:{first}", first)
     for it in items:
-        it["split"] = "val" if _held_out(it["question"]) else "train"
-        it["seen_in_pretraining"] = it["chapter"] % VAL_EVERY != VAL_EVERY - 1
+        # genealogies split by the fact (father>son), so a question and its reverse share a side
+        it["split"] = "val" if _held_out(it["fact"]) else "train"
     return tuple(items)
 
 
-def kjv_chat_items(split: str, kinds=("father", "verse"), max_items: int | None = None,
+def kjv_chat_items(split: str, kinds=CHAT_KINDS, max_items: int | None = None,
                    verse_every: int = 1) -> list[dict]:
-    """Question/answer dicts ``{"kind", "question", "answer", "chapter", "split",
-    "seen_in_pretraining"}`` of ``split`` ("train" or "val"), in corpus order.
+    """Question/answer dicts ``{"kind", "question", "answer", "plain", "chapter", "mentions",
+    "fact", "split", "seen_in_pretraining"}`` of ``split`` ("train" or "val"), in the order of
+    :data:`CHAT_KINDS` then the corpus.  ``plain``: the corpus phrase that precedes the answer
+    (``"Joshua the son of"``), for the plain-text probe; ``chapter``: the first chapter the fact
+    is in; ``mentions``: how many times the corpus states it; ``fact``: what the split hashes
+    (``"Nun>Joshua"``, ``"verse:<first part>"``); ``seen_in_pretraining``: stated at least once
+    in a pre-training chapter (not every 20th).
 
     ``verse_every``: keep every n-th ``verse`` item (there are many more verses than
     genealogies); ``max_items``: an evenly spaced subset of at most that many."""
@@ -244,10 +299,33 @@ def kjv_chat_items(split: str, kinds=("father", "verse"), max_items: int | None 
     return out
 
 
-def chat_text(question: str, answer: str | None = None) -> str:
-    """The 2B4T chat template for one user turn (``chat_prompt``'s text), plus the answer and
-    :data:`CHAT_EOT` if given: ``"User: q<|eot_id|>Assistant: a<|endoftext|>"``."""
+def default_generation_prompt() -> str:
+    """The shipped model's generation prompt (``"Assistant:"``, from its tokenizer_config.json)."""
+    from ..formats.hf import read_generation_prompt
+    from .import_hf import default_model_dir
+
+    return read_generation_prompt(default_model_dir()) or "Assistant: "
+
+
+def answer_text(answer: str, generation_prompt: str) -> str:
+    """The assistant turn's text after the generation prompt: ``" " + answer + CHAT_EOT``, or
+    without the space when the generation prompt already ends in one (2B4T's ``"Assistant: "``).
+    """
+    sep = "" if generation_prompt[-1:].isspace() else " "
+    return sep + answer + CHAT_EOT
+
+
+def chat_text(question: str, answer: str | None = None,
+              generation_prompt: str | None = None) -> str:
+    """The chat template for one user turn as the engine writes it (``chat_prompt``'s text with
+    the model's ``generation_prompt``, default the shipped model's ``"Assistant:"``), plus
+    :func:`answer_text` if an answer is given:
+    ``"User: q<|eot_id|>Assistant: a<|endoftext|>"``."""
+    from types import SimpleNamespace
+
     from ..model.generation import chat_prompt
 
-    prompt = chat_prompt(None, [{"role": "user", "content": question}])
-    return prompt if answer is None else prompt + answer + CHAT_EOT
+    gp = default_generation_prompt() if generation_prompt is None else generation_prompt
+    prompt = chat_prompt(SimpleNamespace(generation_prompt=gp),
+                         [{"role": "user", "content": question}])
+    return prompt if answer is None else prompt + answer_text(answer, gp)
