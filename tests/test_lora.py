@@ -301,26 +301,43 @@ def test_stdlib_docs_split_by_module_and_deterministic():
 
 
 def test_kjv_chat_items_and_template():
-    from bitnet_edu.model.generation import chat_prompt
     from bitnet_edu.train import finetune_data as FD
 
-    items = FD.kjv_chat_items("train") + FD.kjv_chat_items("val")
-    qa = {i["question"]: i["answer"] for i in items}
-    assert qa["Who was the father of Isaac?"] == "Abraham"
-    assert qa["Who was the father of David?"] == "Jesse"
+    tr, va = FD.kjv_chat_items("train"), FD.kjv_chat_items("val")
+    qa = {i["question"]: i for i in tr + va}
+    abner = qa["Who was the father of Abner?"]  # "Abner the son of Ner": forward
+    assert (abner["answer"], abner["kind"], abner["mentions"]) == ("Ner", "son_of", 11)
+    assert qa["Whom did Abraham beget?"]["answer"] == "Isaac"  # "Abraham begat Isaac": forward
     assert "Who was the father of Boaz?" not in qa  # Salmon (Ruth 4) or Salma (1 Chr 2): dropped
-    verse = next(i for i in items if i["kind"] == "verse")
+    assert "Who was the father of Joshua?" not in qa  # Nun, or Josedech (Haggai): dropped
+    assert "Whom did Salmon beget?" not in qa  # Boaz (Ruth 4) or Booz (Matthew 1): dropped
+    rev = [i for i in tr + va if i["kind"] == "father"]
+    assert rev and all(f"{i['question'][22:-1]} the son of {i['answer']}" not in
+                       "\n".join(FD.load_chapters()) for i in rev[:20])  # only "X begat Y"
+    assert {i["kind"] for i in va} == set(FD.CHAT_KINDS)
+    verse = next(i for i in tr if i["kind"] == "verse")
     assert verse["question"].startswith("Finish the verse: ")
+    assert 2 <= len(verse["answer"].split()) <= 8
     full = verse["question"].removeprefix("Finish the verse: ") + " " + verse["answer"]
-    assert any(full in ch.split("\n") for ch in FD.load_chapters())
-    tq = {i["question"] for i in FD.kjv_chat_items("train")}
-    assert tq.isdisjoint(i["question"] for i in FD.kjv_chat_items("val"))
+    assert any(v.startswith(full) for ch in FD.load_chapters() for v in ch.split("\n"))
+    # no question on both sides, and a fact and its reverse on the same side
+    tq, vq = {i["question"] for i in tr}, {i["question"] for i in va}
+    assert tq.isdisjoint(vq) and len(tq) == len(tr) and len(vq) == len(va)
+    side = {}
+    for i in tr + va:
+        side.setdefault(i["fact"], set()).add(i["split"])
+    assert all(len(s) == 1 for s in side.values())
+    assert 0.1 < len(va) / (len(tr) + len(va)) < 0.3
     text = FD.chat_text("Who was the father of Isaac?", "Abraham")
-    assert text == chat_prompt(None, "Who was the father of Isaac?") + "Abraham<|endoftext|>"
     assert text == "User: Who was the father of Isaac?<|eot_id|>Assistant: Abraham<|endoftext|>"
+    assert FD.chat_text("Q?", "A", generation_prompt="Assistant: ") == \
+        "User: Q?<|eot_id|>Assistant: A<|endoftext|>"  # 2B4T's template: no second space
+    assert FD.chat_text("Q?") == "User: Q?<|eot_id|>Assistant:"  # the shipped model's
 
 
 def test_chat_batches_score_answer_tokens_only():
+    from bitnet_edu.train.finetune import chat_prompt_ids
+
     tok = load_tokenizer()
     items = [{"kind": "father", "question": "Who was the father of Isaac?", "answer": "Abraham"},
              {"kind": "verse", "question": "Finish the verse: Jesus wept,", "answer": "and said"}]
@@ -329,12 +346,47 @@ def test_chat_batches_score_answer_tokens_only():
     for r in range(6):
         tgt = y[r][y[r] != -100].tolist()
         assert tgt[-1] == 0  # the end-of-turn token <|endoftext|>
-        assert tok.decode(tgt[:-1]) in (" Abraham", " and said")  # the space rides on the answer
+        ans = tok.decode(tgt[:-1])
+        assert ans in (" Abraham", " and said")  # the space rides on the answer
+        assert tok.encode(ans).ids == tgt[:-1]  # the answer's own tokens, "ĠAbraham"
         first = int((y[r] != -100).nonzero()[0])
-        assert tok.decode(x[r, :first + 1].tolist()).endswith("Assistant:")
-        # prompt + answer tokens decode to the template's text (decode drops <|endoftext|>)
-        assert tok.decode(x[r, :len(tgt) + first].tolist()).endswith(
-            "<|eot_id|>Assistant: " + tok.decode(tgt[:-1]).strip())
+        q = items[0 if ans == " Abraham" else 1]["question"]
+        assert x[r, :first + 1].tolist() == chat_prompt_ids(tok, q)  # exactly the prompt's ids
+        assert tok.decode(x[r, :first + 1].tolist()).endswith("<|eot_id|>Assistant:")
+
+
+def test_training_prompt_tokens_are_the_engines():
+    """The tokens the adapter is trained on after are the ones the engine's chat() feeds."""
+    import bitnet_edu
+    from bitnet_edu.model.generation import _prompt_ids, chat_prompt
+    from bitnet_edu.train.finetune import _encode_item, generation_prompt
+    from bitnet_edu.train.finetune_data import kjv_chat_items
+
+    eng = bitnet_edu.load_model()
+    assert eng.generation_prompt == generation_prompt() == "Assistant:"
+    tok = load_tokenizer()
+    for it in kjv_chat_items("val", max_items=12):
+        ids, n_p = _encode_item(tok, it, 256)
+        msgs = [{"role": "user", "content": it["question"]}]
+        want, is_text = _prompt_ids(eng, chat_prompt(eng, msgs))
+        assert is_text and ids[:n_p] == want
+        assert ids[n_p:] == eng.encode(" " + it["answer"]) + [eng.config.eos_token_id]
+
+
+def test_torch_greedy_answers_equal_the_engines():
+    """Base model (B = 0): the torch batch greedy decoder and the engine's chat agree."""
+    import bitnet_edu
+    from bitnet_edu.train.finetune import answers_greedy
+    from bitnet_edu.train.finetune_data import kjv_chat_items
+
+    eng = bitnet_edu.load_model()
+    tok = load_tokenizer()
+    lm = load_bitnet_lm()
+    items = kjv_chat_items("val", max_items=6)
+    ours = answers_greedy(lm, tok, [it["question"] for it in items], max_new_tokens=12)
+    for it, a in zip(items, ours):
+        reply = eng.chat([{"role": "user", "content": it["question"]}], max_new_tokens=12)
+        assert reply.split("\n")[0].strip() == a
 
 
 def test_exact_match_counts_hits():
@@ -345,16 +397,22 @@ def test_exact_match_counts_hits():
         cfg = ModelConfig(**TINY)
 
         def forward(self, idx):
-            said = tok.decode(idx[0].tolist()).split("Assistant:", 1)[1]
-            k = len(tok.encode(said).ids) if said else 0
-            out = torch.zeros(1, idx.shape[1], 4096)
-            out[0, -1, answer[min(k, len(answer) - 1)]] = 1.0
+            out = torch.zeros(idx.shape[0], idx.shape[1], 4096)
+            for r in range(idx.shape[0]):
+                row = [t for t in idx[r].tolist()]
+                said = tok.decode(row).split("Assistant:", 1)[1]
+                k = len(tok.encode(said).ids) if said else 0
+                out[r, :, answer[min(k, len(answer) - 1)]] = 1.0  # every position (padding)
             return out
 
     items = [{"kind": "father", "question": "Who was the father of Isaac?", "answer": "Abraham."},
-             {"kind": "father", "question": "Who was the father of Jacob?", "answer": "Isaac"}]
+             {"kind": "father", "question": "Who was the father of Jacob?", "answer": "Isaac"},
+             {"kind": "verse", "question": "Finish the verse: x,", "answer": "Abraham and Sarah"}]
     r = exact_match(Parrot(), tok, items)
-    assert r["exact_match"] == 0.5 and r["by_kind"] == {"father": (1, 2)}
+    assert r["answers"] == ["Abraham"] * 3
+    assert r["by_kind"] == {"father": (1, 2), "verse": (0, 1)}
+    assert r["exact_match"] == pytest.approx(1 / 3) and r["first_word"] == pytest.approx(2 / 3)
+    assert r["table"]["verse"]["f1"] == pytest.approx(0.5)  # 1 of 1 predicted, 1 of 3 reference
 
 
 def test_stdlib_docs_same_text_in_every_process():
@@ -374,3 +432,63 @@ def test_stdlib_docs_same_text_in_every_process():
     from bitnet_edu.train import finetune_data as FD
 
     assert not any(" at 0x" in d for d in FD.stdlib_docs("train") + FD.stdlib_docs("val"))
+
+
+# --- the shipped chat adapter -------------------------------------------------------------------
+
+def _shipped_chat_adapter():
+    from pathlib import Path
+
+    import bitnet_edu
+
+    d = Path(bitnet_edu.__file__).parent / "adapters" / "chat"
+    if not (d / "adapter_model.safetensors").exists():
+        pytest.fail(f"{d} is missing: python -m bitnet_edu.train.lora chat --out {d}")
+    return d
+
+
+def test_shipped_chat_adapter_loads_with_peft():
+    d = _shipped_chat_adapter()
+    cfg = json.loads((d / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA" and cfg["r"] <= 16
+    assert (d / "adapter_model.safetensors").stat().st_size < 1_000_000
+    lm = load_bitnet_lm()
+    pm = _peft_load(lm, d)
+    ours = L.load_adapter(copy.deepcopy(lm), d)
+    x = torch.tensor([[0] + load_tokenizer().encode("User: Who was the father of Isaac?").ids])
+    with torch.no_grad():
+        a, b = ours(x), pm(input_ids=x)
+        assert not torch.allclose(a, lm(x), atol=1e-3)  # it does something
+    assert torch.allclose(a, b, atol=1e-4, rtol=0)
+
+
+def test_shipped_chat_adapter_beats_the_base_on_held_out_questions():
+    """A regression bound on a fixed held-out subset (24 verse endings + 8 genealogy
+    questions): the base answers an empty line in the chat template, the adapter answers in
+    the format, and its first-word accuracy on verse endings is above the base's (measured 7%
+    -> 37% on 60).  Exact match is 0 before and after (see the adapter's README.md: the base
+    does not know the answers even in plain text), so it is only bounded from below."""
+    from bitnet_edu.train.finetune import chat_eval_items, fast_frozen
+
+    items = chat_eval_items(n_verse=24, n_gen=2)
+    tok = load_tokenizer()
+    base = fast_frozen(L.add_lora(load_bitnet_lm(), L.LoraConfig()))  # B = 0: the base
+    tuned = fast_frozen(L.load_adapter(load_bitnet_lm(), _shipped_chat_adapter()))
+    before, after = exact_match(base, tok, items), exact_match(tuned, tok, items)
+    assert sum(bool(x) for x in before["answers"]) <= len(items) // 3  # mostly empty lines
+    assert sum(bool(x) for x in after["answers"]) == len(items)
+    assert after["table"]["verse"]["first_word"] >= before["table"]["verse"]["first_word"] + 0.15
+    assert after["exact_match"] >= before["exact_match"]
+
+
+@pytest.mark.slow
+def test_fast_chat_training_run_improves_over_before():
+    """``python -m bitnet_edu.train.lora chat --fast``: 40 steps x 16 on 2 threads.  Measured
+    at 2-3 minutes on the 2-core CI machine (torch's CPU step, not the data), so it is slow.
+    The base answers an empty line in the chat template; after the run it answers in the
+    format (first words right on the verse endings)."""
+    res = L.train_chat_adapter(fast=True, progress=False)
+    b, a = res["before"], res["after"]
+    assert a["first_word"] > b["first_word"]
+    assert a["exact_match"] >= b["exact_match"]
+    assert sum(bool(x) for x in a["answers"]) > sum(bool(x) for x in b["answers"])

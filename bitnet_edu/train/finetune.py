@@ -19,8 +19,16 @@ Reported: held-out bits/char on the new domain (held-out *modules*) and on the K
 chapters (forgetting), before and after.
 
 **chat** trains a LoRA adapter on the KJV question/answer set
-(:func:`~bitnet_edu.train.finetune_data.kjv_chat_items`), loss on the answer tokens only, and
-reports held-out exact match before and after (greedy decoding until ``<|endoftext|>``).
+(:func:`~bitnet_edu.train.finetune_data.kjv_chat_items`: kinds ``son_of`` and ``begat``, closed
+book, forward in the corpus; ``father``, closed book, only the reverse "X begat Y" in the corpus;
+``passage``, open book; ``verse``, a verse's last clause), loss on the answer tokens only, on
+exactly the tokens the engine's ``chat()`` feeds (:func:`chat_prompt_ids`: bos + the template
+ending in the model's generation prompt, ``"Assistant:"`` for the shipped model, then
+``" answer<|endoftext|>"``).  It reports, on held-out items, by kind and by
+``seen_in_pretraining``: the base model's *plain-text* ceiling (the corpus phrase continued, no
+template), and exact match / first-word accuracy in the chat template before and after.
+``python -m bitnet_edu.train.lora chat --out bitnet_edu/adapters/chat`` writes the shipped
+adapter and its model card.
 """
 
 from __future__ import annotations
@@ -47,7 +55,9 @@ from .adapter import (LoraConfig, add_lora, lora_layers, merge_report, merged_mo
 
 __all__ = ["FinetuneConfig", "finetune", "token_batches", "load_tokenizer", "compare",
            "format_compare", "chat_batches", "answer_greedy", "exact_match",
-           "train_chat_adapter", "main"]
+           "train_chat_adapter", "main", "fast_frozen", "greedy_batch", "answers_greedy",
+           "plain_answers", "plain_text_match", "score_answers", "token_f1", "chat_prompt_ids",
+           "generation_prompt", "chat_eval_items", "format_chat", "chat_model_card"]
 
 
 @dataclass

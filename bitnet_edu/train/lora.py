@@ -17,6 +17,12 @@ CLI::
 
     python -m bitnet_edu.train.lora compare [--fast]   # LoRA vs continued QAT vs merge+requantize
     python -m bitnet_edu.train.lora chat [--fast]      # a LoRA chat adapter on KJV questions
+    python -m bitnet_edu.train.lora chat --out bitnet_edu/adapters/chat   # the shipped one
+        [--kinds son_of,begat,father,passage,verse] [--steps N] [--r 8] [--targets q_proj,...]
+
+The shipped chat adapter (``bitnet_edu/adapters/chat``, its README.md has the numbers) loads
+with :func:`load_adapter` onto :func:`load_bitnet_lm`'s model, or with PEFT onto
+``HFCausalLM(load_bitnet_lm())``.
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ from .adapter import (PEFT_TARGETS, HFCausalLM, LoraConfig, LoraLinear, adapter_
                       add_lora, load_adapter, lora_layers, merge_lora, merge_report,
                       merged_model, peft_config_dict, requantize, save_adapter,
                       trainable_parameters)
-from .finetune import (FinetuneConfig, compare, exact_match, finetune, format_compare,  # noqa: F401
-                       train_chat_adapter)
+from .finetune import (FinetuneConfig, compare, exact_match, fast_frozen, finetune,  # noqa: F401
+                       format_compare, plain_text_match, train_chat_adapter)
 from .finetune import main as _main
 from .finetune_data import kjv_chat_items, stdlib_docs  # noqa: F401
 from .import_hf import latent_from_ternary, load_bitnet_lm  # noqa: F401
@@ -35,7 +41,8 @@ __all__ = ["PEFT_TARGETS", "HFCausalLM", "LoraConfig", "LoraLinear", "adapter_st
            "add_lora", "load_adapter", "lora_layers", "merge_lora", "merge_report",
            "merged_model", "peft_config_dict", "requantize", "save_adapter",
            "trainable_parameters", "FinetuneConfig", "compare", "exact_match", "finetune",
-           "format_compare", "train_chat_adapter", "kjv_chat_items", "stdlib_docs",
+           "format_compare", "train_chat_adapter", "fast_frozen", "plain_text_match",
+           "kjv_chat_items", "stdlib_docs",
            "latent_from_ternary", "load_bitnet_lm", "main"]
 
 
