@@ -42,7 +42,7 @@ def forward_segments(model, segments, cache) -> list:
     if not segs:
         raise ValueError("forward_segments needs at least one segment")
     start = model._cache_start(cache, max(len(s) for s in segs))
-    if not model.fast or model.ffn_activation != "relu2":  # the reference path, one by one
+    if not model.fast:  # the reference path, one by one
         out = []
         for s in segs:
             cache.length = start
