@@ -154,7 +154,13 @@ def to_gguf(model_or_dir, path, progress: bool = True) -> Path:
     """
     config, tensors, tokenizer, template, name = _source(model_or_dir)
     cfg = BitNetConfig.from_dict(config).to_dict()  # normalizes rope_parameters, head_dim
-    want = expected_tensors(BitNetConfig.from_dict(cfg))
+    block = BitNetConfig.from_dict(cfg)
+    if not block.sub_norms or block.hidden_act != "relu2" or block.rope_scaling is not None:
+        raise ValueError("to_gguf writes bitnet.cpp's 'bitnet-b1.58' architecture (2B4T's block: "
+                         "sub-norms, relu2, plain RoPE); this model's block (sub_norms="
+                         f"{block.sub_norms}, hidden_act={block.hidden_act!r}, rope_scaling="
+                         f"{block.rope_scaling}) is not supported in GGUF export yet")
+    want = expected_tensors(block)
     specs = _specs(want)
     ids = dict(bos_token_id=cfg.get("bos_token_id"), eos_token_id=cfg.get("eos_token_id"),
                pad_token_id=cfg.get("pad_token_id"))
