@@ -134,3 +134,30 @@ def test_openmp_spin_default_is_set_before_openmp_loads(given, want):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**env, **given}, timeout=120)
     assert out.stdout.split()[0] == str(want), out.stderr[-2000:]
+
+
+def test_shape_rows_give_bytes_per_token_of_that_member():
+    """``--shape falcon3-1b``: the row is that member's (its layers' 2-bit weights plus its untied
+    int8 head are the bytes a decoded token reads), and a cut-down run says it is REDUCED."""
+    from bitnet_edu.config import PRESETS
+    out = subprocess.run(
+        [sys.executable, "-m", "bitnet_edu.bench", "decode", "--shape", "falcon3-1b", "--layers",
+         "1", "--prompt", "4", "--new", "2", "--threads", "1", "--repeats", "1",
+         "--head", "int8"],
+        capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "falcon3-1b shape with 1 of its 18 layers (REDUCED)" in out.stdout, out.stdout
+    row = [ln.split() for ln in out.stdout.splitlines() if ln.startswith("bitnet_edu (")]
+    assert len(row) == 1
+    mb = float(row[0][-1])
+    c = PRESETS["falcon3-1b"]
+    h, i, kv = c["hidden_size"], c["intermediate_size"], c["num_key_value_heads"] * c["head_dim"]
+    q = c["num_attention_heads"] * c["head_dim"]
+    ternary = (h * (2 * q + 2 * kv) + 3 * h * i) / 4          # 2 bits per weight, one layer
+    head = c["vocab_size"] * h                                 # int8 codes of the untied head
+    assert ternary + head <= mb * 1e6 <= 1.05 * (ternary + head) + 1e5
+
+
+def test_unknown_shape_is_a_usage_error():
+    with pytest.raises(SystemExit):
+        decode.main(["--shape", "gpt-5"])

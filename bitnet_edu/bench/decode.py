@@ -1,4 +1,9 @@
-"""Full 2B4T-shape inference speed: ``python -m bitnet_edu.bench decode [--threads 1,2]``.
+"""Full-shape inference speed: ``python -m bitnet_edu.bench decode [--threads 1,2] [--shape NAME]``.
+
+``--shape``: a preset of :data:`bitnet_edu.config.PRESETS` (default ``2b4t``; the family members
+``falcon3-1b``, ``falcon3-3b``, ``falcon3-7b``, ``falcon3-10b``, ``llama3-8b-1.58``).  Each row
+also gives the bytes one decoded token reads: every packed ternary layer and the output head's
+table (an untied ``lm_head``: the embedding's table is only looked up), KV cache not counted.
 
 Random ternary weights at the real shape (speed does not depend on the values).  Each
 configuration (thread count, head, situation) runs in a fresh subprocess, so its peak RSS and
@@ -83,8 +88,14 @@ def bench_adapter(spec: str, config):
     return load_adapter(spec, config)
 
 
+def bytes_per_token(m) -> int:
+    """Bytes of weights one decoded token reads: the packed ternary layers and the output head
+    (its embedding row is one row; the KV cache grows with the context and is not counted)."""
+    return sum(L.nbytes for L in m.layers) + m.lm_head.nbytes + m.norm.nbytes
+
+
 def run_ours(threads: int, prompt: int, new: int, head: str, layers: int | None, kernel,
-             repeats: int = 1, adapter: str | None = None) -> dict:
+             repeats: int = 1, adapter: str | None = None, shape: str = "2b4t") -> dict:
     """Time one configuration in this process (call in a fresh one for honest RSS):
     ``repeats`` times a ``prompt``-token prefill then ``new`` decode steps, each from an empty
     cache; medians.  ``threads``: ``model.threads`` (0: left at None, the automatic choice).
@@ -94,7 +105,7 @@ def run_ours(threads: int, prompt: int, new: int, head: str, layers: int | None,
     from bitnet_edu.kernels.intrinsics import isa
     from bitnet_edu.model.random import random_model
     over = {"num_hidden_layers": layers} if layers else {}
-    m = random_model("2b4t", seed=0, head=head, kernel=kernel, **over)
+    m = random_model(shape, seed=0, head=head, kernel=kernel, **over)
     m.threads = threads or None
     lora = bench_adapter(adapter, m.config) if adapter else None
     built = time.perf_counter() - t0
@@ -130,7 +141,8 @@ def run_ours(threads: int, prompt: int, new: int, head: str, layers: int | None,
            "prefill_tok_s": _median(pre), "decode_tok_s": _median(dec),
            "prefill_runs": pre, "decode_runs": dec,
            "peak_rss_gb": _peak_rss_gb(), "build_s": built, "cold_start_s": cold,
-           "weights_gb": m.memory_report()["total"] / 2**30}
+           "weights_gb": m.memory_report()["total"] / 2**30, "shape": shape,
+           "bytes_per_token": bytes_per_token(m)}
     if lora is not None:
         ranks = sorted({a.shape[0] for a, _, _ in lora.modules.values()})
         out.update(adapter=lora.name, adapter_ranks=ranks, adapter_modules=len(lora.modules),
@@ -268,7 +280,7 @@ def _child(args) -> int:
     else:
         r = run_ours(threads=args.threads_one, prompt=args.prompt, new=args.new,
                      head=args.head, layers=args.layers, kernel=args.kernel,
-                     repeats=args.repeats, adapter=args.adapter)
+                     repeats=args.repeats, adapter=args.adapter, shape=args.shape)
     print("RESULT " + json.dumps(r))
     return 0
 
@@ -276,7 +288,8 @@ def _child(args) -> int:
 def _spawn(args, child: str, threads: int, head: str = "int8") -> dict:
     cmd = [sys.executable, "-m", "bitnet_edu.bench", "decode", "--child", child,
            "--threads-one", str(threads), "--prompt", str(args.prompt), "--new", str(args.new),
-           "--head", head, "--hf-tokens", str(args.hf_tokens), "--repeats", str(args.repeats)]
+           "--head", head, "--hf-tokens", str(args.hf_tokens), "--repeats", str(args.repeats),
+           "--shape", args.shape]
     if args.layers:
         cmd += ["--layers", str(args.layers)]
     if args.kernel:
@@ -337,11 +350,12 @@ def _thr(t: int) -> str:
 def print_table(rows: list[dict]) -> None:
     """One line per run, then ours / bitnet.cpp per situation and thread count."""
     print(f"{'engine':48s} {'busy':>4s} {'thr':>3s} {'prefill tok/s':>13s} {'decode tok/s':>12s} "
-          f"{'peak RSS GB':>11s} {'cold start s':>12s}")
+          f"{'peak RSS GB':>11s} {'cold start s':>12s} {'MB/token':>9s}")
     for r in rows:
+        bpt = r.get("bytes_per_token")
         print(f"{r['engine']:48s} {r['busy']:4d} {_thr(r['threads']):>3s} "
               f"{r['prefill_tok_s']:13.1f} {r['decode_tok_s']:12.2f} {r['peak_rss_gb']:11.2f} "
-              f"{r['cold_start_s']:12.1f}")
+              f"{r['cold_start_s']:12.1f} {'' if bpt is None else f'{bpt / 1e6:9.1f}'}")
     for r in rows:
         if not r["engine"].startswith("bitnet_edu"):
             continue
@@ -366,6 +380,9 @@ def main(argv=None) -> int:
                     help="comma-separated heads: int8 (default model), int4 (8x smaller), "
                          "float32 (exact)")
     ap.add_argument("--kernel", default=None)
+    ap.add_argument("--shape", default="2b4t", type=str.lower,
+                    help="the model shape: a preset name (2b4t, falcon3-1b, falcon3-3b, "
+                         "falcon3-7b, falcon3-10b, llama3-8b-1.58)")
     ap.add_argument("--layers", type=int, default=None,
                     help="fewer layers (quick look; not the real shape)")
     ap.add_argument("--repeats", type=int, default=3,
@@ -391,6 +408,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.child:
         return _child(args)
+    from bitnet_edu.config import PRESETS
+    if args.shape not in PRESETS:
+        ap.error(f"unknown --shape {args.shape!r}; known: {', '.join(PRESETS)}")
+    if args.shape != "2b4t" and (args.transformers or args.bitnet_cpp or args.adapter):
+        ap.error("--transformers, --bitnet-cpp and --adapter run at the 2B4T shape only")
     heads = args.head.split(",")
     bad = [h for h in heads if h not in ("int8", "int4", "float32")]
     if bad:
@@ -427,7 +449,9 @@ def main(argv=None) -> int:
                                                   args.new, args.repeats), "busy": busy})
                 if args.transformers:
                     rows.append({**_spawn(args, "transformers", t), "busy": busy})
-    shape = f"2B4T shape{'' if not args.layers else f' with {args.layers} layers'}"
+    real = PRESETS[args.shape]["num_hidden_layers"]
+    shape = (f"{'2B4T' if args.shape == '2b4t' else args.shape} shape"
+             f"{'' if not args.layers else f' with {args.layers} of its {real} layers (REDUCED)'}")
     print(f"\n{shape}, random ternary weights, prompt {args.prompt}, decode {args.new}, "
           f"median of {args.repeats} runs (transformers: {args.hf_tokens} decode tokens); "
           f"load average now {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
@@ -451,7 +475,12 @@ def main(argv=None) -> int:
         print(f"targets, {head}: " + ", ".join(
             f"{k} {best[k]:.2f} ({'met' if met[k] else 'not met'}, target {v})"
             for k, v in TARGETS.items()))
-    if not args.layers:  # the accuracy lines are about the real table size
+    for r in ours:
+        print(f"bytes per decoded token, {r['engine'][12:-1]}: {r['bytes_per_token'] / 1e6:.1f} MB "
+              f"(ternary layers + output head; KV cache not counted) -> at "
+              f"{r['decode_tok_s']:.2f} tok/s {r['bytes_per_token'] * r['decode_tok_s'] / 1e9:.2f} "
+              "GB/s")
+    if not args.layers and args.shape == "2b4t":  # the accuracy lines: the real table size
         for mode in ("int8", "int4"):
             acc = head_accuracy(mode)
             print(f"{mode} head accuracy cost (16k random rows, 64 random hidden states): max "
