@@ -92,10 +92,21 @@ def read_generation_config(path) -> dict:
 
 
 def read_chat_template(path) -> str | None:
-    """The ``chat_template`` of ``tokenizer_config.json``, or None."""
+    """The directory's jinja chat template, as transformers finds it: ``chat_template.jinja``
+    (newer saves) if present, else ``tokenizer_config.json``'s ``chat_template`` (a string, or a
+    list of ``{"name", "template"}``: the one named ``default``); None when there is none."""
+    j = Path(path) / "chat_template.jinja"
+    if j.is_file():
+        try:
+            return j.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{j}: not UTF-8 text") from None
     t = Path(path) / "tokenizer_config.json"
     template = _json(t).get("chat_template") if t.exists() else None
-    return template if isinstance(template, str) else None  # a list of named ones: unsupported
+    if isinstance(template, list):  # named templates (e.g. "default", "tool_use")
+        named = {d.get("name"): d.get("template") for d in template if isinstance(d, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) else None
 
 
 #: bitnet_edu's own ``tokenizer_config.json`` field: the text that opens the assistant's turn
