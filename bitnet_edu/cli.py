@@ -2,6 +2,7 @@
 
     bitnet-edu generate --model DIR_OR_GGUF "Once upon a time" -n 64 --temperature 0.8 --seed 0
     bitnet-edu chat --model DIR [--adapter chat]
+    bitnet-edu chat --model tiiuae/Falcon3-1B-Instruct-1.58bit     (a hub id: the [hub] extra)
     bitnet-edu bench decode --threads 1,2
     bitnet-edu export --model DIR out.gguf
     bitnet-edu serve --model DIR [--adapter DIR_OR_NAME] [--host 127.0.0.1] [--port 8000]
@@ -110,6 +111,9 @@ def cmd_chat(a) -> int:
     from .generate import chat_prompt
     model = _load(a)
     messages = [{"role": "system", "content": a.system}] if a.system else []
+    # render the model's template once before the first question: a template that is broken,
+    # needs jinja2 or refuses a system message fails here, not after the user typed
+    chat_prompt(model, messages + [{"role": "user", "content": "Hello"}])
     print("chat with the model; an empty line or Ctrl-D ends", file=sys.stderr)
     while True:
         try:
@@ -226,7 +230,7 @@ def _main(argv) -> int:
     _add_sampling_args(g)
     g.add_argument("prompt")
     g.set_defaults(fn=cmd_generate)
-    c = sub.add_parser("chat", help="interactive chat with the 2B4T chat template")
+    c = sub.add_parser("chat", help="interactive chat in the model's own chat template")
     _add_model_args(c)
     _add_sampling_args(c)
     c.add_argument("--system", default=None)

@@ -15,6 +15,7 @@ import numpy as np
 __all__ = ["sample_next", "top_p_filter", "top_k_filter", "apply_repetition_penalty",
            "generate", "stream", "generate_ids", "chat_prompt", "CHAT_STOP", "TextPieces"]
 
+from ..formats.chat_template import builtin_2b4t, is_2b4t_template, render_chat_template
 from .sampling import (CHAT_STOP, _check_options, _stop_ids,  # noqa: F401 (public here too)
                        apply_repetition_penalty, sample_next, top_k_filter, top_p_filter)
 
@@ -160,16 +161,39 @@ def _as_text(model, new) -> str:
 
 
 def chat_prompt(model, messages) -> str:
-    """The 2B4T chat template as text: ``"Role: content<|eot_id|>"`` per message, then the
-    generation prompt: ``model.generation_prompt`` (``"Assistant: "``, 2B4T's, unless the model's
-    ``tokenizer_config.json`` sets another; ``model`` may be None).  (The bos token is added when
-    the text is encoded.)"""
-    if isinstance(messages, str):
-        messages = [{"role": "user", "content": messages}]
-    out = []
-    for m in messages:
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
-            role = m.get("role") if isinstance(m, dict) else m
-            raise ValueError(f"message role must be system, user or assistant, got {role!r}")
-        out.append(f"{m['role'].capitalize()}: {str(m.get('content', '')).strip()}<|eot_id|>")
-    return "".join(out) + getattr(model, "generation_prompt", "Assistant: ")
+    """The conversation as prompt text in the model's chat format (the bos token, if the format
+    has none, is added when the text is encoded).
+
+    ``messages``: a list of ``{"role", "content"}`` dicts, or a string (one user message).
+    ``model`` (may be None) decides the format:
+
+    * no ``model.chat_template`` (a GGUF, ``random_model``, a directory without one), or one of
+      2B4T's (:data:`~bitnet_edu.formats.chat_template.TEMPLATES_2B4T`): ``"Role:
+      content<|eot_id|>"`` per message, then ``model.generation_prompt`` (``"Assistant: "``,
+      2B4T's, unless ``tokenizer_config.json`` sets ``bitnet_edu_generation_prompt``); roles
+      system, user, assistant.  Needs no jinja2.
+    * any other template (Falcon3's ``<|user|>\n...``): rendered as transformers'
+      ``apply_chat_template(messages, tokenize=False, add_generation_prompt=True)``, in a jinja2
+      sandbox, with the tokenizer's ``bos_token``/``eos_token`` strings.
+
+    ValueError for a bad role, a template that fails or is refused, or no jinja2 when the
+    template needs it (the message says ``pip install jinja2``).
+    """
+    template = getattr(model, "chat_template", None)
+    if template is None or is_2b4t_template(template):
+        return builtin_2b4t(messages, getattr(model, "generation_prompt", "Assistant: "))
+    return render_chat_template(template, messages, add_generation_prompt=True,
+                                **_chat_tokens(model))
+
+
+def _chat_tokens(model) -> dict:
+    """``bos_token``/``eos_token`` strings for a template: those ``tokenizer_config.json`` names
+    (``model.chat_tokens``), else the tokenizer's tokens of the config's bos / first eos id."""
+    tokens = dict(getattr(model, "chat_tokens", None) or {})
+    tok, cfg = getattr(model, "tokenizer", None), getattr(model, "config", None)
+    if tok is not None and cfg is not None:
+        eos = cfg.eos_ids[0] if cfg.eos_ids else None
+        for key, i in (("bos_token", cfg.bos_token_id), ("eos_token", eos)):
+            if key not in tokens and i is not None and tok.id_to_token(int(i)) is not None:
+                tokens[key] = tok.id_to_token(int(i))
+    return tokens

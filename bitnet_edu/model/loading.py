@@ -7,8 +7,9 @@ from pathlib import Path
 
 from ..config import BitNetConfig
 from ..formats.gguf import iter_gguf_checkpoint
-from ..formats.hf import (iter_hf_checkpoint, read_generation_config, read_generation_prompt,
-                          read_tokenizer)
+from ..formats.chat_template import read_chat_tokens
+from ..formats.hf import (iter_hf_checkpoint, read_chat_template, read_generation_config,
+                          read_generation_prompt, read_tokenizer)
 from .transformer import BitNetModel
 
 __all__ = ["load_model", "HUB_ID", "GOOD_REVISION_HINT"]
@@ -96,9 +97,12 @@ def _load_hf_dir(p: Path, kernel, head, progress) -> BitNetModel:
         except ValueError as e:
             raise ValueError(f"{p / 'generation_config.json'}: {e}") from None
     prompt = read_generation_prompt(p)  # checked before the weights are read
+    template, chat_tokens = read_chat_template(p), read_chat_tokens(p)
     model = _load(p.name, config, it, read_tokenizer(p), kernel, head, progress)
     if prompt is not None:
         model.generation_prompt = prompt
+    # the instruct model's own chat format (chat_prompt renders it; a GGUF export writes it)
+    model.chat_template, model.chat_tokens = template, chat_tokens
     return model
 
 
@@ -147,18 +151,25 @@ def _heap_trimmer():
 
 
 def _download(repo_id: str, revision: str | None) -> Path:
+    """The local snapshot of hub repo ``repo_id`` (huggingface_hub's cache: config, weights,
+    tokenizer, chat template), or ValueError in one paragraph saying how to get it by hand."""
+    name = repo_id.split("/")[-1]
+    # the all-zero-MLP revisions are 2B4T's (microsoft/BitNet issue #608), not other members'
+    note = f"  Note: {GOOD_REVISION_HINT}." if repo_id.startswith("microsoft/") else ""
     manual = (f"download it by hand on a machine with internet access:\n"
               f"    huggingface-cli download {repo_id} --revision {revision or '<commit>'} "
-              f"--local-dir ./{repo_id.split('/')[-1]}\n"
-              f"then call load_model('./{repo_id.split('/')[-1]}').  Note: {GOOD_REVISION_HINT}.")
+              f"--local-dir ./{name}\n"
+              f"then call load_model('./{name}') (bitnet-edu ... --model ./{name}).{note}")
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise ValueError(f"huggingface_hub is not installed (pip install huggingface_hub), or "
-                         f"{manual}") from None
+        raise ValueError(f"{repo_id!r} looks like a hub id, and downloading needs huggingface_hub "
+                         f"(pip install 'bitnet-edu[hub]'); or {manual}") from None
     try:
         return Path(snapshot_download(repo_id, revision=revision,
-                                      allow_patterns=["*.json", "*.safetensors"]))
-    except Exception as e:
-        raise ValueError(f"could not download {repo_id!r} (offline? {type(e).__name__}: {e}); "
-                         f"{manual}") from None
+                                      allow_patterns=["*.json", "*.safetensors", "*.jinja"]))
+    except Exception as e:  # noqa: BLE001 - offline, no such repo, gated, disk full, ...
+        detail = " ".join(str(e).split())
+        detail = detail if len(detail) <= 160 else detail[:157] + "..."
+        raise ValueError(f"could not download {repo_id!r} (offline? {type(e).__name__}: "
+                         f"{detail}); {manual}") from None
