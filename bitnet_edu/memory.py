@@ -29,6 +29,8 @@ __all__ = [
     "format_table",
     "memory_figure",
     "GB",
+    "HEAD_BYTES",
+    "bytes_per_token",
 ]
 
 GB = 10**9
@@ -186,3 +188,61 @@ def memory_figure(rows: list[dict], marks: dict | None = None, title: str = "Mod
     fig.update_layout(barmode="stack", title=title, yaxis_title="GB (10⁹ bytes)", height=420,
                       legend=dict(orientation="h", y=1.02, yanchor="bottom"))
     return fig
+
+
+#: Bytes per entry of the output head (and embedding) table in each storage: ``bf16`` as the HF
+#: files and bitnet.cpp hold it; ``float32``, ``int8`` and ``int4`` as the engine can (its
+#: ``head=`` option).  The quantized ones add float32 scales (:data:`HEAD_SCALE_GROUP`).
+HEAD_BYTES = {"float32": 4.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
+#: entries that share one float32 scale: a whole row for int8, 128 for int4 (the engine's)
+HEAD_SCALE_GROUP = {"int8": None, "int4": 128}
+
+
+def bytes_per_token(config=None, head: str = "int8", bits_per_weight: float = 2.0,
+                    norm_bytes: int = 4) -> dict:
+    """Bytes of weights one decoded token reads, counted from the config (KV cache not counted:
+    it grows with the context).  Decoding runs one GEMV per matrix, so every weight is read once:
+
+    * ``linear``: the seven projections of every layer at ``bits_per_weight`` bits (2: the
+      packed ternary layout of the HF files, bitnet.cpp's I2_S and this engine's kernels);
+    * ``scales``: one float32 weight scale per projection (the engine's; 7 per layer);
+    * ``norms``: every RMSNorm weight (two per layer, plus the sub-norms of a BitNet block, plus
+      the final norm) at ``norm_bytes`` (float32 in the engine);
+    * ``head``: the whole ``vocab x hidden`` output table in ``head`` storage (:data:`HEAD_BYTES`)
+      with its scales: the logits need every row.  Tied or untied the same bytes; an untied
+      model's embedding table is only looked up:
+    * ``embedding_row``: the one row of the embedding the token looks up.
+
+    Args:
+        config: a :class:`~bitnet_edu.config.BitNetConfig`, a preset name (``"falcon3-1b"``), or
+            anything :func:`param_counts` takes (a shape dict: the 2B4T block).
+        head: ``"float32"``, ``"bf16"``, ``"int8"`` (default: the engine's choice for every
+            family member, whose float table would exceed 256 MB) or ``"int4"``.
+
+    Returns:
+        dict of floats (bytes): ``linear, scales, norms, head, embedding_row, total``.
+    """
+    if head not in HEAD_BYTES:
+        raise ValueError(f"head must be one of {', '.join(HEAD_BYTES)}, got {head!r}")
+    if not (isinstance(bits_per_weight, (int, float)) and 0 < bits_per_weight <= 32):
+        raise ValueError(f"bits_per_weight must be a number in (0, 32], got {bits_per_weight!r}")
+    # a BitNetConfig or preset name as is: from_shape keeps only SHAPE_KEYS, and a Llama-layout
+    # member's missing sub-norms (sub_norms=False) would be counted back in
+    if isinstance(config, str):
+        cfg = BitNetConfig.preset(config)
+    else:
+        cfg = config if isinstance(config, BitNetConfig) else _config(config)
+    c = cfg.param_counts()
+    v, h = cfg.vocab_size, cfg.hidden_size
+    group = HEAD_SCALE_GROUP.get(head)
+    row_scales = 0 if head in ("float32", "bf16") else (1 if group is None else math.ceil(h / group))
+    table = v * h * HEAD_BYTES[head] + v * row_scales * 4
+    out = {
+        "linear": c["linear"] * bits_per_weight / 8,
+        "scales": 4.0 * len(LINEAR_KINDS) * cfg.num_hidden_layers,
+        "norms": float(c["norms"] * norm_bytes),
+        "head": float(table),
+        "embedding_row": h * HEAD_BYTES[head] + row_scales * 4,
+    }
+    out["total"] = sum(out.values())
+    return out
