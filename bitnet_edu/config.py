@@ -17,7 +17,7 @@ from pathlib import Path
 
 __all__ = ["BitNetConfig", "PRESETS", "SHAPE_KEYS", "LINEAR_KINDS", "MAX_SIZE",
            "MAX_POSITIONS", "HIDDEN_ACTS", "LINEAR_CLASSES", "SUB_NORM_ARCHITECTURES",
-           "PLAIN_ARCHITECTURES", "MEMBERS"]
+           "PLAIN_ARCHITECTURES", "MASTER_ARCHITECTURES", "MEMBERS", "is_master_layout"]
 
 #: Published shapes, as ``BitNetConfig`` keyword arguments (``BitNetConfig.preset(name)``).
 #: The LLaMA-2 rows are comparison shapes for :mod:`bitnet_edu.energy` (their configs' sizes;
@@ -75,6 +75,23 @@ PRESETS = {
                            max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=500000.0,
                            hidden_act="silu", sub_norms=False, linear_class="bitlinear",
                            tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128009),
+    # --- 1bitLLM's reproductions of the BitNet b1.58 paper (docs/family.md, 2c): config.json
+    # of 1bitLLM/bitnet_b1_58-large and -3B.  ``BitnetForCausalLM`` (custom code, never run):
+    # float16 master weights quantized at load, SwiGLU with two sub-norms (inner_attn_ln,
+    # ffn_layernorm on disk), tied head, LLaMA-2 vocabulary + <pad> + </line>.
+    "1bitllm-large": dict(vocab_size=32002, hidden_size=1536, intermediate_size=4096,
+                          num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16,
+                          max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
+                          hidden_act="silu", sub_norms=True, linear_class="autobitlinear",
+                          tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+                          pad_token_id=32000),
+    # head_dim 3200 / 32 = 100: not a power of 2
+    "1bitllm-3b": dict(vocab_size=32002, hidden_size=3200, intermediate_size=8640,
+                       num_hidden_layers=26, num_attention_heads=32, num_key_value_heads=32,
+                       max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
+                       hidden_act="silu", sub_norms=True, linear_class="autobitlinear",
+                       tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+                       pad_token_id=32000),
 }
 
 #: the ternary models the engine runs (presets above): name -> the hub ids of that shape
@@ -85,6 +102,8 @@ MEMBERS = {
     "falcon3-7b": ("tiiuae/Falcon3-7B-Base-1.58bit", "tiiuae/Falcon3-7B-Instruct-1.58bit"),
     "falcon3-10b": ("tiiuae/Falcon3-10B-Base-1.58bit", "tiiuae/Falcon3-10B-Instruct-1.58bit"),
     "llama3-8b-1.58": ("HF1BitLLM/Llama3-8B-1.58-100B-tokens",),
+    "1bitllm-large": ("1bitLLM/bitnet_b1_58-large",),
+    "1bitllm-3b": ("1bitLLM/bitnet_b1_58-3B",),
 }
 
 #: the FFN activations of the decoder block: relu2 (BitNet: relu(gate)**2 * up), silu (SwiGLU)
@@ -95,7 +114,11 @@ HIDDEN_ACTS = ("relu2", "silu")
 #: absmean (the HF reader converts); this field says how a checkpoint of the model is written.
 LINEAR_CLASSES = ("autobitlinear", "bitlinear")
 #: ``architectures`` whose block has the two sub-norms (attn_sub_norm, ffn_sub_norm) ...
-SUB_NORM_ARCHITECTURES = ("BitNetForCausalLM",)
+SUB_NORM_ARCHITECTURES = ("BitNetForCausalLM", "BitnetForCausalLM")
+#: ... of them, 1bitLLM's (lower-case n, ``model_type: llama``, remote code the engine never
+#: imports): float master weights only, the sub-norms named inner_attn_ln / ffn_layernorm on
+#: disk (:func:`bitnet_edu.formats.schema.file_names`), SiLU when the config names no act
+MASTER_ARCHITECTURES = ("BitnetForCausalLM",)
 #: ... and those whose block is the plain Llama one (no sub-norms)
 PLAIN_ARCHITECTURES = ("LlamaForCausalLM",)
 _ROPE_TYPES = ("default", "llama3")
@@ -266,6 +289,9 @@ class BitNetConfig:
         :data:`PLAIN_ARCHITECTURES`: no, none or another name: yes) unless the key is given;
         ``linear_class`` from ``quantization_config`` (a ``quant_method: bitnet`` config without
         it means ``bitlinear``, as in transformers; no quantization config: ``autobitlinear``).
+        1bitLLM's ``BitnetForCausalLM`` (:data:`MASTER_ARCHITECTURES`): sub-norms, ``hidden_act``
+        silu unless given; a quantization config, bit widths other than ``weight_bits: 1`` /
+        ``input_bits: 8`` or a projection bias are refused.
         """
         if not isinstance(d, dict):
             raise ValueError(f"a config must be a JSON object (key: value), got "
@@ -286,6 +312,9 @@ class BitNetConfig:
             d["rope_theta"] = rope["rope_theta"]
         d["rope_scaling"] = None if found is None else \
             {"rope_type": "llama3", **{k: found.get(k) for k in _LLAMA3_KEYS}}
+        if is_master_layout(d.get("architectures")):
+            _check_master_config(d)
+            d.setdefault("hidden_act", "silu")  # its config class is LLaMA's: silu by default
         if "sub_norms" not in d:
             d["sub_norms"] = _sub_norms_of(d.get("architectures"))
         if "linear_class" not in d:
@@ -420,6 +449,39 @@ def _sub_norms_of(architectures) -> bool:
             not any(a in SUB_NORM_ARCHITECTURES for a in names):
         return False
     return True
+
+
+def is_master_layout(architectures) -> bool:
+    """Whether a config.json's ``architectures`` names 1bitLLM's block
+    (:data:`MASTER_ARCHITECTURES`)."""
+    names = architectures if isinstance(architectures, (list, tuple)) else [architectures]
+    return any(isinstance(a, str) and a in MASTER_ARCHITECTURES for a in names)
+
+
+#: 1bitLLM's ``utils_quant.py`` quantizes weights to 1.58 bits and activations to 8 (its
+#: config's ``weight_bits: 1``, ``input_bits: 8``); other values would need its remote code
+_MASTER_BITS = {"weight_bits": 1, "input_bits": 8}
+
+
+def _check_master_config(d: dict) -> None:
+    """ValueError for a 1bitLLM config the engine would run differently from its remote code:
+    a ``quantization_config`` (its files hold float masters, quantized on every forward), bit
+    widths other than W1.58 A8, or projection biases."""
+    if d.get("quantization_config"):
+        raise ValueError(f"architectures {d.get('architectures')!r} (1bitLLM) with a "
+                         f"quantization_config: its checkpoints hold float master weights and "
+                         "carry none; a packed file of this block is written as "
+                         "BitNetForCausalLM")
+    for key, want in _MASTER_BITS.items():
+        v = d.get(key, want)
+        if isinstance(v, bool) or v != want:
+            raise ValueError(f"config {key}={v!r}: only {key}={want} (1bitLLM's W1.58 A8, "
+                             "utils_quant.py) is supported; other widths need its remote code, "
+                             "which is never run")
+    for key in ("attention_bias", "mlp_bias"):
+        if d.get(key, False) is not False:
+            raise ValueError(f"config {key}={d[key]!r}: projections with a bias are not "
+                             "supported (the ternary projections have none)")
 
 
 def _linear_class_of(qc) -> str:
