@@ -20,6 +20,13 @@ absmean, so nothing after it sees the difference; the writer writes the config's
 ``modules_to_not_convert`` is honoured as transformers does: listed modules stay float (the
 untied head must be one of them; a float projection is refused).
 
+1bitLLM's ``BitnetForCausalLM`` (``model_type: llama``, remote code that is never imported or
+run): float16 master linears ternarized here like the bf16 master, the two sub-norms stored as
+``self_attn.inner_attn_ln`` and ``mlp.ffn_layernorm`` (read into the canonical
+``attn_sub_norm`` / ``ffn_sub_norm``, :func:`~bitnet_edu.formats.schema.file_names`), a tied head
+unless the file stores an ``lm_head.weight`` that differs from the embedding.  A projection
+bias is refused (in any layout).
+
 Reading streams: :func:`iter_hf_checkpoint` reads one tensor at a time with plain file reads,
 so a load never holds the file (or more than one unpacked tensor) next to the model.
 """
@@ -33,12 +40,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import LINEAR_CLASSES, BitNetConfig
+from ..config import LINEAR_CLASSES, BitNetConfig, is_master_layout
 from ..packing import pack_hf, unpack_hf
 from ..quant import absmean_ternary
 from ..tokenizer import load_tokenizer
 from .safetensors import SafetensorsFile, SafetensorsWriter, bf16_to_float32, float32_to_bf16
-from .schema import RowBlocks, check_zero_linear, expected_tensors, in_order, is_linear, is_scale
+from .schema import (RowBlocks, check_zero_linear, expected_tensors, file_names, in_order,
+                     is_linear, is_scale)
 
 __all__ = ["iter_hf_checkpoint", "read_hf_checkpoint", "write_hf_checkpoint", "read_tokenizer",
            "read_generation_config", "read_chat_template", "read_generation_prompt",
@@ -194,6 +202,8 @@ def _check_index(path: Path, wm: dict, files: dict) -> None:
 def _quant_mode(config: dict, raw: dict) -> str:
     """``"offline"`` (packed linears and their scales) or ``"online"`` (float master linears,
     quantized here); the linear class and ``modules_to_not_convert`` are checked too."""
+    if is_master_layout(config.get("architectures")):
+        return "online"  # 1bitLLM: float masters only (a quantization config is refused)
     qc = config.get("quantization_config") or {}
     if not isinstance(qc, dict):
         raise ValueError(f"quantization_config={qc!r}: expected an object")
@@ -286,16 +296,36 @@ def iter_hf_checkpoint(path, *, progress=None, blocks: bool = False):
     except ValueError as e:
         raise ValueError(f"{cfg_path}: {e}") from None
     _check_layers(cfg_path, cfg.num_hidden_layers, files)  # before listing expected names
+    tied_copy = False  # a stored lm_head.weight that is the tied embedding itself
+    if cfg.tie_word_embeddings and "lm_head.weight" in files \
+            and is_master_layout(config.get("architectures")):
+        # 1bitLLM (docs/family.md, 2c): a stored head is the one to use, even under
+        # tie_word_embeddings: true; one equal to the embedding stays tied (no second table)
+        tied_copy = _same_tensor(files, "lm_head.weight", "model.embed_tokens.weight")
+        if not tied_copy:
+            warnings.warn(f"{path}: config.json says tie_word_embeddings: true but "
+                          "lm_head.weight differs from the embedding: the stored lm_head is "
+                          "used as the output head", stacklevel=2)
+            config = {**config, "tie_word_embeddings": False}
+            cfg = BitNetConfig.from_dict(config)
     want = expected_tensors(cfg)
+    disk = file_names(cfg)  # canonical -> the name in the file (1bitLLM's sub-norms differ)
     try:
         _check_not_converted(config, cfg, want)
     except ValueError as e:
         raise ValueError(f"{cfg_path}: {e}") from None
     reciprocal = mode == "offline" and cfg.linear_class == "bitlinear"
-    missing = [n for n in want if n not in files and not (mode == "online" and is_scale(n))]
+    missing = [disk[n] for n in want
+               if disk[n] not in files and not (mode == "online" and is_scale(n))]
     if missing:
         raise ValueError(f"{path}: missing tensor {missing[0]!r} ({len(missing)} missing in all)")
-    extra = sorted(n for n in files if n not in want)
+    on_disk = set(disk.values())
+    extra = sorted(n for n in files
+                   if n not in on_disk and not (tied_copy and n == "lm_head.weight"))
+    bias = next((n for n in extra if n.endswith("_proj.bias")), None)
+    if bias is not None:  # ignoring it would run another model than the file's
+        raise ValueError(f"{files[bias].path}: tensor {bias!r}: projections with a bias are not "
+                         "supported (the ternary projections have none)")
     if extra:
         warnings.warn(f"{path}: {len(extra)} tensor(s) not part of a BitNet model are ignored: "
                       f"{', '.join(map(repr, extra[:5]))}{' ...' if len(extra) > 5 else ''}",
@@ -303,18 +333,31 @@ def iter_hf_checkpoint(path, *, progress=None, blocks: bool = False):
     yield config, None
     names = [n for n in want if not is_scale(n)]
     for k, name in enumerate(names):
-        st = files[name]
+        src = disk[name]  # read under the file's name, yielded under the canonical one
+        st = files[src]
         if is_linear(name):
             yield from _linear(name, st, files, mode, want[name], reciprocal)
         elif blocks and len(want[name]) == 2:
-            _check_float(name, st, want[name])
-            yield name, RowBlocks(want[name], lambda a, b, name=name, st=st: _finite(
-                st, name, _widen(st.read(name, rows=(a, b)), st.dtype(name))))
+            _check_float(src, st, want[name])
+            yield name, RowBlocks(want[name], lambda a, b, src=src, st=st: _finite(
+                st, src, _widen(st.read(src, rows=(a, b)), st.dtype(src))))
         else:
-            _check_float(name, st, want[name])
-            yield name, _finite(st, name, _widen(st.read(name), st.dtype(name)))
+            _check_float(src, st, want[name])
+            yield name, _finite(st, src, _widen(st.read(src), st.dtype(src)))
         if progress:
             progress(k + 1, len(names), name)
+
+
+def _same_tensor(files: dict, a: str, b: str, block: int = 4096) -> bool:
+    """Whether tensors ``a`` and ``b`` hold the same bytes (dtype, shape and values), compared
+    a block of rows at a time (a 1bitLLM-3B embedding is 205 MB)."""
+    fa, fb = files[a], files[b]
+    if fa.dtype(a) != fb.dtype(b) or fa.shape(a) != fb.shape(b) or len(fa.shape(a)) != 2:
+        return False
+    n = fa.shape(a)[0]
+    return all(np.array_equal(fa.read(a, rows=(r, min(r + block, n))),
+                              fb.read(b, rows=(r, min(r + block, n))))
+               for r in range(0, n, block))
 
 
 _LAYER = re.compile(r"model\.layers\.(\d+)\.")
@@ -455,7 +498,9 @@ def write_hf_checkpoint(out_dir, config, tensors, *, tokenizer=None, tokenizer_c
         config: a :class:`~bitnet_edu.config.BitNetConfig` or its ``config.json`` dict; the file
             gets it plus the offline ``quantization_config`` of its ``linear_class``
             (:data:`QUANT_CONFIG`; ``bitlinear``: :data:`QUANT_CONFIG_BITLINEAR`, the scales
-            written as 1/absmean) and ``torch_dtype: bfloat16``.
+            written as 1/absmean) and ``torch_dtype: bfloat16``.  A 1bitLLM config
+            (``BitnetForCausalLM``) is written as ``BitNetForCausalLM``, its ``auto_map``
+            dropped: the packed file has 2B4T's names.
         tensors: the canonical checkpoint, a dict or a stream of ``(name, array)`` (a
             :class:`~bitnet_edu.formats.schema.RowBlocks` for a large float matrix is fine).
             A stream in the canonical order is written as it comes, one tensor in memory.
@@ -479,6 +524,11 @@ def write_hf_checkpoint(out_dir, config, tensors, *, tokenizer=None, tokenizer_c
             if progress:
                 progress(k + 1, len(want), name)
     d = cfg.to_dict()
+    if is_master_layout(d.get("architectures")):
+        # 1bitLLM's block in the packed layout is 2B4T's (canonical sub-norm names, scales):
+        # transformers' own BitNetForCausalLM runs it; its remote code (auto_map) is not here
+        d.update(architectures=["BitNetForCausalLM"], model_type="bitnet")
+        d.pop("auto_map", None)
     d["quantization_config"] = dict(QUANT_CONFIG_BITLINEAR if reciprocal else QUANT_CONFIG)
     d.setdefault("torch_dtype", "bfloat16")
     _write_json(out / "config.json", d)

@@ -21,10 +21,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..config import BitNetConfig
+from ..config import BitNetConfig, is_master_layout
 
-__all__ = ["LINEARS", "NORMS", "SUB_NORMS", "layer_norms", "expected_tensors", "is_linear", "is_scale", "check_zero_linear",
-           "RowBlocks", "in_order"]
+__all__ = ["LINEARS", "NORMS", "SUB_NORMS", "MASTER_SUB_NORMS", "layer_norms", "expected_tensors",
+           "file_names", "is_linear", "is_scale", "check_zero_linear", "RowBlocks", "in_order"]
 
 #: the seven ternary projections of a layer, relative to ``model.layers.N.``
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -34,12 +34,18 @@ NORMS = ("input_layernorm", "post_attention_layernorm", "self_attn.attn_sub_norm
          "mlp.ffn_sub_norm")
 #: the two of them only a block with sub-norms has (``BitNetConfig.sub_norms``)
 SUB_NORMS = ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm")
+#: the same two as 1bitLLM's ``BitnetForCausalLM`` files name them (its remote code's modules;
+#: llama.cpp's gguf map: ATTN_SUB_NORM, FFN_SUB_NORM), canonical -> on disk
+MASTER_SUB_NORMS = {"self_attn.attn_sub_norm": "self_attn.inner_attn_ln",
+                    "mlp.ffn_sub_norm": "mlp.ffn_layernorm"}
 
 
 def layer_norms(cfg: BitNetConfig) -> tuple:
     """The RMSNorm weights of one layer of ``cfg`` (relative to ``model.layers.N.``): the four
     of :data:`NORMS`, or the two outer ones for a block without sub-norms (Llama)."""
     return NORMS if cfg.sub_norms else tuple(n for n in NORMS if n not in SUB_NORMS)
+
+
 _LINEAR = re.compile(r".*_proj\.weight$")
 
 
@@ -76,6 +82,21 @@ def expected_tensors(cfg: BitNetConfig) -> dict[str, tuple]:
         for k, n in norm.items():
             out[f"model.layers.{i}.{k}.weight"] = (n,)
     return out
+
+
+def file_names(cfg: BitNetConfig) -> dict[str, str]:
+    """Every canonical tensor name of :func:`expected_tensors` -> its name in an HF file of
+    ``cfg``'s architecture (``cfg.extra["architectures"]``): the same name, except the two
+    sub-norms of a 1bitLLM ``BitnetForCausalLM`` file (:data:`MASTER_SUB_NORMS`).  Same order."""
+    names = {n: n for n in expected_tensors(cfg)}
+    if cfg.sub_norms and is_master_layout(cfg.extra.get("architectures")):
+        for n in names:
+            if n.startswith("model.layers."):
+                i, rel = n.split(".", 3)[2:]
+                rel = rel[:-len(".weight")] if rel.endswith(".weight") else None
+                if rel in MASTER_SUB_NORMS:
+                    names[n] = f"model.layers.{i}.{MASTER_SUB_NORMS[rel]}.weight"
+    return names
 
 
 def check_zero_linear(name: str, q: np.ndarray) -> None:
