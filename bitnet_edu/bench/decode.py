@@ -382,7 +382,8 @@ def main(argv=None) -> int:
     ap.add_argument("--kernel", default=None)
     ap.add_argument("--shape", default="2b4t", type=str.lower,
                     help="the model shape: a preset name (2b4t, falcon3-1b, falcon3-3b, "
-                         "falcon3-7b, falcon3-10b, llama3-8b-1.58)")
+                         "falcon3-7b, falcon3-10b, llama3-8b-1.58, 1bitllm-large, "
+                         "1bitllm-3b)")
     ap.add_argument("--layers", type=int, default=None,
                     help="fewer layers (quick look; not the real shape)")
     ap.add_argument("--repeats", type=int, default=3,
