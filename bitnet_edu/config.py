@@ -479,7 +479,7 @@ def _check_master_config(d: dict) -> None:
                              "utils_quant.py) is supported; other widths need its remote code, "
                              "which is never run")
     for key in ("attention_bias", "mlp_bias"):
-        if d.get(key, False) is not False:
+        if d.get(key) not in (None, False):  # null: no bias, as LlamaConfig's default
             raise ValueError(f"config {key}={d[key]!r}: projections with a bias are not "
                              "supported (the ternary projections have none)")
 
