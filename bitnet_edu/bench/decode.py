@@ -1,7 +1,8 @@
 """Full-shape inference speed: ``python -m bitnet_edu.bench decode [--threads 1,2] [--shape NAME]``.
 
 ``--shape``: a preset of :data:`bitnet_edu.config.PRESETS` (default ``2b4t``; the family members
-``falcon3-1b``, ``falcon3-3b``, ``falcon3-7b``, ``falcon3-10b``, ``llama3-8b-1.58``).  Each row
+``falcon3-1b``, ``falcon3-3b``, ``falcon3-7b``, ``falcon3-10b``, ``llama3-8b-1.58``,
+``1bitllm-large``, ``1bitllm-3b``).  Each row
 also gives the bytes one decoded token reads: every packed ternary layer and the output head's
 table (an untied ``lm_head``: the embedding's table is only looked up), KV cache not counted.
 
