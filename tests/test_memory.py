@@ -89,3 +89,20 @@ def test_figure_and_text_table():
     assert fig.data[0].y[0] == pytest.approx(rows[0]["linear_bytes"] / 1e9)
     text = memory.format_table(rows)
     assert "ternary 2-bit" in text and "1.179" in text
+
+
+@pytest.mark.parametrize("head", ["float32", "int8", "int4"])
+def test_bytes_per_token_from_the_config_equals_a_built_models_bytes(head):
+    """Counted from the config, the bytes a decoded token reads equal what a built model of that
+    shape holds in its layers, head and final norm (plus one embedding row)."""
+    from bitnet_edu.config import BitNetConfig, PRESETS
+    from bitnet_edu.memory import bytes_per_token
+    from bitnet_edu.model.random import random_model
+    over = dict(num_hidden_layers=2, vocab_size=1024)
+    m = random_model("falcon3-1b", seed=0, head=head, **over)
+    got = bytes_per_token(BitNetConfig(**{**PRESETS["falcon3-1b"], **over}), head=head)
+    built = sum(L.nbytes for L in m.layers) + m.lm_head.nbytes + m.norm.nbytes
+    # the engine keeps each projection's float32 scale beside its layer, not in its nbytes
+    assert got["scales"] == 7 * 2 * 4
+    assert got["total"] - got["embedding_row"] - got["scales"] == built
+    assert got["linear"] == 2 * (2048 * (2 * 8 * 256 + 2 * 4 * 256) + 3 * 2048 * 8192) / 4
