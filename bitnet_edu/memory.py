@@ -53,7 +53,13 @@ _TERNARY = {"ternary 2-bit", "ternary base-3", "ternary log2(3)"}
 
 
 def _config(config) -> BitNetConfig:
-    """The shape to count (:meth:`BitNetConfig.from_shape`; default: 2B4T)."""
+    """The model to count: a ``BitNetConfig`` or preset name as is (its block too: a Llama-layout
+    member has no sub-norms), anything else by its shape (:meth:`BitNetConfig.from_shape`, the
+    2B4T block); default: 2B4T."""
+    if isinstance(config, BitNetConfig):
+        return config
+    if isinstance(config, str):
+        return BitNetConfig.preset(config)
     return BitNetConfig.from_shape(BITNET_2B4T if config is None else config)
 
 
@@ -226,12 +232,7 @@ def bytes_per_token(config=None, head: str = "int8", bits_per_weight: float = 2.
         raise ValueError(f"head must be one of {', '.join(HEAD_BYTES)}, got {head!r}")
     if not (isinstance(bits_per_weight, (int, float)) and 0 < bits_per_weight <= 32):
         raise ValueError(f"bits_per_weight must be a number in (0, 32], got {bits_per_weight!r}")
-    # a BitNetConfig or preset name as is: from_shape keeps only SHAPE_KEYS, and a Llama-layout
-    # member's missing sub-norms (sub_norms=False) would be counted back in
-    if isinstance(config, str):
-        cfg = BitNetConfig.preset(config)
-    else:
-        cfg = config if isinstance(config, BitNetConfig) else _config(config)
+    cfg = _config(config)
     c = cfg.param_counts()
     v, h = cfg.vocab_size, cfg.hidden_size
     group = HEAD_SCALE_GROUP.get(head)

@@ -106,3 +106,13 @@ def test_bytes_per_token_from_the_config_equals_a_built_models_bytes(head):
     assert got["scales"] == 7 * 2 * 4
     assert got["total"] - got["embedding_row"] - got["scales"] == built
     assert got["linear"] == 2 * (2048 * (2 * 8 * 256 + 2 * 4 * 256) + 3 * 2048 * 8192) / 4
+
+
+def test_param_counts_of_a_llama_layout_member_have_no_sub_norms():
+    """falcon3-1b has two RMSNorms per layer plus the final one; the 2B4T block has four."""
+    from bitnet_edu.config import BitNetConfig
+    c = BitNetConfig.preset("falcon3-1b")
+    assert memory.param_counts("falcon3-1b")["norms"] == (2 * c.num_hidden_layers + 1) * 2048
+    assert memory.param_counts(c) == memory.param_counts("falcon3-1b")
+    two_b = memory.param_counts()["norms"]
+    assert two_b > (2 * 30 + 1) * 2560  # the 2B4T block's sub-norms are counted
