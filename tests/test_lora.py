@@ -320,6 +320,32 @@ def test_kjv_chat_items_and_template():
     assert 2 <= len(verse["answer"].split()) <= 8
     full = verse["question"].removeprefix("Finish the verse: ") + " " + verse["answer"]
     assert any(v.startswith(full) for ch in FD.load_chapters() for v in ch.split("\n"))
+    # verse_end: the verse without its last word -> that word, the verse's actual ending
+    verses = {v for ch in FD.load_chapters() for v in ch.split("\n")}
+    ends = [i for i in tr + va if i["kind"] == "verse_end"]
+    assert len([i for i in ends if i["split"] == "val"]) > 2000  # enough to measure EM on
+    for it in ends[::97]:
+        first = it["question"].removeprefix("Finish the verse: ")
+        assert it["question"].startswith("Finish the verse: ") and first[-1].isalpha()
+        assert it["answer"].isalpha() and it["plain"] == first
+        v = it["fact"].removeprefix("verse:")
+        assert v in verses and v.startswith(first + " " + it["answer"])
+        assert v[len(first) + 1 + len(it["answer"]):].strip(".?!;:,") == ""  # nothing after it
+    genesis = qa["Finish the verse: In the beginning God created the heaven and the"]
+    assert (genesis["kind"], genesis["answer"]) == ("verse_end", "earth")
+    # a verse's clause and its last word are one fact: no held-out verse_end whose verse
+    # trains as a `verse` item (its answer would end with the held-out word)
+    def text(i):  # the verse a question and its answer spell out, trailing punctuation dropped
+        return i["question"].removeprefix("Finish the verse: ") + " " + i["answer"]
+
+    train_text = {text(i) for i in tr if i["kind"] in FD.VERSE_KINDS}
+    assert not train_text & {text(i) for i in va if i["kind"] in FD.VERSE_KINDS}
+    assert len({text(i) for i in tr + va if i["kind"] == "verse"} & {text(i) for i in ends}) > 1000
+    # verse_every thins each verse kind, not the genealogies
+    thin = FD.kjv_chat_items("train", verse_every=8)
+    for k in FD.CHAT_KINDS:
+        n_all, n_thin = sum(i["kind"] == k for i in tr), sum(i["kind"] == k for i in thin)
+        assert n_thin == (-(-n_all // 8) if k in FD.VERSE_KINDS else n_all), k
     # no question on both sides, and a fact and its reverse on the same side
     tq, vq = {i["question"] for i in tr}, {i["question"] for i in va}
     assert tq.isdisjoint(vq) and len(tq) == len(tr) and len(vq) == len(va)
@@ -415,6 +441,34 @@ def test_exact_match_counts_hits():
     assert r["table"]["verse"]["f1"] == pytest.approx(0.5)  # 1 of 1 predicted, 1 of 3 reference
 
 
+def test_plain_text_probe_keeps_the_next_word_for_verse_end():
+    """Plain text has no end of verse: the probe scores a verse_end by the word that comes
+    next, other kinds by the continuation up to its first punctuation mark."""
+    from bitnet_edu.train.finetune import plain_answers, plain_text_match
+
+    tok = load_tokenizer()
+    earth = tok.encode(" earth").ids
+    assert len(earth) == 1
+
+    class Earth(torch.nn.Module):  # greedily says " earth earth earth ..."
+        cfg = ModelConfig(**TINY)
+
+        def forward(self, idx):
+            out = torch.zeros(idx.shape[0], idx.shape[1], tok.get_vocab_size())
+            out[..., earth[0]] = 1.0
+            return out
+
+    items = [{"kind": "verse_end", "answer": "earth", "plain": "God created the heaven and the"},
+             {"kind": "verse", "answer": "earth and sea", "plain": "God created the heaven,"}]
+    for it in items:
+        it["question"] = "Finish the verse: " + it["plain"]
+    n = len(tok.encode(" earth and sea").ids) + 4  # the probe's budget: the reference's + 4
+    assert plain_answers(Earth(), tok, items) == ["earth", " ".join(["earth"] * n)]
+    r = plain_text_match(Earth(), tok, items)
+    assert r["by_kind"] == {"verse": (0, 1), "verse_end": (1, 1)}
+    assert r["table"]["verse"]["first_word"] == 1.0
+
+
 def test_stdlib_docs_same_text_in_every_process():
     """No memory addresses or live state (logging's handler list) in the text: two processes
     with different hash seeds and different logging setups give the same checksum."""
@@ -435,6 +489,12 @@ def test_stdlib_docs_same_text_in_every_process():
 
 
 # --- the shipped chat adapter -------------------------------------------------------------------
+
+#: the shipped adapter's regression bound: held-out verse_end items scored, and the exact-match
+#: gain over the base it must keep (see the adapter's README.md for the measured gain)
+N_VERSE_END = 200
+VERSE_END_EM_MARGIN = 0.03
+
 
 def _shipped_chat_adapter():
     from pathlib import Path
@@ -463,22 +523,26 @@ def test_shipped_chat_adapter_loads_with_peft():
 
 
 def test_shipped_chat_adapter_beats_the_base_on_held_out_questions():
-    """A regression bound on a fixed held-out subset (24 verse endings + 8 genealogy
-    questions): the base answers an empty line in the chat template, the adapter answers in
-    the format, and its first-word accuracy on verse endings is above the base's (measured 7%
-    -> 37% on 60).  Exact match is 0 before and after (see the adapter's README.md: the base
-    does not know the answers even in plain text), so it is only bounded from below."""
+    """A regression bound on a fixed held-out subset: the base answers an empty line in the
+    chat template, the adapter answers in the format; held-out EXACT MATCH on ``verse_end``
+    (a verse's last word) is above the base's by a margin; first-word accuracy on ``verse``
+    (the last clause, where exact match stays near 0) is above the base's too.  The adapter's
+    README.md has the full table."""
     from bitnet_edu.train.finetune import chat_eval_items, fast_frozen
 
-    items = chat_eval_items(n_verse=24, n_gen=2)
+    items = chat_eval_items(n_verse=24, n_gen=2, n_verse_end=N_VERSE_END)
     tok = load_tokenizer()
     base = fast_frozen(L.add_lora(load_bitnet_lm(), L.LoraConfig()))  # B = 0: the base
     tuned = fast_frozen(L.load_adapter(load_bitnet_lm(), _shipped_chat_adapter()))
     before, after = exact_match(base, tok, items), exact_match(tuned, tok, items)
+    assert all(i["split"] == "val" for i in items)
     assert sum(bool(x) for x in before["answers"]) <= len(items) // 3  # mostly empty lines
     assert sum(bool(x) for x in after["answers"]) == len(items)
+    b, a = before["table"]["verse_end"], after["table"]["verse_end"]
+    assert a["n"] == N_VERSE_END
+    assert a["em"] >= b["em"] + VERSE_END_EM_MARGIN, (b, a)
     assert after["table"]["verse"]["first_word"] >= before["table"]["verse"]["first_word"] + 0.15
-    assert after["exact_match"] >= before["exact_match"]
+    assert after["exact_match"] > before["exact_match"]
 
 
 @pytest.mark.slow

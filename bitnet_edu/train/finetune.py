@@ -21,7 +21,8 @@ chapters (forgetting), before and after.
 **chat** trains a LoRA adapter on the KJV question/answer set
 (:func:`~bitnet_edu.train.finetune_data.kjv_chat_items`: kinds ``son_of`` and ``begat``, closed
 book, forward in the corpus; ``father``, closed book, only the reverse "X begat Y" in the corpus;
-``passage``, open book; ``verse``, a verse's last clause), loss on the answer tokens only, on
+``passage``, open book; ``verse``, a verse's last clause; ``verse_end``, a verse's last word),
+loss on the answer tokens only, on
 exactly the tokens the engine's ``chat()`` feeds (:func:`chat_prompt_ids`: bos + the template
 ending in the model's generation prompt, ``"Assistant:"`` for the shipped model, then
 ``" answer<|endoftext|>"``).  It reports, on held-out items, by kind and by
@@ -436,12 +437,16 @@ def answers_greedy(model, tok, questions, max_new_tokens=24,
 def plain_answers(model, tok, items, max_new_tokens: int = 16) -> list[str]:
     """The base model's answers in *plain text*, no chat template: the greedy continuation of
     the item's ``plain`` prompt (``"Joshua the son of"``, ``"Salmon begat"``, a verse's first
-    part) up to its first punctuation mark or newline.  What pre-training alone knows: the
-    ceiling a chat fine-tune can reach by teaching the format."""
+    part) up to its first punctuation mark or newline; for ``verse_end`` its first word only
+    (plain text does not say the verse ends there: the word that comes next is what the base
+    knows).  What pre-training alone knows: the ceiling a chat fine-tune can reach by teaching
+    the format."""
     bos = tok.token_to_id(CHAT_EOT)
     new = greedy_batch(model, tok, [[bos] + tok.encode(it["plain"]).ids for it in items],
                        _limits(tok, items, max_new_tokens))
-    return [re.split(r"[,;:.?!]", _first_line(tok, ids), maxsplit=1)[0].strip() for ids in new]
+    out = [re.split(r"[,;:.?!]", _first_line(tok, ids), maxsplit=1)[0].strip() for ids in new]
+    return [" ".join(a.split()[:len(it["answer"].split())]) if it["kind"] == "verse_end" else a
+            for it, a in zip(items, out)]
 
 
 def _norm(s: str) -> str:
@@ -467,7 +472,8 @@ def score_answers(items, answers) -> dict:
     accuracy and word F1 of ``answers`` against ``items``' references.  Returns
     ``{"exact_match", "first_word", "f1", "n", "by_kind": {kind: (hits, n)}, "table":
     {kind: {"em", "first_word", "f1", "n"}, ... "all": ...}, "by_seen": {"kind/seen|unseen":
-    same}, "examples": first five (question, reference, answer)}``."""
+    same}, "empty": how many answers are empty, "examples": first five (question, reference,
+    answer), "answers"}``."""
     rows = []
     for it, a in zip(items, answers):
         rows.append((it["kind"], it.get("seen_in_pretraining", True),
@@ -491,6 +497,7 @@ def score_answers(items, answers) -> dict:
     by_kind = {k: (sum(r[2] for r in rows if r[0] == k), table[k]["n"]) for k in kinds}
     return {"exact_match": table["all"]["em"], "first_word": table["all"]["first_word"],
             "f1": table["all"]["f1"], "n": len(rows), "by_kind": by_kind, "table": table,
+            "empty": sum(not _norm(a) for a in answers),
             "by_seen": by_seen,
             "examples": [(it["question"], it["answer"], a) for it, a in zip(items[:5], answers)],
             "answers": list(answers)}
@@ -516,21 +523,28 @@ def plain_text_match(model, tok, items, max_new_tokens: int = 16) -> dict:
 
 
 #: chat ``--fast`` and full settings: steps, batch, eval items per genealogy kind (all of them
-#: when None) and verse items, every n-th verse kept for training, LoRA shape and lr.
+#: when None), ``verse`` and ``verse_end`` items (``verse_end`` is the one exact match can move,
+#: so it gets enough items to tell 5 points from noise), every n-th verse item kept for
+#: training, LoRA shape and lr.
 CHAT_SETTINGS = {
-    "fast": dict(steps=40, batch_size=16, n_verse_eval=8, n_gen_eval=8, verse_every=16,
-                 r=8, alpha=16, targets=("q_proj", "k_proj", "v_proj", "o_proj"), lr=3e-3),
-    "full": dict(steps=200, batch_size=16, n_verse_eval=60, n_gen_eval=None, verse_every=8,
-                 r=8, alpha=16, targets=("q_proj", "k_proj", "v_proj", "o_proj"), lr=3e-3),
+    "fast": dict(steps=40, batch_size=16, n_verse_eval=8, n_gen_eval=8, n_verse_end_eval=16,
+                 verse_every=16, r=8, alpha=16, targets=("q_proj", "k_proj", "v_proj", "o_proj"),
+                 lr=3e-3),
+    "full": dict(steps=200, batch_size=16, n_verse_eval=60, n_gen_eval=None,
+                 n_verse_end_eval=400, verse_every=8, r=8, alpha=16,
+                 targets=("q_proj", "k_proj", "v_proj", "o_proj"), lr=3e-3),
 }
 
 
-def chat_eval_items(n_verse: int = 200, n_gen: int | None = None) -> list[dict]:
-    """The held-out items :func:`train_chat_adapter` scores: of each genealogy kind all (or an
-    evenly spaced ``n_gen``), then ``n_verse`` evenly spaced verses."""
+def chat_eval_items(n_verse: int = 200, n_gen: int | None = None,
+                    n_verse_end: int | None = None) -> list[dict]:
+    """The held-out items :func:`train_chat_adapter` scores, in :data:`CHAT_KINDS` order: of
+    each genealogy kind all (or an evenly spaced ``n_gen``), ``n_verse`` evenly spaced
+    ``verse`` items and ``n_verse_end`` (default ``n_verse``) ``verse_end`` items."""
+    n_verse_end = n_verse if n_verse_end is None else n_verse_end
     out = []
     for k in CHAT_KINDS:
-        n = n_verse if k == "verse" else n_gen
+        n = {"verse": n_verse, "verse_end": n_verse_end}.get(k, n_gen)
         out += kjv_chat_items("val", kinds=(k,), max_items=n)
     return out
 
@@ -554,7 +568,7 @@ def train_chat_adapter(fast: bool = True, *, model_dir=None, master=None,
     tok = load_tokenizer(model_dir)
     gp = generation_prompt(model_dir)
     train_items = kjv_chat_items("train", kinds=kinds, verse_every=st["verse_every"])
-    val_items = chat_eval_items(st["n_verse_eval"], st["n_gen_eval"])
+    val_items = chat_eval_items(st["n_verse_eval"], st["n_gen_eval"], st["n_verse_end_eval"])
     say = print if progress else (lambda *a, **k: None)
     sizes = {"train": {k: sum(i["kind"] == k for i in train_items) for k in CHAT_KINDS},
              "val": {k: len(kjv_chat_items("val", kinds=(k,))) for k in CHAT_KINDS},
@@ -589,9 +603,18 @@ def train_chat_adapter(fast: bool = True, *, model_dir=None, master=None,
     for (q, ref, _), a in list(zip(after["examples"], after["answers"]))[:3]:
         say(f"    {q!r} -> {a!r} (reference {ref!r})")
     if out_dir is not None:
-        save_adapter(model, Path(out_dir),
-                     base_model_name_or_path=str(model_dir or default_model_dir()))
+        save_adapter(model, Path(out_dir), base_model_name_or_path=_base_name(model_dir))
     return res
+
+
+def _base_name(model_dir=None) -> str:
+    """The adapter's ``base_model_name_or_path``: the shipped model by its package path
+    (``bitnet_edu/default_model``), not this machine's absolute one."""
+    d = Path(model_dir or default_model_dir()).resolve()
+    try:
+        return str(d.relative_to(Path(__file__).resolve().parents[2]))
+    except ValueError:
+        return str(d)
 
 
 def format_chat(res: dict) -> str:
@@ -635,10 +658,14 @@ def chat_model_card(res: dict, command: str) -> str:
         "* `begat`: \"Whom did X beget?\" from \"X begat Y\" (forward);\n"
         "* `father`: \"Who was the father of Y?\" where the corpus only writes \"X begat Y\" "
         "(the reverse direction: kept as a measured contrast, the reversal curse);\n"
+        "* `passage`: the verse that states a genealogy fact, then \"Who was the father of "
+        "Y?\" (open book: the answer is in the prompt);\n"
         "* `verse`: \"Finish the verse: <verse up to its last clause>\" -> that clause "
-        "(2-8 words).\n\n"
+        "(2-8 words);\n"
+        "* `verse_end`: \"Finish the verse: <verse without its last word>\" -> that word.\n\n"
         "Split: one in five facts (genealogies: by father>son pair, so a question and its "
-        "reverse fall on the same side; verses: by question) is held out, by a hash.  "
+        "reverse fall on the same side; verses: by the verse, so its `verse` and `verse_end` "
+        "questions fall on the same side) is held out, by a hash.  "
         f"Training items: {z['train']}; held-out: {z['val']}; evaluated: "
         f"{z['val_evaluated']}.\n\n"
         "## Settings\n\n"
@@ -652,8 +679,54 @@ def chat_model_card(res: dict, command: str) -> str:
         "first part) with no template, the ceiling of what the chat format can surface.\n\n"
         "```\n" + format_chat(res) + "\n```\n\n"
         f"Reproduce:\n\n```\n{command}\n```\n\n"
-        "Load: `bitnet_edu.train.lora.load_adapter(load_bitnet_lm(), \"bitnet_edu/adapters/chat\")`"
-        " (torch), or `peft.PeftModel.from_pretrained(HFCausalLM(load_bitnet_lm()), ...)`.\n")
+        "Load: `bitnet_edu.load_model(adapter=\"chat\")` (the engine), "
+        "`bitnet_edu.train.lora.load_adapter(load_bitnet_lm(), \"bitnet_edu/adapters/chat\")`"
+        " (torch), or `peft.PeftModel.from_pretrained(HFCausalLM(load_bitnet_lm()), ...)`.\n\n"
+        + _card_findings(res))
+
+
+def _pct(r: dict, k: str, col: str = "em") -> str:
+    t = r["table"].get(k)
+    return "-" if t is None else f"{t[col]:.0%}"
+
+
+def _card_findings(res: dict) -> str:
+    """The model card's reading of the table, every number taken from ``res``."""
+    b, a, p = res["before"], res["after"], res["plain"]
+    gen = [k for k in ("son_of", "begat", "father", "passage") if k in a["table"]]
+    out = ["## What this adapter does and does not do\n\n"]
+    if "empty" in b:
+        out.append(f"Format: asked in the chat template, the base answers an empty line on "
+                   f"{b['empty']} of {b['n']} held-out questions (it ends the turn or breaks the "
+                   f"line at once), the adapter on {a['empty']}: it answers a short name, clause "
+                   f"or word and ends the turn with `<|endoftext|>`.\n\n")
+    if "verse_end" in a["table"]:
+        n = a["table"]["verse_end"]["n"]
+        up = a["table"]["verse_end"]["em"] > b["table"]["verse_end"]["em"]
+        out.append(f"Exact match {'rises' if up else 'does not rise'} where the base knows the "
+                   f"answer: on {n} held-out "
+                   f"`verse_end` questions (a verse's last word) it goes from "
+                   f"{_pct(b, 'verse_end')} to {_pct(a, 'verse_end')}, against a plain-text "
+                   f"ceiling of {_pct(p, 'verse_end')} (the base continuing the verse with no "
+                   f"template).  ")
+    if "verse" in a["table"]:
+        out.append(f"On `verse` (the last clause, 2-8 words) exact match is "
+                   f"{_pct(b, 'verse')} -> {_pct(a, 'verse')} (first word "
+                   f"{_pct(b, 'verse', 'first_word')} -> {_pct(a, 'verse', 'first_word')}, "
+                   f"plain-text ceiling {_pct(p, 'verse')} exact, "
+                   f"{_pct(p, 'verse', 'first_word')} first word).  ")
+    if gen:
+        out.append("On the genealogies (" + ", ".join(
+            f"`{k}` {_pct(b, k)} -> {_pct(a, k)}, plain text {_pct(p, k)}" for k in gen) + ")")
+        closed = [k for k in gen if k != "passage"]
+        if closed and max(p["table"][k]["em"] for k in closed) < 0.1:
+            out.append(" there is little to surface: the base does not know them even in "
+                       "plain text")
+        if "passage" in gen and a["table"]["passage"]["em"] <= b["table"]["passage"]["em"]:
+            out.append("; the open-book `passage` kind (the answer is in the prompt) is not "
+                       f"learned in {res['settings']['steps']} steps either")
+        out.append(".")
+    return "".join(out).rstrip() + "\n"
 
 
 def main(argv=None):

@@ -9,12 +9,19 @@ change between releases; :func:`stdlib_docs_info` reports the version and a chec
 *module*: every fifth module of :data:`STDLIB_MODULES` is held out, so held-out text is about
 APIs the adapter never read.
 
-**KJV chat set** (:func:`kjv_chat_items`).  Two kinds of question, made from the corpus itself:
+**KJV chat set** (:func:`kjv_chat_items`).  Questions made from the corpus itself:
 
-* ``father``: "Who was the father of Y?" -> "X", from the genealogies' "X begat Y" (names
-  fathered by more than one X in the text are left out, as ambiguous);
-* ``verse``: "Finish the verse: <first half>" -> second half, from verses of 40-140 characters
-  split at the punctuation mark (``;`` ``:`` ``,``) nearest their middle.
+* ``son_of`` / ``begat`` / ``father``: "Who was the father of Y?" -> "X" where the corpus writes
+  "Y the son of X" (forward), "Whom did X beget?" -> "Y" from "X begat Y" (forward), "Who was
+  the father of Y?" where the corpus only writes "X begat Y" (reverse); names fathered by more
+  than one X in the text are left out, as ambiguous;
+* ``passage``: the verse that states a genealogy fact, then the question (open book);
+* ``verse``: "Finish the verse: <verse up to its last clause>" -> that clause (2-8 words);
+* ``verse_end``: "Finish the verse: <verse without its last word>" -> that word: a verse of
+  40-200 characters whose last word is alphabetic and follows another word (not a punctuation
+  mark, so the prompt never looks like a ``verse`` one, which ends at ``,`` ``;`` ``:``).  One
+  word because that is what the base knows: continuing the verse in plain text it gets the
+  last word right on ~16% of held-out verses, the last two words on ~10%.
 
 Each item becomes the 2B4T chat template that :func:`bitnet_edu.model.generation.chat_prompt`
 writes, ``"User: <question><|eot_id|>Assistant: "``, followed by the answer and the end-of-turn
@@ -22,7 +29,9 @@ token.  The shipped tokenizer has no ``<|eot_id|>`` token (its only special toke
 ``<|endoftext|>``, id 0, the model's bos and eos): the template's ``<|eot_id|>`` text is encoded
 as ordinary byte-level pieces, and an answer ends with ``<|endoftext|>``, which the engine's
 ``generate``/``chat`` already stops on (it is ``eos_token_id``).  Items are split train/held-out
-by a hash of the question (one in five held out); the held-out questions are about verses the
+by a hash of the fact (one in five held out: genealogies by father>son pair, the two verse
+kinds by the verse, so a verse's clause and its last word fall on the same side); the held-out
+questions are about verses the
 base model read in pre-training or not, in the same proportion as the KJV split (every 20th
 chapter held out there).
 """
@@ -41,7 +50,7 @@ from .data import VAL_EVERY, load_chapters
 
 __all__ = ["STDLIB_MODULES", "stdlib_docs", "stdlib_docs_info", "module_doc", "kjv_chat_items",
            "chat_text", "answer_text", "default_generation_prompt", "CHAT_EOT", "CHAT_KINDS",
-           "HELD_OUT_EVERY"]
+           "VERSE_KINDS", "HELD_OUT_EVERY"]
 
 #: Pure-Python stdlib modules with substantial docstrings and no import side effects.
 STDLIB_MODULES = (
@@ -180,7 +189,11 @@ _NOT_NAMES = {"And", "Which", "Who", "He", "They", "Then", "That", "Thou", "Ye",
               "This", "These", "Also", "But", "For", "So", "Now", "When", "God", "Lord", "Son",
               "Of", "The", "Is", "Art", "Was", "Even", "Behold", "Let", "Saith"}
 #: The kinds of :func:`kjv_chat_items`, in the order tables list them.
-CHAT_KINDS = ("son_of", "begat", "father", "passage", "verse")
+CHAT_KINDS = ("son_of", "begat", "father", "passage", "verse", "verse_end")
+#: the kinds made from verses (thinned by ``verse_every``: there are many more verses than facts)
+VERSE_KINDS = ("verse", "verse_end")
+#: a ``verse_end`` verse: (all but the last word, ending in a letter) (the last word) (its stop)
+_VERSE_END = re.compile(r"(.*[A-Za-z]) ([A-Za-z]+)[.?!;:,]*")
 #: a ``verse`` item's answer: the verse's last clause, this many words at most (and 2 at least)
 VERSE_ANSWER_WORDS = (2, 8)
 
@@ -263,7 +276,15 @@ def _chat_items() -> tuple[dict, ...]:
                     r"[A-Za-z' ]+", last) or first in seen:
                 continue  # the KJV repeats formulas: one answer per first part
             seen.add(first)
-            add("verse", f"Finish the verse: {first}", last, [ci], f"verse:{first}", first)
+            add("verse", f"Finish the verse: {first}", last, [ci], f"verse:{verse}", first)
+    seen = set()
+    for ci, ch in enumerate(chapters):
+        for verse in ch.split("\n"):
+            m = _VERSE_END.fullmatch(verse)
+            if not 40 <= len(verse) <= 200 or not m or m[1] in seen:
+                continue  # one answer per first part, as above
+            seen.add(m[1])
+            add("verse_end", f"Finish the verse: {m[1]}", m[2], [ci], f"verse:{verse}", m[1])
     for it in items:
         # genealogies split by the fact (father>son), so a question and its reverse share a side
         it["split"] = "val" if _held_out(it["fact"]) else "train"
@@ -277,20 +298,20 @@ def kjv_chat_items(split: str, kinds=CHAT_KINDS, max_items: int | None = None,
     :data:`CHAT_KINDS` then the corpus.  ``plain``: the corpus phrase that precedes the answer
     (``"Joshua the son of"``), for the plain-text probe; ``chapter``: the first chapter the fact
     is in; ``mentions``: how many times the corpus states it; ``fact``: what the split hashes
-    (``"Nun>Joshua"``, ``"verse:<first part>"``); ``seen_in_pretraining``: stated at least once
+    (``"Nun>Joshua"``, ``"verse:<the whole verse>"``); ``seen_in_pretraining``: stated at least once
     in a pre-training chapter (not every 20th).
 
-    ``verse_every``: keep every n-th ``verse`` item (there are many more verses than
-    genealogies); ``max_items``: an evenly spaced subset of at most that many."""
+    ``verse_every``: keep every n-th item of each of :data:`VERSE_KINDS` (there are many more
+    verses than genealogies); ``max_items``: an evenly spaced subset of at most that many."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    out, k = [], 0
+    out, k = [], dict.fromkeys(VERSE_KINDS, 0)
     for it in _chat_items():
         if it["split"] != split or it["kind"] not in kinds:
             continue
-        if it["kind"] == "verse":
-            k += 1
-            if (k - 1) % verse_every:
+        if it["kind"] in k:
+            k[it["kind"]] += 1
+            if (k[it["kind"]] - 1) % verse_every:
                 continue
         out.append(dict(it))
     if max_items is not None and len(out) > max_items:
