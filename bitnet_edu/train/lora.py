@@ -18,7 +18,7 @@ CLI::
     python -m bitnet_edu.train.lora compare [--fast]   # LoRA vs continued QAT vs merge+requantize
     python -m bitnet_edu.train.lora chat [--fast]      # a LoRA chat adapter on KJV questions
     python -m bitnet_edu.train.lora chat --out bitnet_edu/adapters/chat   # the shipped one
-        [--kinds son_of,begat,father,passage,verse] [--steps N] [--r 8] [--targets q_proj,...]
+        [--kinds son_of,begat,father,passage,verse,verse_end] [--steps N] [--r 8] [--targets q_proj,...]
 
 The shipped chat adapter (``bitnet_edu/adapters/chat``, its README.md has the numbers) loads
 with :func:`load_adapter` onto :func:`load_bitnet_lm`'s model, or with PEFT onto
