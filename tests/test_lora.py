@@ -491,10 +491,10 @@ def test_stdlib_docs_same_text_in_every_process():
 # --- the shipped chat adapter -------------------------------------------------------------------
 
 #: the shipped adapter's regression bound: held-out verse_end items scored, and the exact-match
-#: gain over the base it must keep (measured on these 200: 0% -> 5.5%; README.md: 0% -> 6.2%
-#: on 400, plain-text ceiling 15%)
+#: gain over the base it must keep (measured on these 200: 0% -> 8.5%, 17 hits, so 4 points is
+#: about two binomial standard deviations below; README.md: 0% -> 8.5% on 400, ceiling 15.2%)
 N_VERSE_END = 200
-VERSE_END_EM_MARGIN = 0.03
+VERSE_END_EM_MARGIN = 0.04
 
 
 def _shipped_chat_adapter():

@@ -530,7 +530,7 @@ CHAT_SETTINGS = {
     "fast": dict(steps=40, batch_size=16, n_verse_eval=8, n_gen_eval=8, n_verse_end_eval=16,
                  verse_every=16, r=8, alpha=16, targets=("q_proj", "k_proj", "v_proj", "o_proj"),
                  lr=3e-3),
-    "full": dict(steps=200, batch_size=16, n_verse_eval=60, n_gen_eval=None,
+    "full": dict(steps=400, batch_size=16, n_verse_eval=60, n_gen_eval=None,
                  n_verse_end_eval=400, verse_every=8, r=8, alpha=16,
                  targets=("q_proj", "k_proj", "v_proj", "o_proj"), lr=3e-3),
 }
@@ -687,7 +687,7 @@ def chat_model_card(res: dict, command: str) -> str:
 
 def _pct(r: dict, k: str, col: str = "em") -> str:
     t = r["table"].get(k)
-    return "-" if t is None else f"{t[col]:.0%}"
+    return "-" if t is None else f"{t[col]:.1%}"
 
 
 def _card_findings(res: dict) -> str:
