@@ -196,7 +196,75 @@ def ctx_float_whole(c, n_bytes, bytes_per_value=2):
     return float(n_bytes // per_token(c, bytes_per_value))
 
 
-RIGHT = [(checks.check_rope, rope_right), (checks.check_attention_step, step_right),
+# --- cosine search (section 8c) -----------------------------------------------------------------
+
+def _unit(v, axis=1):
+    return v / np.linalg.norm(v, axis=axis, keepdims=True)
+
+
+def search_right(v, k):
+    s = _unit(v) @ _unit(v).T
+    np.fill_diagonal(s, -np.inf)
+    return np.argsort(-s, axis=1)[:, :k]
+
+
+def search_drop_self(v, k):  # itself first (cosine 1), then drop that column: also right
+    return np.argsort(-(_unit(v) @ _unit(v).T), axis=1)[:, 1:k + 1]
+
+
+def search_in_place(v, k):  # overwrites its input: the copy the check passes makes that harmless
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return search_right(v, k)
+
+
+def search_list(v, k):
+    return search_right(v, k).tolist()
+
+
+def search_dot(v, k):
+    s = v @ v.T
+    np.fill_diagonal(s, -np.inf)
+    return np.argsort(-s, axis=1)[:, :k]
+
+
+def search_dot_drop(v, k):
+    return np.argsort(-(v @ v.T), axis=1)[:, 1:k + 1]
+
+
+def search_columns(v, k):
+    u = _unit(v, axis=0)
+    s = u @ u.T
+    np.fill_diagonal(s, -np.inf)
+    return np.argsort(-s, axis=1)[:, :k]
+
+
+def search_self(v, k):
+    return np.argsort(-(_unit(v) @ _unit(v).T), axis=1)[:, :k]
+
+
+def search_worst(v, k):
+    s = _unit(v) @ _unit(v).T
+    np.fill_diagonal(s, np.inf)
+    return np.argsort(s, axis=1)[:, :k]
+
+
+def search_scores(v, k):
+    s = _unit(v) @ _unit(v).T
+    np.fill_diagonal(s, -np.inf)
+    return -np.sort(-s, axis=1)[:, :k]
+
+
+def search_float_indices(v, k):
+    return search_right(v, k).astype(np.float64)
+
+
+def search_transposed(v, k):
+    return search_right(v, k).T
+
+
+RIGHT = [(checks.check_cosine_search, search_right), (checks.check_cosine_search, search_drop_self),
+         (checks.check_cosine_search, search_in_place), (checks.check_cosine_search, search_list),
+         (checks.check_rope, rope_right), (checks.check_attention_step, step_right),
          (checks.check_attention_step, step_repeat),
          (checks.check_top_p, top_p_right), (checks.check_top_p, top_p_loop),
          (checks.check_max_context, ctx_right)]
@@ -225,6 +293,14 @@ WRONG = [
     (checks.check_max_context, ctx_ceil, "rounded up"),
     (checks.check_max_context, ctx_fraction, "fraction of a token"),
     (checks.check_max_context, ctx_float_whole, "whole number of tokens (an int)"),
+    (checks.check_cosine_search, search_dot, "raw dot product"),
+    (checks.check_cosine_search, search_dot_drop, "raw dot product"),
+    (checks.check_cosine_search, search_columns, "each column (axis=0)"),
+    (checks.check_cosine_search, search_self, "each row found itself"),
+    (checks.check_cosine_search, search_worst, "worst first"),
+    (checks.check_cosine_search, search_scores, "not their similarities"),
+    (checks.check_cosine_search, search_float_indices, "return integer indices"),
+    (checks.check_cosine_search, search_transposed, "expected shape"),
 ]
 
 
@@ -251,6 +327,30 @@ def test_crash_and_none_are_reported():
     assert res.status == FAIL and "KeyError" in res.message
     res = checks.check_max_context(lambda c, b, bpv=2: None)
     assert res.status == FAIL and "returned None" in res.message
+
+
+def test_cosine_search_times_out_and_names_none(monkeypatch):
+    from bitnet_edu.checks import _core
+    monkeypatch.setattr(_core, "TIMEOUT_S", 0.5)
+
+    def forever(v, k):
+        while True:
+            pass
+
+    res = checks.check_cosine_search(forever)
+    assert res.status == FAIL and "still running" in res.message
+    res = checks.check_cosine_search(lambda v, k: None)
+    assert res.status == FAIL and "returned None" in res.message
+    res = checks.check_cosine_search(lambda v, k: {}["oops"])
+    assert res.status == FAIL and "KeyError" in res.message
+
+
+def test_cosine_search_cases_tell_the_mistakes_apart():
+    # on the check's own inputs the raw dot product must rank differently from the cosine,
+    # else the "forgot to normalise" mistake would pass
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((12, 5)) * np.exp(rng.uniform(-2.3, 2.3, (12, 1)))).astype(np.float32)
+    assert not np.array_equal(search_dot(x, 4), search_right(x, 4))
 
 
 def test_top_p_mistake_messages_differ():

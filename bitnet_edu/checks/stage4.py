@@ -12,7 +12,10 @@ compares it with the classic mistakes of that exercise, so a FAIL names the mist
 * top-p: dropping the token that crosses ``p``, keeping one too many, not renormalising,
   returning the sorted array;
 * max_context: full multi-head attention, K or V forgotten, layers forgotten, float32 bytes
-  when asked for another size, rounding up.
+  when asked for another size, rounding up;
+* cosine search (section 8c): ranking by the raw dot product (forgetting to normalise),
+  normalising the columns instead of the rows, finding the query itself, worst first,
+  returning the similarities instead of the indices.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from ..model.layers import apply_rope, attention, rope_tables
 from ._core import as_array, check, expect_close, student_call
 
 # RMSNorm is graded by Lesson 02's check_rms_norm (same function, same signature).
-__all__ = ["check_rope", "check_attention_step", "check_top_p", "check_max_context"]
+__all__ = ["check_rope", "check_attention_step", "check_top_p", "check_max_context",
+           "check_cosine_search"]
 
 
 def _close(a, b, rtol=1e-4, atol=1e-5) -> bool:
@@ -252,3 +256,64 @@ def check_max_context(student_fn):
             if value != want and got == value:
                 raise AssertionError(f"{what}: {message}")
         raise AssertionError(f"{what}: expected {want} tokens, got {got!r}")
+
+
+# ---- cosine search (section 8c) --------------------------------------------------------------
+
+def _ranked(x, k, *, normalize="rows", self_too=False, ascending=False, drop_first=False):
+    """Row ``i``'s ``k`` best rows of ``x`` by dot product after ``normalize`` ("rows", "columns"
+    or None), best first; ``self_too``: row ``i`` may find itself; ``drop_first``: rank with
+    itself, then drop the first column (right only when row ``i`` ranks itself first)."""
+    if normalize == "rows":
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    elif normalize == "columns":
+        x = x / np.linalg.norm(x, axis=0, keepdims=True)
+    s = x.astype(np.float64) @ x.T.astype(np.float64)
+    if not (self_too or drop_first):
+        np.fill_diagonal(s, np.inf if ascending else -np.inf)  # the row itself sorts last
+    order = np.argsort(s if ascending else -s, axis=1, kind="stable")
+    return order[:, 1:k + 1] if drop_first else order[:, :k]
+
+
+_NO_NORM = ("ranked by the raw dot product: without dividing each row by its length, long "
+            "vectors win whatever their direction. Cosine similarity is the dot product of "
+            "L2-normalised rows (np.linalg.norm(..., axis=1, keepdims=True))")
+_COLUMNS = ("normalised each column (axis=0) instead of each row: every vector (a row) must "
+            "have length 1, so divide by np.linalg.norm(x, axis=1, keepdims=True)")
+_SELF = ("each row found itself (its cosine with itself is 1, the largest there is): a text is "
+         "not its own search result, so leave row i out of row i's results")
+_WORST = "the rows come worst first: sort by decreasing similarity (best first)"
+
+
+@check
+def check_cosine_search(student_fn):
+    """``search(vectors, k)``: ``vectors`` float ``[n, d]`` (rows of any length) -> ints
+    ``[n, k]``: for each row, the ``k`` *other* rows most cosine-similar to it, best first."""
+    from ..evaluate.retrieval import nearest
+
+    rng = np.random.default_rng(8)
+    for n, d, k in [(6, 3, 2), (12, 5, 4), (20, 8, 1), (9, 4, 8)]:
+        # directions at random, lengths spread over two orders of magnitude: a raw dot product
+        # ranks these differently from the cosine
+        x = rng.standard_normal((n, d)) * np.exp(rng.uniform(-2.3, 2.3, (n, 1)))
+        x = x.astype(np.float32)
+        unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+        want, _ = nearest(unit, unit, k, exclude=np.arange(n))
+        what = f"search over {n} vectors of dim {d}, k={k}"
+        got = student_call(student_fn, x, k)
+        arr = as_array(got, what)
+        if arr.shape == want.shape and np.issubdtype(arr.dtype, np.floating) and not \
+                np.array_equal(arr, np.round(arr)):
+            raise AssertionError(f"{what}: got fractional numbers: return the rows' indices "
+                                 "(ints), not their similarities")
+        mistakes = [(_ranked(x, k, normalize=None), _NO_NORM),
+                    (_ranked(x, k, normalize=None, drop_first=True), _NO_NORM),
+                    (_ranked(x, k, normalize="columns"), _COLUMNS),
+                    (_ranked(x, k, self_too=True), _SELF),
+                    (_ranked(x, k, normalize=None, self_too=True), _NO_NORM + "; and " + _SELF),
+                    (_ranked(x, k, ascending=True), _WORST),
+                    (_ranked(x, k, ascending=True, self_too=True), _WORST)]
+        _diagnose(arr, want, mistakes, what, rtol=0, atol=0)
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise AssertionError(f"{what}: the right rows, as {arr.dtype}: return integer "
+                                 "indices (e.g. from np.argsort)")
