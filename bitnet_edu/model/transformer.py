@@ -401,24 +401,8 @@ class BitNetModel:
         extended by ``T``.  ``trace``: a list that receives one dict of intermediates per layer
         (then the NumPy reference path runs).
         """
-        ids = self._token_ids(ids)
-        if cache is None:
-            cache = self.new_cache(len(ids))
-        start, t = self._cache_start(cache, len(ids)), len(ids)
-        self._rope(start + t)
-        x = self.head.embed(ids)
-        if trace is not None:
-            trace.append({"embedding": x.copy()})
         with self._numba_threads():
-            for i, L in enumerate(self.layers):
-                if trace is not None or not self.fast:
-                    x = self._layer_reference(i, L, x, cache, start, trace, self._lora(i))
-                else:
-                    x = self._layer_fast(i, L, x, cache, start, self._lora(i))
-            cache.length += t
-            if last_only:
-                x = x[-1:]
-            xn = rms_norm(x, self.norm, self.config.rms_norm_eps)
+            xn = self._final_hidden(ids, cache, last_only, trace)
             logits = self.lm_head.logits(xn)
         bad = ~np.isfinite(xn).all(axis=1)
         if bad.any():  # a quantized head would turn a NaN state into finite garbage: say so
@@ -429,6 +413,49 @@ class BitNetModel:
         if trace is not None:
             trace.append({"final_norm": xn, "logits": logits})
         return logits
+
+    def hidden_states(self, ids) -> np.ndarray:
+        """The final-normed hidden state of every token of ``ids`` (no cache kept): float32
+        ``[T, hidden]``, what the head turns into logits and what :meth:`embed` pools."""
+        ids = self._token_ids(ids)
+        with self._numba_threads():
+            return self._final_hidden(ids, self.new_cache(len(ids)), False, None)
+
+    def embed(self, texts, *, pooling: str = "last", normalize: bool = True,
+              truncate: bool = False, progress: bool | None = None) -> np.ndarray:
+        """One vector per text: float32 ``[n, hidden]`` (``[hidden]`` for a single string).
+
+        ``texts``: a string, a list of strings, or lists of token ids.  Each text runs alone
+        (bos in front as for :meth:`generate`), its final-normed hidden states are pooled
+        (``pooling``: ``"last"`` token or ``"mean"`` over tokens, :mod:`.pooling`) and, with
+        ``normalize``, scaled to length 1 so a dot product is the cosine similarity.  A text
+        longer than ``max_position_embeddings`` is a ValueError unless ``truncate``.  A decoder
+        trained to predict the next token was not trained to embed: its vectors still group
+        similar texts a little (Lesson 04, 8c); BitNet-embedding was trained for it."""
+        from .pooling import embed_texts
+        return embed_texts(self, texts, pooling=pooling, normalize=normalize,
+                           truncate=truncate, progress=progress)
+
+    def _final_hidden(self, ids, cache, last_only, trace) -> np.ndarray:
+        """The layers, then the final norm: float32 ``[T, hidden]`` (``[1, hidden]`` with
+        ``last_only``); the cache grows by ``T``.  Called under :meth:`_numba_threads`."""
+        ids = self._token_ids(ids)
+        if cache is None:
+            cache = self.new_cache(len(ids))
+        start, t = self._cache_start(cache, len(ids)), len(ids)
+        self._rope(start + t)
+        x = self.head.embed(ids)
+        if trace is not None:
+            trace.append({"embedding": x.copy()})
+        for i, L in enumerate(self.layers):
+            if trace is not None or not self.fast:
+                x = self._layer_reference(i, L, x, cache, start, trace, self._lora(i))
+            else:
+                x = self._layer_fast(i, L, x, cache, start, self._lora(i))
+        cache.length += t
+        if last_only:
+            x = x[-1:]
+        return rms_norm(x, self.norm, self.config.rms_norm_eps)
 
     def _token_ids(self, ids) -> np.ndarray:
         """``ids`` as int64 ``[T]``, or a ValueError for no tokens, non-integers or ids outside
