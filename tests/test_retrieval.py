@@ -239,3 +239,46 @@ def test_heldout_verses():
     with pytest.raises(ValueError, match="per_chapter"):
         R.heldout_verses(per_chapter=0)
 
+
+
+# ---- score_search / search_chance --------------------------------------------------------------
+
+def test_score_search_by_hand():
+    # rows 0, 1 (label 0) point one way, rows 2, 3 (label 1) another; row 4 is alone in its label
+    x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.2, 0.9], [0.7, 0.7]], np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    lab = [0, 0, 1, 1, 2]
+    got = R.score_search(x, lab, k=1)
+    assert got == {"recall": 1.0, "mrr": 1.0}           # each query's nearest is its partner
+    # by hand: query 0 ranks 1, 4, 3, 2 -> its partner first; the same for every query here
+    idx, _ = R.nearest(x[:4], x, 4, exclude=np.arange(4))
+    assert (idx[:, 0] == [1, 0, 3, 2]).all()
+    # the labels swapped: every partner is now behind row 4 (second) or last
+    got = R.score_search(x, [0, 1, 0, 1, 2], k=2)
+    want_idx, _ = R.nearest(x[:4], x, 4, exclude=np.arange(4))
+    rel = R.same_group([0, 1, 0, 1, 2])[:4]
+    assert got["recall"] == pytest.approx(R.recall_at_k(want_idx, rel, 2))
+    assert got["mrr"] == pytest.approx(R.mean_reciprocal_rank(want_idx, rel))
+    assert got["mrr"] < 0.5
+
+
+def test_score_search_of_random_vectors_is_near_chance():
+    rng = np.random.default_rng(0)
+    lab = np.repeat(np.arange(20), 5)
+    x = rng.standard_normal((100, 16)).astype(np.float32)
+    got, ch = R.score_search(x, lab, k=10), R.search_chance(lab, k=10)
+    assert ch["recall"] == pytest.approx(10 / 99)
+    assert ch == pytest.approx(R.chance(99, 4, 10))
+    assert abs(got["recall"] - ch["recall"]) < 0.05 and abs(got["mrr"] - ch["mrr"]) < 0.08
+
+
+def test_score_search_refuses_bad_input():
+    x = np.eye(3, dtype=np.float32)
+    with pytest.raises(ValueError, match="shape"):
+        R.score_search(x, [0, 0])
+    with pytest.raises(ValueError, match="nothing to search"):
+        R.score_search(x, [0, 1, 2], k=1)
+    with pytest.raises(ValueError, match="at most 2"):
+        R.score_search(x, [0, 0, 1], k=3)
+    with pytest.raises(ValueError, match="nothing to search"):
+        R.search_chance([0, 1, 2])

@@ -13,7 +13,9 @@ high the texts known to be relevant land in that ranking.  This module holds the
 * :func:`tfidf_vectors` -- the bag-of-words baseline every embedding model must beat;
 * :func:`heldout_verses` and :func:`same_group` -- a task with a ground truth from the corpus
   the shipped model was trained on: verses of the held-out chapters (the model never saw them),
-  where a verse's relevant texts are the other verses of its chapter.
+  where a verse's relevant texts are the other verses of its chapter;
+* :func:`score_search` and :func:`search_chance` -- that task in one call: every text a query
+  against all the others, scored by recall@k and MRR, and what chance scores on it.
 
 Everything takes and returns NumPy arrays; shapes are in each docstring.
 """
@@ -28,7 +30,7 @@ from collections import Counter
 import numpy as np
 
 __all__ = ["nearest", "recall_at_k", "mean_reciprocal_rank", "chance", "tfidf_vectors",
-           "words", "heldout_verses", "same_group"]
+           "words", "heldout_verses", "same_group", "score_search", "search_chance"]
 
 _BLOCK = 1024  # queries scored per matrix product (bounds the [block, n] score matrix)
 
@@ -303,3 +305,41 @@ def same_group(labels) -> list[np.ndarray]:
         groups.setdefault(g, []).append(i)
     members = {g: np.asarray(v, np.int64) for g, v in groups.items()}
     return [members[g][members[g] != i] for i, g in enumerate(lab.tolist())]
+
+
+def _search_queries(labels):
+    lab = np.asarray(labels)
+    rel = same_group(lab)
+    keep = np.flatnonzero([len(r) > 0 for r in rel])
+    if len(keep) == 0:
+        raise ValueError("no item shares its label with another: nothing to search for")
+    return lab, rel, keep
+
+
+def score_search(vectors, labels, k: int = 10) -> dict:
+    """Each row of ``vectors`` a query against all the other rows: ``{"recall": recall@k,
+    "mrr": mean reciprocal rank}`` (floats in [0, 1]).
+
+    ``vectors``: numbers ``[n, d]``, ranked by dot product (normalise the rows first for the
+    cosine); ``labels``: ints ``[n]`` (the chapter of each verse).  A query's relevant rows are
+    the other rows with its label (:func:`same_group`); a row alone in its group is still a
+    candidate for the others but asks no query.  The whole ranking of the ``n - 1`` other rows
+    is scored, so the MRR is exact and :func:`search_chance` gives what chance scores on it.
+    """
+    x = _matrix(vectors, "vectors")
+    lab, rel, keep = _search_queries(labels)
+    if lab.shape != (x.shape[0],):
+        raise ValueError(f"labels must have shape ({x.shape[0]},), got {lab.shape}")
+    k = _int_k(k)
+    if k > x.shape[0] - 1:
+        raise ValueError(f"k={k} but a query can get at most {x.shape[0] - 1} other rows")
+    idx, _ = nearest(x[keep], x, x.shape[0] - 1, exclude=keep)
+    relevant = [rel[i] for i in keep]
+    return {"recall": recall_at_k(idx, relevant, k), "mrr": mean_reciprocal_rank(idx, relevant)}
+
+
+def search_chance(labels, k: int = 10) -> dict:
+    """What a random ranking scores on :func:`score_search`'s task with these ``labels``:
+    ``{"recall": ..., "mrr": ...}`` (:func:`chance` over the same queries)."""
+    lab, rel, keep = _search_queries(labels)
+    return chance(len(lab) - 1, [len(rel[i]) for i in keep], k)
