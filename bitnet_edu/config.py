@@ -17,7 +17,8 @@ from pathlib import Path
 
 __all__ = ["BitNetConfig", "PRESETS", "SHAPE_KEYS", "LINEAR_KINDS", "MAX_SIZE",
            "MAX_POSITIONS", "HIDDEN_ACTS", "LINEAR_CLASSES", "SUB_NORM_ARCHITECTURES",
-           "PLAIN_ARCHITECTURES", "MASTER_ARCHITECTURES", "MEMBERS", "is_master_layout"]
+           "PLAIN_ARCHITECTURES", "MASTER_ARCHITECTURES", "MEMBERS", "EMBEDDING_MEMBERS",
+           "UNSUPPORTED_BACKBONES", "is_master_layout"]
 
 #: Published shapes, as ``BitNetConfig`` keyword arguments (``BitNetConfig.preset(name)``).
 #: The LLaMA-2 rows are comparison shapes for :mod:`bitnet_edu.energy` (their configs' sizes;
@@ -92,6 +93,17 @@ PRESETS = {
                        hidden_act="silu", sub_norms=True, linear_class="autobitlinear",
                        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
                        pad_token_id=32000),
+    # microsoft/bitnet-embedding-0.6b (docs/family.md, 2d; numbers from bitnet.cpp's
+    # docs/bitnet-embeddings-i2s-guide.md, the hub config.json unseen): Qwen3-0.6B's shape,
+    # every projection with its own input RMSNorm, q/k head norms, tied (unused) head; the
+    # output is the L2-normalized state of an appended <|endoftext|> (151643)
+    "bitnet-embedding-0.6b": dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072,
+                                  num_hidden_layers=28, num_attention_heads=16,
+                                  num_key_value_heads=8, head_dim=128,
+                                  max_position_embeddings=32768, rms_norm_eps=1e-6,
+                                  rope_theta=1000000.0, hidden_act="silu", sub_norms=False,
+                                  projection_norms=True, qk_norm=True, tie_word_embeddings=True,
+                                  bos_token_id=None, eos_token_id=151643),
 }
 
 #: the ternary models the engine runs (presets above): name -> the hub ids of that shape
@@ -104,6 +116,10 @@ MEMBERS = {
     "llama3-8b-1.58": ("HF1BitLLM/Llama3-8B-1.58-100B-tokens",),
     "1bitllm-large": ("1bitLLM/bitnet_b1_58-large",),
     "1bitllm-3b": ("1bitLLM/bitnet_b1_58-3B",),
+}
+#: the ternary embedding models (no logits, no decoding: ``model.embed``), same form
+EMBEDDING_MEMBERS = {
+    "bitnet-embedding-0.6b": ("microsoft/bitnet-embedding-0.6b",),
 }
 
 #: the FFN activations of the decoder block: relu2 (BitNet: relu(gate)**2 * up), silu (SwiGLU)
@@ -183,6 +199,11 @@ class BitNetConfig:
     sub_norms: bool = True
     # the file's weight_scale semantics (LINEAR_CLASSES); from_dict reads quantization_config
     linear_class: str = "autobitlinear"
+    # BitNet-embedding's block (docs/family.md, 2d): every projection normalizes its own input
+    # (``<proj>.norm.weight``, "BitLinear with LN"), and q/k get a per-head RMSNorm (Qwen3's
+    # ``q_norm``/``k_norm``); from_dict sets both for ``model_type: qwen3``
+    projection_norms: bool = False
+    qk_norm: bool = False
     bos_token_id: int | None = 128000
     eos_token_id: int | list | None = 128001
     pad_token_id: int | None = None
@@ -243,6 +264,12 @@ class BitNetConfig:
             raise ValueError(f"config hidden_act={self.hidden_act!r}: expected a string")
         if not isinstance(self.sub_norms, bool):
             raise ValueError(f"config sub_norms={self.sub_norms!r}: expected true or false")
+        for key in ("projection_norms", "qk_norm"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"config {key}={getattr(self, key)!r}: expected true or false")
+        if self.projection_norms and self.sub_norms:
+            raise ValueError("config projection_norms and sub_norms: a block whose projections "
+                             "normalize their own inputs has no attn_sub_norm / ffn_sub_norm")
         if not isinstance(self.linear_class, str):
             raise ValueError(f"config linear_class={self.linear_class!r}: expected a string")
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
@@ -312,6 +339,13 @@ class BitNetConfig:
             d["rope_theta"] = rope["rope_theta"]
         d["rope_scaling"] = None if found is None else \
             {"rope_type": "llama3", **{k: found.get(k) for k in _LLAMA3_KEYS}}
+        _check_backbone(d)
+        if d.get("model_type") == "qwen3":  # BitNet-embedding-0.6B (docs/family.md, 2d)
+            for k, v in (("sub_norms", False), ("projection_norms", True), ("qk_norm", True),
+                         ("hidden_act", "silu")):
+                d.setdefault(k, v)
+            if d.get("bos_token_id") is not None and d.get("bos_token_id") == d.get("eos_token_id"):
+                d["bos_token_id"] = None  # Qwen3 prepends nothing; its configs repeat the eos
         if is_master_layout(d.get("architectures")):
             _check_master_config(d)
             d.setdefault("hidden_act", "silu")  # its config class is LLaMA's: silu by default
@@ -368,9 +402,15 @@ class BitNetConfig:
         ``quantized``) never reach a ``config.json``.
         """
         d = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(BitNetConfig)
-             if f.name not in ("extra", "sub_norms", "linear_class")}
+             if f.name not in ("extra", "sub_norms", "linear_class", "projection_norms",
+                               "qk_norm")}
         out = {**copy.deepcopy(self.extra), **d}  # copies, as dataclasses.asdict made
-        if "architectures" not in out or _sub_norms_of(out["architectures"]) != self.sub_norms:
+        if self.projection_norms:  # BitNet-embedding: Qwen3's config, its block flags kept
+            out.setdefault("architectures", ["Qwen3Model"])
+            out["model_type"] = "qwen3"
+            out["sub_norms"], out["projection_norms"] = False, True
+            out["qk_norm"] = self.qk_norm
+        elif "architectures" not in out or _sub_norms_of(out["architectures"]) != self.sub_norms:
             out["architectures"] = ["BitNetForCausalLM" if self.sub_norms else "LlamaForCausalLM"]
             out["model_type"] = "bitnet" if self.sub_norms else "llama"
         out.setdefault("model_type", "bitnet" if self.sub_norms else "llama")
@@ -413,6 +453,10 @@ class BitNetConfig:
         # input_layernorm, post_attention_layernorm [h]; attn_sub_norm [q]; ffn_sub_norm [f]
         # (a block with sub-norms); the final norm [h]
         sub = shapes["o_proj"][1] + self.intermediate_size if self.sub_norms else 0
+        if self.projection_norms:  # one per projection: the input width of each
+            sub += sum(i for _, i in shapes.values())
+        if self.qk_norm:
+            sub += 2 * self.head_dim
         counts["norms"] = n * (2 * h + sub) + h
         counts["lm_head"] = 0 if self.tie_word_embeddings else self.vocab_size * h
         counts["linear"] = sum(counts[k] for k in LINEAR_KINDS)
@@ -440,6 +484,24 @@ class BitNetConfig:
         """Key and value entries stored per token of context, over all layers."""
         return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim
 
+
+
+#: backbones whose block the engine does not run, with what is missing (a clear refusal
+#: instead of a model that loads and computes something else)
+UNSUPPORTED_BACKBONES = {
+    "gemma3_text": "microsoft/bitnet-embedding-270m's Gemma3 backbone (sliding-window "
+                   "attention with a second RoPE base, (1 + w) RMSNorms, post-attention and "
+                   "post-FFN norms, an embedding scaled by sqrt(hidden), GELU-tanh, "
+                   "query_pre_attn_scalar) is not implemented; bitnet-embedding-0.6b (Qwen3) is",
+}
+UNSUPPORTED_BACKBONES["gemma3"] = UNSUPPORTED_BACKBONES["gemma3_text"]
+
+
+def _check_backbone(d: dict) -> None:
+    kind = d.get("model_type")
+    why = UNSUPPORTED_BACKBONES.get(kind) if isinstance(kind, str) else None
+    if why is not None:
+        raise ValueError(f"config model_type={d.get('model_type')!r}: {why}")
 
 
 def _sub_norms_of(architectures) -> bool:

@@ -136,6 +136,45 @@ def read_generation_prompt(path) -> str | None:
     return value
 
 
+#: sentence-transformers' ``1_Pooling/config.json`` flags -> the engine's pooling names
+_POOLING_FLAGS = {"pooling_mode_lasttoken": "last", "pooling_mode_mean_tokens": "mean"}
+_UNSUPPORTED_POOLING = ("pooling_mode_cls_token", "pooling_mode_max_tokens",
+                        "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens")
+
+
+def read_pooling(path) -> str | None:
+    """The pooling of a sentence-transformers directory: ``modules.json`` names a module whose
+    ``type`` ends in ``Pooling``, and that module's ``config.json`` sets one ``pooling_mode_*``
+    flag: ``"last"`` (lasttoken) or ``"mean"`` (mean_tokens).  None when the directory has no
+    ``modules.json`` or no pooling module; ValueError for another mode (CLS, max, ...), a
+    module path outside the directory, or broken JSON."""
+    path = Path(path)
+    m = path / "modules.json"
+    if not m.is_file():
+        return None
+    mods = _json(m, obj=False)
+    if not isinstance(mods, list):
+        raise ValueError(f"{m}: expected a list of modules")
+    for mod in mods:
+        if not isinstance(mod, dict) or not str(mod.get("type", "")).endswith("Pooling"):
+            continue
+        where = f"{m} ({mod.get('type')})"
+        rel = mod.get("path", "")
+        if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise ValueError(f"{where}: module path {rel!r} is outside the model directory")
+        cfg = path / rel / "config.json"
+        if not cfg.is_file():
+            raise ValueError(f"{where}: no {cfg}")
+        flags = _json(cfg)
+        for key, name in _POOLING_FLAGS.items():
+            if flags.get(key):
+                return name
+        other = [k for k in _UNSUPPORTED_POOLING if flags.get(k)]
+        raise ValueError(f"{cfg}: pooling {other[0] if other else 'none set'} is not supported "
+                         "(last token or mean)")
+    return None
+
+
 def _allowed_roots(path: Path) -> list[Path]:
     """Where a weight file of the directory may really live: inside it, or, for a hub cache
     snapshot (``.../snapshots/<rev>``, whose files are links into the repo's ``blobs``), in
@@ -310,6 +349,7 @@ def iter_hf_checkpoint(path, *, progress=None, blocks: bool = False):
             cfg = BitNetConfig.from_dict(config)
     want = expected_tensors(cfg)
     disk = file_names(cfg)  # canonical -> the name in the file (1bitLLM's sub-norms differ)
+    disk = {n: _on_disk(f, files) for n, f in disk.items()}
     try:
         _check_not_converted(config, cfg, want)
     except ValueError as e:
@@ -317,6 +357,11 @@ def iter_hf_checkpoint(path, *, progress=None, blocks: bool = False):
     reciprocal = mode == "offline" and cfg.linear_class == "bitlinear"
     missing = [disk[n] for n in want
                if disk[n] not in files and not (mode == "online" and is_scale(n))]
+    if missing and cfg.projection_norms and all(m.endswith("_proj.norm.weight")
+                                                for m in missing):
+        raise ValueError(f"{path}: missing tensor {missing[0]!r} and every other per-projection "
+                         "input norm: a Qwen3 checkpoint without them is a float model, not "
+                         "BitNet-embedding (docs/family.md, 2d)")
     if missing:
         raise ValueError(f"{path}: missing tensor {missing[0]!r} ({len(missing)} missing in all)")
     on_disk = set(disk.values())
@@ -336,7 +381,7 @@ def iter_hf_checkpoint(path, *, progress=None, blocks: bool = False):
         src = disk[name]  # read under the file's name, yielded under the canonical one
         st = files[src]
         if is_linear(name):
-            yield from _linear(name, st, files, mode, want[name], reciprocal)
+            yield from _linear(name, st, files, mode, want[name], reciprocal, src)
         elif blocks and len(want[name]) == 2:
             _check_float(src, st, want[name])
             yield name, RowBlocks(want[name], lambda a, b, src=src, st=st: _finite(
@@ -346,6 +391,20 @@ def iter_hf_checkpoint(path, *, progress=None, blocks: bool = False):
             yield name, _finite(st, src, _widen(st.read(src), st.dtype(src)))
         if progress:
             progress(k + 1, len(names), name)
+
+
+def _on_disk(name: str, files: dict) -> str:
+    """The name tensor ``name`` has in ``files``: itself, or an alias BitNet-embedding's files
+    may use (docs/family.md, 2d): without the ``model.`` prefix (bitnet.cpp's converter strips
+    one if present), and a projection's input norm as transformers' ``use_rms_norm`` names it
+    (``<proj>.rms_norm.weight``).  ``name`` itself when none is there (reported missing)."""
+    if name in files:
+        return name
+    alts = [name[len("model."):]] if name.startswith("model.") else []
+    if name.endswith("_proj.norm.weight"):
+        rms = name[:-len("norm.weight")] + "rms_norm.weight"
+        alts += [rms] + ([rms[len("model."):]] if rms.startswith("model.") else [])
+    return next((a for a in alts if a in files), name)
 
 
 def _same_tensor(files: dict, a: str, b: str, block: int = 4096) -> bool:
@@ -360,7 +419,7 @@ def _same_tensor(files: dict, a: str, b: str, block: int = 4096) -> bool:
                for r in range(0, n, block))
 
 
-_LAYER = re.compile(r"model\.layers\.(\d+)\.")
+_LAYER = re.compile(r"(?:model\.)?layers\.(\d+)\.")
 
 
 def _check_layers(cfg_path: Path, n: int, files: dict) -> None:
@@ -399,9 +458,12 @@ def _widen(a: np.ndarray, dtype: str) -> np.ndarray:
     return bf16_to_float32(a) if dtype == "BF16" else np.asarray(a, np.float32)
 
 
-def _linear(name, st: SafetensorsFile, files: dict, mode: str, shape, reciprocal=False):
-    """The int8 codes and canonical scale (absmean: it multiplies) of one linear.
+def _linear(canonical, st: SafetensorsFile, files: dict, mode: str, shape, reciprocal=False,
+            name=None):
+    """The int8 codes and canonical scale (absmean: it multiplies) of one linear, read under
+    its file name ``name`` (default the canonical one), yielded under ``canonical``.
     ``reciprocal``: the file's ``weight_scale`` is bitlinear's 1/absmean, inverted here."""
+    name = name or canonical
     out, k = shape
     sname = name + "_scale"
     if mode == "offline":
@@ -431,9 +493,9 @@ def _linear(name, st: SafetensorsFile, files: dict, mode: str, shape, reciprocal
         q, scale = absmean_ternary(_finite(st, name, _widen(st.read(name), st.dtype(name))))
         s = np.array([scale], np.float32)
     check_zero_linear(name, q)
-    yield name, q
+    yield canonical, q
     del q  # before the scale: the consumer may pack and free the weight then
-    yield sname, s
+    yield canonical + "_scale", s
 
 
 def read_hf_checkpoint(path, *, progress=None) -> tuple[dict, dict[str, np.ndarray]]:
