@@ -219,6 +219,9 @@ def bytes_per_token(config=None, head: str = "int8", bits_per_weight: float = 2.
       model's embedding table is only looked up:
     * ``embedding_row``: the one row of the embedding the token looks up.
 
+    An embedding model (``projection_norms``: BitNet-embedding) reads no head (``head`` 0): it
+    pools hidden states instead of computing logits.
+
     Args:
         config: a :class:`~bitnet_edu.config.BitNetConfig`, a preset name (``"falcon3-1b"``), or
             anything :func:`param_counts` takes (a shape dict: the 2B4T block).
@@ -245,5 +248,7 @@ def bytes_per_token(config=None, head: str = "int8", bits_per_weight: float = 2.
         "head": float(table),
         "embedding_row": h * HEAD_BYTES[head] + row_scales * 4,
     }
+    if cfg.projection_norms:  # an embedding model (BitNet-embedding) computes no logits
+        out["head"] = 0.0
     out["total"] = sum(out.values())
     return out

@@ -12,6 +12,9 @@ def __getattr__(name):  # the model code pulls in numba: load it on first use
     if name in ("BitNetModel",):
         from .transformer import BitNetModel
         return BitNetModel
+    if name in ("EmbeddingModel",):
+        from .embedding import EmbeddingModel
+        return EmbeddingModel
     if name == "load_model":
         from .loading import load_model
         return load_model

@@ -9,7 +9,8 @@ from ..config import BitNetConfig
 from ..formats.gguf import iter_gguf_checkpoint
 from ..formats.chat_template import read_chat_tokens
 from ..formats.hf import (iter_hf_checkpoint, read_chat_template, read_generation_config,
-                          read_generation_prompt, read_tokenizer)
+                          read_generation_prompt, read_pooling, read_tokenizer)
+from .embedding import EmbeddingModel
 from .transformer import BitNetModel
 
 __all__ = ["load_model", "HUB_ID", "GOOD_REVISION_HINT"]
@@ -25,8 +26,11 @@ def _progress_bar(desc: str, total: int, enabled: bool):
 
 
 def load_model(path=None, *, revision: str | None = None, kernel: str | None = None,
-               head: str = "auto", progress: bool | None = None, adapter=None) -> BitNetModel:
-    """Load a BitNet b1.58 model.
+               head: str = "auto", progress: bool | None = None, adapter=None):
+    """Load a BitNet b1.58 model: a :class:`BitNetModel` (a decoder: ``generate``,
+    ``embed``), or an :class:`~bitnet_edu.model.embedding.EmbeddingModel` for a
+    BitNet-embedding directory (Qwen3 ``config.json`` with per-projection norms: ``embed``
+    only, pooling from sentence-transformers' ``modules.json`` when present).
 
     Args:
         path: a local HF directory (packed offline checkpoint, or bf16 master weights that are
@@ -52,12 +56,15 @@ def load_model(path=None, *, revision: str | None = None, kernel: str | None = N
         from .lora import resolve_adapter
         adapter = read_peft_adapter(resolve_adapter(adapter))
     model = _load_any(path, revision, kernel, head, progress)
+    if adapter is not None and isinstance(model, EmbeddingModel):
+        raise ValueError("LoRA adapters run on the decoders; this is an embedding model "
+                         "(BitNet-embedding): load it without adapter=")
     if adapter is not None:
         model.load_adapter(adapter)
     return model
 
 
-def _load_any(path, revision, kernel, head, progress) -> BitNetModel:
+def _load_any(path, revision, kernel, head, progress):
     import bitnet_edu
 
     if path is None:
@@ -99,6 +106,9 @@ def _load_hf_dir(p: Path, kernel, head, progress) -> BitNetModel:
     prompt = read_generation_prompt(p)  # checked before the weights are read
     template, chat_tokens = read_chat_template(p), read_chat_tokens(p)
     model = _load(p.name, config, it, read_tokenizer(p), kernel, head, progress)
+    if isinstance(model, EmbeddingModel):
+        model.pooling = read_pooling(p) or model.pooling  # the model card's: last token
+        return model
     if prompt is not None:
         model.generation_prompt = prompt
     # the instruct model's own chat format (chat_prompt renders it; a GGUF export writes it)
@@ -128,8 +138,11 @@ def _load(name: str, config: dict, tensors, tokenizer, kernel, head, progress) -
         bar.update(1)
         trim()
 
+    build = BitNetModel
+    if BitNetConfig.from_dict(config).projection_norms:  # BitNet-embedding (checked by now)
+        build = EmbeddingModel
     with _progress_bar(f"loading {name}", n, show) as bar:
-        return BitNetModel.from_checkpoint(config, tensors, kernel=kernel,
+        return build.from_checkpoint(config, tensors, kernel=kernel,
                                            head=_auto_head(head, config), tokenizer=tokenizer,
                                            progress=layer_done)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
+from ..formats.schema import LINEARS
 from .config import PRESETS, BitNetConfig
 from .transformer import BitNetModel, Head, LayerWeights
 
@@ -20,7 +21,8 @@ __all__ = ["random_model"]
 def random_model(shape="2b4t", seed: int = 0, *, kernel: str | None = None, head: str = "int8",
                  **overrides) -> BitNetModel:
     """A model of the given shape (a preset name: ``"2b4t"``, ``"falcon3-1b"``, ...; a
-    ``BitNetConfig`` or a config dict) with random ternary weights, norms of ones, and an
+    ``BitNetConfig`` or a config dict) with random ternary weights (an
+    :class:`~bitnet_edu.model.embedding.EmbeddingModel` for ``"bitnet-embedding-0.6b"``), norms of ones, and an
     embedding drawn in the head's own format (an untied shape gets an ``lm_head`` drawn the
     same way: a Llama-layout member reads both tables' bytes, the head every token).
 
@@ -44,6 +46,20 @@ def random_model(shape="2b4t", seed: int = 0, *, kernel: str | None = None, head
 
     def scales(n):  # absmean scales of a trained 2B4T are around 1..3; anything positive works
         return rng.uniform(0.5, 2.0, n).astype(np.float32)
+
+    if cfg.projection_norms:  # BitNet-embedding's block: an EmbeddingModel
+        from .embedding import EmbeddingLayer, EmbeddingModel
+        shapes = dict(zip(LINEARS, cfg.linear_shapes().values()))
+        layers = [EmbeddingLayer(
+            packed={p: k.random_packed(rng, o, i) for p, (o, i) in shapes.items()},
+            scales={p: float(s) for p, s in zip(LINEARS, scales(len(LINEARS)))},
+            norms={p: ones(i, np.float32) for p, (_, i) in shapes.items()},
+            input_layernorm=ones(h, np.float32), post_attention_layernorm=ones(h, np.float32),
+            q_norm=ones(d, np.float32) if cfg.qk_norm else None,
+            k_norm=ones(d, np.float32) if cfg.qk_norm else None)
+            for _ in range(cfg.num_hidden_layers)]
+        return EmbeddingModel(cfg, layers, _table(rng, cfg.vocab_size, h, head),
+                              ones(h, np.float32), kname)
 
     sub = cfg.sub_norms  # a Llama block (Falcon3) has no sub-norms
 

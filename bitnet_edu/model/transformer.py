@@ -112,6 +112,21 @@ class Head:
         selfcheck.check_head(mode)
         return self
 
+    @classmethod
+    def build(cls, t, mode: str) -> "Head":
+        """A Head from a float table ``t`` (array, or RowBlocks quantized block by block: every
+        mode quantizes rows independently, so the same table as from the whole array)."""
+        if not isinstance(t, RowBlocks) or mode == "float32":
+            return cls(np.asarray(t, np.float32), mode)
+        table = scale = None
+        for r, x in t.blocks():
+            part = cls(x, mode)
+            if table is None:
+                table = np.empty((t.shape[0], *part.table.shape[1:]), part.table.dtype)
+                scale = np.empty((t.shape[0], *part.scale.shape[1:]), part.scale.dtype)
+            table[r:r + len(x)], scale[r:r + len(x)] = part.table, part.scale
+        return cls.from_quantized(mode, table, scale, t.shape[1])
+
     @property
     def shape(self):
         return (self.table.shape[0], self.n)
@@ -248,6 +263,10 @@ class BitNetModel:
         cfg = BitNetConfig.from_dict(config) if isinstance(config, dict) else config
         if cfg.vocab_size < 1:
             raise ValueError("config vocab_size=0: a model needs at least one token")
+        if cfg.projection_norms or cfg.qk_norm:
+            raise ValueError("this config is BitNet-embedding's block (per-projection input "
+                             "norms, q/k head norms): build it with EmbeddingModel "
+                             "(bitnet_edu.load_model returns one for such a checkpoint)")
         kname = kernel or kernels.DEFAULT
         k = kernels.get(kname)
         want = expected_tensors(cfg)
@@ -259,18 +278,7 @@ class BitNetModel:
         seen = set()
 
         def head_of(t):
-            """A Head, quantized block by block when ``t`` comes as RowBlocks (every mode
-            quantizes rows independently: the same table as from the whole array)."""
-            if not isinstance(t, RowBlocks) or head == "float32":
-                return Head(np.asarray(t, np.float32), head)
-            table = scale = None
-            for r, x in t.blocks():
-                part = Head(x, head)
-                if table is None:
-                    table = np.empty((t.shape[0], *part.table.shape[1:]), part.table.dtype)
-                    scale = np.empty((t.shape[0], *part.scale.shape[1:]), part.scale.dtype)
-                table[r:r + len(x)], scale[r:r + len(x)] = part.table, part.scale
-            return Head.from_quantized(head, table, scale, t.shape[1])
+            return Head.build(t, head)
 
         for name, a in items:
             if name not in want:

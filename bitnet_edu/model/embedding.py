@@ -1,0 +1,282 @@
+"""BitNet-embedding: a ternary decoder read as a text encoder (microsoft/bitnet-embedding-0.6b).
+
+The block (docs/family.md, 2d; bitnet.cpp ``docs/bitnet-embeddings-i2s-guide.md``) is Qwen3's
+with every projection a "BitLinear with LN": each of the seven normalizes its own input before
+the per-token int8 quantization, so q, k and v cannot share one quantized input::
+
+    lin_p(x) = ternary_matmul(act_quant(RMSNorm(x, p.norm)), W_p) * w_scale_p
+
+    a   = input_layernorm(x)
+    q   = q_norm(lin_q(a)) per head,  k = k_norm(lin_k(a)) per head,  v = lin_v(a)
+    h   = x + lin_o(attention(rope(q), rope(k), v))                     causal, grouped-query
+    b   = post_attention_layernorm(h)
+    out = h + lin_down(silu(lin_gate(b)) * lin_up(b))
+
+then the final ``norm``.  One vector per text: the final state of the last token (an appended
+``<|endoftext|>``), L2-normalized (:mod:`.pooling`).  There is no head: nothing is decoded.
+
+Two code paths compute the same thing: ``_layer_reference`` (plain NumPy, :mod:`.layers`) and
+the fast one, whose attention is the decoder's fused Numba kernel (``fused.attention_block``);
+both call the ternary kernels through the one kernel interface (``kernel.linear``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from .. import cpu_threads, kernels
+from ..formats.schema import LINEARS, RowBlocks, expected_tensors
+from . import fused
+from .config import BitNetConfig
+from .layers import apply_rope, attention, quantize_act, rms_norm, rope_tables, silu_glu
+from .transformer import Head
+
+__all__ = ["EmbeddingModel", "EmbeddingLayer"]
+
+_ONES3 = np.ones(3, np.float32)
+
+
+@dataclass
+class EmbeddingLayer:
+    """One layer: each projection packed on its own with its absmean scale and input norm."""
+
+    packed: dict          # LINEARS name -> kernels.Packed ([out, in])
+    scales: dict          # LINEARS name -> float (absmean: multiplies the output)
+    norms: dict           # LINEARS name -> float32 [in], the projection's own input RMSNorm
+    input_layernorm: np.ndarray           # float32 [hidden]
+    post_attention_layernorm: np.ndarray  # float32 [hidden]
+    q_norm: np.ndarray | None             # float32 [head_dim] (None: no head norms)
+    k_norm: np.ndarray | None
+
+    @property
+    def nbytes(self) -> int:
+        arrays = [a for p in self.packed.values() for a in p.arrays]
+        arrays += list(self.norms.values()) + [self.input_layernorm,
+                                               self.post_attention_layernorm]
+        arrays += [a for a in (self.q_norm, self.k_norm) if a is not None]
+        return sum(a.nbytes for a in arrays) + 4 * len(self.scales)
+
+
+class EmbeddingModel:
+    """A loaded ternary embedding model: ``embed(texts)`` -> L2-normalized float32 vectors.
+
+    Build it with :func:`bitnet_edu.load_model` (a BitNet-embedding directory),
+    :func:`bitnet_edu.random_model` (``"bitnet-embedding-0.6b"``) or :meth:`from_checkpoint`.
+    """
+
+    SMALL_MODEL_BYTES = 8 * 2**20  # below this, one Numba thread (as BitNetModel)
+
+    def __init__(self, config: BitNetConfig, layers: list, table: Head, norm: np.ndarray,
+                 kernel: str, tokenizer=None):
+        self.config = config
+        self.layers = layers
+        self.head = table  # the token embedding table (looked up only)
+        self.norm = np.asarray(norm, np.float32)
+        self.kernel_name = kernel
+        self.kernel = kernels.get(kernel)
+        self.tokenizer = tokenizer
+        # appended to every text before pooling the last token (the converter forces
+        # <|endoftext|> 151643 for Qwen3: docs/family.md, 2d); None appends nothing
+        self.embed_eos_id: int | None = (config.eos_ids or [None])[0]
+        self.add_bos_token: bool | None = None
+        # the pooling the model was trained with (sentence-transformers' 1_Pooling/config.json;
+        # the published models: last token)
+        self.pooling = "last"
+        self.fast = True  # False: the NumPy reference attention (same maths)
+        self.threads: int | None = None
+        self._cos = self._sin = np.zeros((0, config.head_dim), np.float32)
+        self.last_stats: dict = {}
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, config, weights, *, kernel: str | None = None, head: str = "float32",
+                        tokenizer=None, progress=None) -> "EmbeddingModel":
+        """Build from the canonical form (:mod:`bitnet_edu.formats.schema` for a config with
+        ``projection_norms``): int8 ternary linears each followed by its float32 ``[1]`` scale,
+        float32 norms and embedding (an array or RowBlocks), a dict or a stream of pairs.
+        ``head``: how the embedding table is held (``"float32"``, ``"int8"``, ``"int4"``; it
+        is only looked up, one row per token)."""
+        cfg = BitNetConfig.from_dict(config) if isinstance(config, dict) else config
+        if not cfg.projection_norms:
+            raise ValueError("EmbeddingModel runs BitNet-embedding's block (projection_norms: "
+                             "true); this config is a decoder's: use BitNetModel")
+        if cfg.vocab_size < 1:
+            raise ValueError("config vocab_size=0: a model needs at least one token")
+        kname = kernel or kernels.DEFAULT
+        k = kernels.get(kname)
+        want = expected_tensors(cfg)
+        items = weights.items() if isinstance(weights, dict) else weights
+        layers: list = [None] * cfg.num_hidden_layers
+        parts: dict[int, dict] = {}
+        per_layer = sum(1 for n in want if n.startswith("model.layers.0."))
+        top: dict = {}
+        seen = set()
+        for name, a in items:
+            if name not in want:
+                continue
+            a = a if isinstance(a, RowBlocks) else np.asarray(a)
+            if tuple(a.shape) != tuple(want[name]):
+                raise ValueError(f"tensor {name!r}: expected shape {want[name]}, got {a.shape}")
+            seen.add(name)
+            if not name.startswith("model.layers."):
+                top[name] = Head.build(a, head) if name == "model.embed_tokens.weight" else \
+                    np.asarray(a, np.float32)
+                continue
+            i, rel = int(name.split(".")[2]), name.split(".", 3)[3]
+            got = parts.setdefault(i, {})
+            if rel.endswith("_proj.weight"):
+                if a.dtype != np.int8:
+                    raise ValueError(f"{name} must be int8 ternary, got {a.dtype}")
+                got[rel] = k.pack(a)  # packed as it arrives: the int8 copy is freed
+            else:
+                got[rel] = np.asarray(a, np.float32)
+            if len(got) == per_layer:
+                layers[i] = _build_layer(parts.pop(i), cfg)
+                if progress:
+                    progress(i + 1, cfg.num_hidden_layers)
+        missing = [n for n in want if n not in seen]
+        if missing:
+            raise ValueError(f"missing tensor {missing[0]!r} ({len(missing)} missing in all)")
+        return cls(cfg, layers, top["model.embed_tokens.weight"], top["model.norm.weight"],
+                   kname, tokenizer)
+
+    # ---- the forward pass ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _numba_threads(self):
+        prev = numba.get_num_threads()
+        n = self.threads or prev
+        if self.threads is None:
+            small = sum(L.nbytes for L in self.layers) < self.SMALL_MODEL_BYTES
+            n = 1 if small else cpu_threads.auto_threads(n)
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+        try:
+            yield
+        finally:
+            numba.set_num_threads(prev)
+
+    def _rope(self, n: int) -> None:
+        if n > len(self._cos):
+            c = self.config
+            size = min(max(n, 2 * len(self._cos), 64), c.max_position_embeddings)
+            self._cos, self._sin = rope_tables(size, c.head_dim, c.rope_theta, c.rope_scaling)
+
+    def _token_ids(self, ids) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.size == 0:
+            raise ValueError("ids is empty: give at least one token")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"token ids must be integers, got {ids.dtype}")
+        ids = ids.astype(np.int64).reshape(-1)
+        v, limit = self.config.vocab_size, self.config.max_position_embeddings
+        if ids.min() < 0 or ids.max() >= v:
+            bad = int(ids[(ids < 0) | (ids >= v)][0])
+            raise ValueError(f"token id {bad} out of range [0, {v})")
+        if len(ids) > limit:
+            raise ValueError(f"{len(ids)} tokens: the model reads at most {limit} "
+                             "(max_position_embeddings)")
+        return ids
+
+    def hidden_states(self, ids, *, trace=None) -> np.ndarray:
+        """The final-normed hidden state of every token of ``ids``: float32 ``[T, hidden]``.
+        ``trace``: a list receiving one dict of intermediates per layer (the NumPy path)."""
+        ids = self._token_ids(ids)
+        self._rope(len(ids))
+        x = self.head.embed(ids)
+        with self._numba_threads():
+            for i, L in enumerate(self.layers):
+                x = self._layer(L, x, trace, reference=trace is not None or not self.fast)
+            return rms_norm(x, self.norm, self.config.rms_norm_eps)
+
+    def _lin(self, L: EmbeddingLayer, name: str, x: np.ndarray, reference: bool) -> np.ndarray:
+        """BitLinear with its own input norm: float32 ``[T, in]`` -> ``[T, out]``.  The norm
+        and int8 quantization in NumPy (``reference``) or in one fused Numba pass (the
+        decoder's ``rmsnorm_quant``, the same maths)."""
+        eps = self.config.rms_norm_eps
+        if reference:
+            xq, xs = quantize_act(rms_norm(x, L.norms[name], eps))
+        else:
+            xq, xs = fused.rmsnorm_quant(np.ascontiguousarray(x, np.float32), L.norms[name], eps)
+        return self.kernel.linear(L.packed[name], xq, xs, L.scales[name])
+
+    def _layer(self, L: EmbeddingLayer, x, trace, reference: bool):
+        c, eps = self.config, self.config.rms_norm_eps
+        t, d, h, hkv = len(x), c.head_dim, c.num_attention_heads, c.num_key_value_heads
+        a = rms_norm(x, L.input_layernorm, eps)
+        q = self._lin(L, "self_attn.q_proj", a, reference).reshape(t, h, d)
+        k = self._lin(L, "self_attn.k_proj", a, reference).reshape(t, hkv, d)
+        v = self._lin(L, "self_attn.v_proj", a, reference).reshape(t, hkv, d)
+        if L.q_norm is not None:  # per head, over head_dim (Qwen3), before RoPE
+            q, k = rms_norm(q, L.q_norm, eps), rms_norm(k, L.k_norm, eps)
+        cos, sin = self._cos[:t], self._sin[:t]
+        if reference:
+            att = attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, 0)
+        else:  # the decoder's fused kernel: RoPE + causal GQA in one Numba call
+            qkv = np.concatenate([q.reshape(t, -1), k.reshape(t, -1), v.reshape(t, -1)], axis=1)
+            kc = np.empty((hkv, t, d), np.float32)
+            vc = np.empty_like(kc)
+            att = fused.attention_block(np.ascontiguousarray(qkv), _ONES3, self._cos, self._sin,
+                                        kc, vc, 0, h, hkv, d)
+        hid = x + self._lin(L, "self_attn.o_proj", att, reference)
+        b = rms_norm(hid, L.post_attention_layernorm, eps)
+        act = silu_glu(self._lin(L, "mlp.gate_proj", b, reference),
+                       self._lin(L, "mlp.up_proj", b, reference))
+        out = hid + self._lin(L, "mlp.down_proj", act, reference)
+        if trace is not None:
+            trace.append(dict(input=x, attn_norm=a, q=q, k=k, v=v, attn_out=att, residual=hid,
+                              ffn_norm=b, act=act, output=out))
+        return out
+
+    # ---- public API ---------------------------------------------------------------------------
+    def embed(self, texts, *, pooling: str | None = None, normalize: bool = True,
+              truncate: bool = False, progress: bool | None = None) -> np.ndarray:
+        """One L2-normalized vector per text: float32 ``[n, hidden]`` (``[hidden]`` for a single
+        string).  Each text is encoded, ``embed_eos_id`` appended (<|endoftext|>), run alone,
+        and pooled (``pooling``: the model's own, ``self.pooling``, by default).  Queries of
+        the published models are prefixed ``"query: "`` (bitnet.cpp's example).  A text longer
+        than ``max_position_embeddings`` is a ValueError unless ``truncate``."""
+        from .pooling import embed_texts
+        return embed_texts(self, texts, pooling=pooling or self.pooling, normalize=normalize,
+                           truncate=truncate, progress=progress)
+
+    def encode(self, text: str) -> list[int]:
+        from ..tokenizer import encode
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer (random_model or a checkpoint without "
+                             "tokenizer.json): pass token ids instead of text")
+        return encode(self.tokenizer, text)
+
+    def generate(self, *args, **kwargs):
+        raise ValueError("an embedding model does not generate text (it has no output head): "
+                         "use model.embed(texts)")
+
+    def n_params(self) -> int:
+        return self.config.n_params
+
+    def memory_report(self) -> dict:
+        layers = sum(L.nbytes for L in self.layers)
+        return {"layers": layers, "embedding": self.head.nbytes, "norm": self.norm.nbytes,
+                "total": layers + self.head.nbytes + self.norm.nbytes}
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"EmbeddingModel({c.num_hidden_layers} layers, hidden {c.hidden_size}, "
+                f"heads {c.num_attention_heads}/{c.num_key_value_heads}, vocab {c.vocab_size}, "
+                f"pooling {self.pooling!r}, kernel {self.kernel_name!r})")
+
+
+def _build_layer(got: dict, cfg: BitNetConfig) -> EmbeddingLayer:
+    def scale(p):
+        return float(np.asarray(got[p + ".weight_scale"], np.float32).reshape(-1)[0])
+
+    return EmbeddingLayer(
+        packed={p: got[p + ".weight"] for p in LINEARS},
+        scales={p: scale(p) for p in LINEARS},
+        norms={p: got[p + ".norm.weight"] for p in LINEARS},
+        input_layernorm=got["input_layernorm.weight"],
+        post_attention_layernorm=got["post_attention_layernorm.weight"],
+        q_norm=got.get("self_attn.q_norm.weight") if cfg.qk_norm else None,
+        k_norm=got.get("self_attn.k_norm.weight") if cfg.qk_norm else None)
