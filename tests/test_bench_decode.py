@@ -158,6 +158,36 @@ def test_shape_rows_give_bytes_per_token_of_that_member():
     assert ternary + head <= mb * 1e6 <= 1.05 * (ternary + head) + 1e5
 
 
+def test_embedding_shape_row_is_its_embedding_throughput_against_the_kernel_ceiling():
+    """``--shape bitnet-embedding-0.6b``: no decoding; the row's prefill column is embedding
+    tok/s, the line after it the texts/s and the kernel's multiply-add ceiling from the same
+    run, and the bytes are the ternary layers only (no head is read)."""
+    from bitnet_edu.config import PRESETS
+    out = subprocess.run(
+        [sys.executable, "-m", "bitnet_edu.bench", "decode", "--shape", "bitnet-embedding-0.6b",
+         "--layers", "1", "--prompt", "16", "--threads", "1", "--repeats", "2",
+         "--head", "int8"],
+        capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "bitnet-embedding-0.6b shape with 1 of its 28 layers (REDUCED)" in out.stdout
+    row = [ln.split() for ln in out.stdout.splitlines() if ln.startswith("bitnet_edu (")]
+    assert len(row) == 1 and float(row[0][-4]) == 0.0  # decode tok/s: not a thing
+    tok_s, mb = float(row[0][-5]), float(row[0][-1])
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("embedding, ")]
+    assert len(line) == 1, out.stdout
+    m = re.search(r": ([\d.]+) tok/s = ([\d.]+) texts/s of 16 tokens; the kernel ran ([\d.]+) "
+                  r"GMAC/s on 16 tokens in this run -> at most ([\d.]+) tok/s .*: (\d+)% of it",
+                  line[0])
+    assert m, line[0]
+    assert abs(float(m.group(1)) - tok_s) < 0.2 and abs(float(m.group(2)) - tok_s / 16) < 0.01
+    assert float(m.group(4)) > 0 and "targets," not in out.stdout
+    c = PRESETS["bitnet-embedding-0.6b"]
+    h, i = c["hidden_size"], c["intermediate_size"]
+    q, kv = c["num_attention_heads"] * c["head_dim"], c["num_key_value_heads"] * c["head_dim"]
+    ternary = (h * (2 * q + 2 * kv) + 3 * h * i) / 4  # 2 bits per weight, one layer; no head
+    assert ternary <= mb * 1e6 <= 1.05 * ternary + 1e5
+
+
 def test_unknown_shape_is_a_usage_error():
     with pytest.raises(SystemExit):
         decode.main(["--shape", "gpt-5"])

@@ -2,7 +2,9 @@
 
 ``--shape``: a preset of :data:`bitnet_edu.config.PRESETS` (default ``2b4t``; the family members
 ``falcon3-1b``, ``falcon3-3b``, ``falcon3-7b``, ``falcon3-10b``, ``llama3-8b-1.58``,
-``1bitllm-large``, ``1bitllm-3b``).  Each row
+``1bitllm-large``, ``1bitllm-3b``; ``bitnet-embedding-0.6b``: an embedding model, whose row
+is its embedding throughput, texts of ``--prompt`` tokens through ``model.embed``, beside the
+ternary kernel's multiply-add rate measured in the same run as a ceiling).  Each row
 also gives the bytes one decoded token reads: every packed ternary layer and the output head's
 table (an untied ``lm_head``: the embedding's table is only looked up), KV cache not counted.
 
@@ -92,7 +94,8 @@ def bench_adapter(spec: str, config):
 def bytes_per_token(m) -> int:
     """Bytes of weights one decoded token reads: the packed ternary layers and the output head
     (its embedding row is one row; the KV cache grows with the context and is not counted)."""
-    return sum(L.nbytes for L in m.layers) + m.lm_head.nbytes + m.norm.nbytes
+    head = m.lm_head.nbytes if hasattr(m, "lm_head") else 0  # an embedding model has none
+    return sum(L.nbytes for L in m.layers) + head + m.norm.nbytes
 
 
 def run_ours(threads: int, prompt: int, new: int, head: str, layers: int | None, kernel,
@@ -108,6 +111,8 @@ def run_ours(threads: int, prompt: int, new: int, head: str, layers: int | None,
     over = {"num_hidden_layers": layers} if layers else {}
     m = random_model(shape, seed=0, head=head, kernel=kernel, **over)
     m.threads = threads or None
+    if not hasattr(m, "lm_head"):  # an embedding model (BitNet-embedding): no decoding
+        return run_embedding(m, t0, threads, prompt, head, repeats, shape)
     lora = bench_adapter(adapter, m.config) if adapter else None
     built = time.perf_counter() - t0
     rng = np.random.default_rng(0)
@@ -151,6 +156,51 @@ def run_ours(threads: int, prompt: int, new: int, head: str, layers: int | None,
                    prefill_tok_s_adapter=_median(pre_a), decode_tok_s_adapter=_median(dec_a),
                    prefill_runs_adapter=pre_a, decode_runs_adapter=dec_a)
     return out
+
+
+def embedding_ceiling(m, tokens: int, repeats: int = 5) -> float:
+    """Multiply-adds per second of the ternary kernel on ``tokens`` tokens, measured in this
+    process on layer 0's gate projection (the widest): the most any layer could run at."""
+    packed = m.layers[0].packed["mlp.gate_proj"]
+    rng = np.random.default_rng(0)
+    xq = rng.integers(-127, 128, (tokens, packed.k)).astype(np.int8)
+    xs = np.ones(tokens, np.float32)
+    with m._numba_threads():
+        m.kernel.linear(packed, xq, xs, 1.0)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            m.kernel.linear(packed, xq, xs, 1.0)
+            times.append(time.perf_counter() - t)
+    return tokens * packed.out * packed.k / _median(times)
+
+
+def run_embedding(m, t0: float, threads: int, prompt: int, head: str, repeats: int,
+                  shape: str) -> dict:
+    """An embedding model's row: ``repeats`` texts of ``prompt`` random tokens each through
+    ``model.embed`` (the whole text at once, as a prefill), medians; decode is not a thing
+    (``decode_tok_s`` 0).  Beside it the kernel's multiply-add rate measured in this run on
+    as many tokens (:func:`embedding_ceiling`), turned into a tokens/s ceiling by the model's
+    ternary multiply-adds per token (attention and the glue not counted)."""
+    from bitnet_edu.kernels.intrinsics import isa
+    built = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, m.config.vocab_size, prompt).tolist()
+    m.embed([ids[:8]])  # compile / load the Numba cache
+    cold = time.perf_counter() - t0
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        m.embed([ids])
+        runs.append(prompt / (time.perf_counter() - t))
+    macs = embedding_ceiling(m, prompt)
+    per_token = sum(L.packed[p].out * L.packed[p].k for L in m.layers for p in L.packed)
+    return {"engine": f"bitnet_edu ({m.kernel_name} {isa()}, table {head})", "threads": threads,
+            "prefill_tok_s": _median(runs), "decode_tok_s": 0.0, "prefill_runs": runs,
+            "decode_runs": [], "peak_rss_gb": _peak_rss_gb(), "build_s": built,
+            "cold_start_s": cold, "weights_gb": m.memory_report()["total"] / 2**30,
+            "shape": shape, "embedding": True, "bytes_per_token": bytes_per_token(m),
+            "kernel_macs": macs, "embed_ceiling_tok_s": macs / per_token}
 
 
 def run_transformers(threads: int, new: int, layers: int | None) -> dict:
@@ -384,7 +434,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shape", default="2b4t", type=str.lower,
                     help="the model shape: a preset name (2b4t, falcon3-1b, falcon3-3b, "
                          "falcon3-7b, falcon3-10b, llama3-8b-1.58, 1bitllm-large, "
-                         "1bitllm-3b)")
+                         "1bitllm-3b; bitnet-embedding-0.6b: embedding throughput of "
+                         "--prompt-token texts instead of decoding)")
     ap.add_argument("--layers", type=int, default=None,
                     help="fewer layers (quick look; not the real shape)")
     ap.add_argument("--repeats", type=int, default=3,
@@ -470,13 +521,21 @@ def main(argv=None) -> int:
             print(f"decode speed-up vs transformers at {_thr(t)} thread(s): "
                   f"{ours[0]['decode_tok_s'] / hf[0]['decode_tok_s']:.1f}x")
     ours = [r for r in rows if r["engine"].startswith("bitnet_edu")]
-    for head in dict.fromkeys(r["engine"] for r in ours):  # targets per head: best thread count
+    for head in dict.fromkeys(r["engine"] for r in ours if not r.get("embedding")):
         mine = [r for r in ours if r["engine"] == head]
         best = {k: (min if k == "peak_rss_gb" else max)(r[k] for r in mine) for k in TARGETS}
         met = {k: best[k] <= v if k == "peak_rss_gb" else best[k] >= v for k, v in TARGETS.items()}
         print(f"targets, {head}: " + ", ".join(
             f"{k} {best[k]:.2f} ({'met' if met[k] else 'not met'}, target {v})"
             for k, v in TARGETS.items()))
+    for r in [r for r in ours if r.get("embedding")]:
+        print(f"embedding, {r['engine'][12:-1]}, {_thr(r['threads'])} thread(s): "
+              f"{r['prefill_tok_s']:.1f} tok/s = {r['prefill_tok_s'] / args.prompt:.2f} texts/s "
+              f"of {args.prompt} tokens; the kernel ran {r['kernel_macs'] / 1e9:.1f} GMAC/s on "
+              f"{args.prompt} tokens in this run -> at most {r['embed_ceiling_tok_s']:.1f} tok/s "
+              f"(ternary multiply-adds only): {r['prefill_tok_s'] / r['embed_ceiling_tok_s']:.0%} "
+              "of it")
+    ours = [r for r in ours if not r.get("embedding")]
     for r in ours:
         print(f"bytes per decoded token, {r['engine'][12:-1]}: {r['bytes_per_token'] / 1e6:.1f} MB "
               f"(ternary layers + output head; KV cache not counted) -> at "
