@@ -222,9 +222,17 @@ class EmbeddingModel:
                                         kc, vc, 0, h, hkv, d)
         hid = x + self._lin(L, "self_attn.o_proj", att, reference)
         b = rms_norm(hid, L.post_attention_layernorm, eps)
-        act = silu_glu(self._lin(L, "mlp.gate_proj", b, reference),
-                       self._lin(L, "mlp.up_proj", b, reference))
-        out = hid + self._lin(L, "mlp.down_proj", act, reference)
+        gate = self._lin(L, "mlp.gate_proj", b, reference)
+        up = self._lin(L, "mlp.up_proj", b, reference)
+        if reference:  # (a trace runs this path)
+            act = silu_glu(gate, up)
+            out = hid + self._lin(L, "mlp.down_proj", act, reference)
+        else:  # silu(gate) * up, down's own norm and int8 in one pass (the decoder's glue)
+            act = None
+            hq, hs = fused.silu_rmsnorm_quant(np.concatenate([gate, up], axis=1), np.float32(1),
+                                              np.float32(1), L.norms["mlp.down_proj"], eps)
+            out = hid + self.kernel.linear(L.packed["mlp.down_proj"], hq, hs,
+                                           L.scales["mlp.down_proj"])
         if trace is not None:
             trace.append(dict(input=x, attn_norm=a, q=q, k=k, v=v, attn_out=att, residual=hid,
                               ffn_norm=b, act=act, output=out))
