@@ -20,6 +20,7 @@ from .config import LINEAR_KINDS, SHAPE_KEYS, BitNetConfig
 
 __all__ = [
     "BITNET_2B4T",
+    "held_columns",
     "LINEAR_KINDS",
     "BYTES_PER_WEIGHT",
     "param_counts",
@@ -204,6 +205,24 @@ HEAD_BYTES = {"float32": 4.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
 HEAD_SCALE_GROUP = {"int8": None, "int4": 128}
 
 
+#: the engine's head layout (:mod:`bitnet_edu.kernels.head`, QK and G4 there; a test keeps
+#: them equal): an int8 row is zero-padded to whole blocks of 256 when that adds at most an
+#: eighth, an int4 row always to whole groups of 128
+HEAD_INT8_BLOCK, HEAD_INT4_GROUP = 256, 128
+
+
+def held_columns(hidden: int, head: str) -> int:
+    """Entries per row the engine holds (and reads) for a ``hidden``-wide table in ``head``
+    storage: ``hidden`` itself, or padded as :data:`HEAD_INT8_BLOCK` / :data:`HEAD_INT4_GROUP`
+    say (1bitLLM-3B's 3200 -> 3328 as int8)."""
+    if head == "int8":
+        pad = -hidden % HEAD_INT8_BLOCK
+        return hidden + pad if pad and 8 * pad <= hidden else hidden
+    if head == "int4":
+        return hidden + (-hidden % HEAD_INT4_GROUP)
+    return hidden
+
+
 def bytes_per_token(config=None, head: str = "int8", bits_per_weight: float = 2.0,
                     norm_bytes: int = 4) -> dict:
     """Bytes of weights one decoded token reads, counted from the config (KV cache not counted:
@@ -240,7 +259,7 @@ def bytes_per_token(config=None, head: str = "int8", bits_per_weight: float = 2.
     v, h = cfg.vocab_size, cfg.hidden_size
     group = HEAD_SCALE_GROUP.get(head)
     row_scales = 0 if head in ("float32", "bf16") else (1 if group is None else math.ceil(h / group))
-    table = v * h * HEAD_BYTES[head] + v * row_scales * 4
+    table = v * held_columns(h, head) * HEAD_BYTES[head] + v * row_scales * 4
     out = {
         "linear": c["linear"] * bits_per_weight / 8,
         "scales": 4.0 * len(LINEAR_KINDS) * cfg.num_hidden_layers,

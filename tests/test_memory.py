@@ -4,7 +4,10 @@ import math
 
 import pytest
 
+import numpy as np
+
 from bitnet_edu import memory
+from bitnet_edu.config import BitNetConfig
 
 PACKED_FILE, BF16_FILE = 1_178_623_988, 4_825_679_400  # real model.safetensors sizes (docs/formats.md)
 
@@ -116,3 +119,21 @@ def test_param_counts_of_a_llama_layout_member_have_no_sub_norms():
     assert memory.param_counts(c) == memory.param_counts("falcon3-1b")
     two_b = memory.param_counts()["norms"]
     assert two_b > (2 * 30 + 1) * 2560  # the 2B4T block's sub-norms are counted
+
+
+def test_head_padding_is_the_engines():
+    """bytes_per_token counts the head as the engine holds it: 1bitLLM-3B's 3200-wide int8 rows
+    padded to 3328 (the undercount was about 3% of its bytes per token), int4 rows to whole
+    groups of 128; the constants are the kernels'."""
+    from bitnet_edu.kernels import head as head_kernel
+    from bitnet_edu.model.transformer import Head
+    assert (memory.HEAD_INT8_BLOCK, memory.HEAD_INT4_GROUP) == (head_kernel.QK, head_kernel.G4)
+    assert memory.held_columns(3200, "int8") == 3328 and memory.held_columns(2560, "int8") == 2560
+    assert memory.held_columns(64, "int8") == 64 and memory.held_columns(100, "int4") == 128
+    assert memory.held_columns(3200, "float32") == 3200
+    rng = np.random.default_rng(0)
+    for h, mode in [(3200, "int8"), (2560, "int8"), (64, "int8"), (200, "int4"), (96, "float32")]:
+        t = Head(rng.standard_normal((40, h)).astype(np.float32), mode)
+        cfg = BitNetConfig(vocab_size=40, hidden_size=h, intermediate_size=8, num_hidden_layers=1,
+                           num_attention_heads=1, num_key_value_heads=1, head_dim=8)
+        assert memory.bytes_per_token(cfg, head=mode)["head"] == t.nbytes, (h, mode)
