@@ -541,3 +541,27 @@ def test_2b4t_silu_case_study_runs_fast_and_differs():
     m.fast, m.ffn_activation = True, "relu2"
     assert not np.allclose(base, wrong)
     np.testing.assert_array_equal(m.logits([1, 5, 9]), base)
+
+
+def test_tokenizer_config_add_bos_token_decides_the_leading_bos(tmp_path):
+    """``add_bos_token`` in tokenizer_config.json (transformers honours it): false means no bos
+    in front of a text prompt even though config.json names one (Falcon3 names
+    <|endoftext|>); true or absent keep the engine's rule (bos unless the tokenizer adds it)."""
+    pytest.importorskip("torch")
+    from bitnet_edu import load_model
+    from bitnet_edu.model.generation import _prompt_ids
+    from tiny_checkpoint import write_tiny_checkpoint
+    d = write_tiny_checkpoint(tmp_path / "ck", num_hidden_layers=1)
+    tc = d / "tokenizer_config.json"
+    base = json.loads(tc.read_text())
+    bos = load_model(d).config.bos_token_id
+    for flag, first in ((False, False), (True, True), (None, True)):
+        tc.write_text(json.dumps({**base, **({} if flag is None else {"add_bos_token": flag})}))
+        m = load_model(d)
+        assert m.add_bos_token is flag
+        ids, _ = _prompt_ids(m, "Hello world")
+        assert (ids[0] == bos) is first, (flag, ids[:3])
+        assert (m.embed("Hello world", normalize=False) is not None)
+    tc.write_text(json.dumps({**base, "add_bos_token": "yes"}))
+    with pytest.raises(ValueError, match="add_bos_token must be true or false"):
+        load_model(d)

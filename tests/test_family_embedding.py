@@ -386,3 +386,4 @@ def test_decoder_embed_pools_its_hidden_states():
     mean = m.embed(texts, pooling="mean", normalize=False)
     np.testing.assert_allclose(mean[0], h.mean(0), atol=1e-4)
     assert m.embed([]).shape == (0, m.config.hidden_size)
+

@@ -136,6 +136,20 @@ def read_generation_prompt(path) -> str | None:
     return value
 
 
+def read_add_bos_token(path) -> bool | None:
+    """``tokenizer_config.json``'s ``add_bos_token`` (true/false), or None when the file or the
+    key is absent.  transformers' tokenizers honour it; the engine does too: False means a
+    text prompt gets no bos in front even when the config names one (Falcon3's configs name
+    ``<|endoftext|>`` as bos; whether its tokenizer adds it is unverified, docs/family.md)."""
+    t = Path(path) / "tokenizer_config.json"
+    if not t.exists():
+        return None
+    value = _json(t).get("add_bos_token")
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"{t}: add_bos_token must be true or false, got {value!r}")
+    return value
+
+
 #: sentence-transformers' ``1_Pooling/config.json`` flags -> the engine's pooling names
 _POOLING_FLAGS = {"pooling_mode_lasttoken": "last", "pooling_mode_mean_tokens": "mean"}
 _UNSUPPORTED_POOLING = ("pooling_mode_cls_token", "pooling_mode_max_tokens",

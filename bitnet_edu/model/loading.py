@@ -9,7 +9,8 @@ from ..config import BitNetConfig
 from ..formats.gguf import iter_gguf_checkpoint
 from ..formats.chat_template import read_chat_tokens
 from ..formats.hf import (iter_hf_checkpoint, read_chat_template, read_generation_config,
-                          read_generation_prompt, read_pooling, read_tokenizer)
+                          read_add_bos_token, read_generation_prompt, read_pooling,
+                          read_tokenizer)
 from .embedding import EmbeddingModel
 from .transformer import BitNetModel
 
@@ -104,8 +105,11 @@ def _load_hf_dir(p: Path, kernel, head, progress) -> BitNetModel:
         except ValueError as e:
             raise ValueError(f"{p / 'generation_config.json'}: {e}") from None
     prompt = read_generation_prompt(p)  # checked before the weights are read
+    add_bos = read_add_bos_token(p)
     template, chat_tokens = read_chat_template(p), read_chat_tokens(p)
     model = _load(p.name, config, it, read_tokenizer(p), kernel, head, progress)
+    if add_bos is not None:  # the tokenizer's own word on a leading bos (transformers')
+        model.add_bos_token = add_bos
     if isinstance(model, EmbeddingModel):
         model.pooling = read_pooling(p) or model.pooling  # the model card's: last token
         return model
