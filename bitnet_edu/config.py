@@ -18,7 +18,7 @@ from pathlib import Path
 __all__ = ["BitNetConfig", "PRESETS", "SHAPE_KEYS", "LINEAR_KINDS", "MAX_SIZE",
            "MAX_POSITIONS", "HIDDEN_ACTS", "LINEAR_CLASSES", "SUB_NORM_ARCHITECTURES",
            "PLAIN_ARCHITECTURES", "MASTER_ARCHITECTURES", "MEMBERS", "EMBEDDING_MEMBERS",
-           "UNSUPPORTED_BACKBONES", "is_master_layout"]
+           "UNSUPPORTED_BACKBONES", "EMBEDDING_ACTS", "LAYER_TYPES", "is_master_layout"]
 
 #: Published shapes, as ``BitNetConfig`` keyword arguments (``BitNetConfig.preset(name)``).
 #: The LLaMA-2 rows are comparison shapes for :mod:`bitnet_edu.energy` (their configs' sizes;
@@ -104,6 +104,21 @@ PRESETS = {
                                   rope_theta=1000000.0, hidden_act="silu", sub_norms=False,
                                   projection_norms=True, qk_norm=True, tie_word_embeddings=True,
                                   bos_token_id=None, eos_token_id=151643),
+    # microsoft/bitnet-embedding-270m (docs/family.md, 2d; the guide's numbers, the hub
+    # config.json unseen): Gemma3's block, every 6th layer full attention, the others a
+    # 512-token sliding window (Gemma3-270M's), <eos> (1) appended and pooled, <bos> (2) first
+    "bitnet-embedding-270m": dict(vocab_size=262144, hidden_size=640, intermediate_size=2048,
+                                  num_hidden_layers=18, num_attention_heads=4,
+                                  num_key_value_heads=1, head_dim=256,
+                                  max_position_embeddings=32768, rms_norm_eps=1e-6,
+                                  rope_theta=10000.0, rope_local_theta=10000.0,
+                                  hidden_act="gelu_tanh", sub_norms=False, projection_norms=True,
+                                  qk_norm=True, sandwich_norms=True, norm_offset=1.0,
+                                  scale_embedding=True, query_pre_attn_scalar=256.0,
+                                  sliding_window=512,
+                                  layer_types=["sliding_attention" if (i + 1) % 6 else
+                                               "full_attention" for i in range(18)],
+                                  tie_word_embeddings=True, bos_token_id=2, eos_token_id=1),
 }
 
 #: the ternary models the engine runs (presets above): name -> the hub ids of that shape
@@ -120,10 +135,15 @@ MEMBERS = {
 #: the ternary embedding models (no logits, no decoding: ``model.embed``), same form
 EMBEDDING_MEMBERS = {
     "bitnet-embedding-0.6b": ("microsoft/bitnet-embedding-0.6b",),
+    "bitnet-embedding-270m": ("microsoft/bitnet-embedding-270m",),
 }
 
 #: the FFN activations of the decoder block: relu2 (BitNet: relu(gate)**2 * up), silu (SwiGLU)
 HIDDEN_ACTS = ("relu2", "silu")
+#: ... and the one an embedding model's block may have too (Gemma3: GELU, tanh approximation)
+EMBEDDING_ACTS = ("gelu_tanh",)
+#: ``BitNetConfig.layer_types`` entries (Gemma3's attention kinds)
+LAYER_TYPES = ("full_attention", "sliding_attention")
 #: ``quantization_config.linear_class``: how the FILE's ``weight_scale`` reads.  autobitlinear
 #: (2B4T): it multiplies (absmean); bitlinear (transformers' default for ``quant_method:
 #: bitnet``; Falcon3, HF1BitLLM): it is the reciprocal 1/absmean.  The engine always holds the
@@ -204,6 +224,21 @@ class BitNetConfig:
     # ``q_norm``/``k_norm``); from_dict sets both for ``model_type: qwen3``
     projection_norms: bool = False
     qk_norm: bool = False
+    # Gemma3's block (bitnet-embedding-270m; from_dict sets these for model_type gemma3_text):
+    # norms after attention and after the FFN too (post_attention_layernorm then normalizes the
+    # attention output, pre_feedforward_layernorm the FFN input, post_feedforward_layernorm its
+    # output); RMSNorm weights stored as w with the norm multiplying by (1 + w) (norm_offset
+    # 1.0; not the projections' own norms); the embedding times sqrt(hidden); attention
+    # scores scaled by query_pre_attn_scalar**-0.5 (None: head_dim); sliding-window attention
+    # (keys within the last ``sliding_window`` positions) on the layers ``layer_types`` marks
+    # "sliding_attention", whose RoPE base is rope_local_theta
+    sandwich_norms: bool = False
+    norm_offset: float = 0.0
+    scale_embedding: bool = False
+    query_pre_attn_scalar: float | None = None
+    sliding_window: int | None = None
+    layer_types: list | None = None
+    rope_local_theta: float | None = None
     bos_token_id: int | None = 128000
     eos_token_id: int | list | None = 128001
     pad_token_id: int | None = None
@@ -221,9 +256,10 @@ class BitNetConfig:
                              f"of num_key_value_heads={self.num_key_value_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
-        if self.hidden_act not in HIDDEN_ACTS:
+        acts = HIDDEN_ACTS + (EMBEDDING_ACTS if self.projection_norms else ())
+        if self.hidden_act not in acts:
             raise ValueError(f"hidden_act={self.hidden_act!r} not supported (one of "
-                             f"{', '.join(HIDDEN_ACTS)})")
+                             f"{', '.join(acts)})")
         if self.linear_class not in LINEAR_CLASSES:
             raise ValueError(f"config linear_class={self.linear_class!r}: expected one of "
                              f"{', '.join(LINEAR_CLASSES)}")
@@ -264,9 +300,10 @@ class BitNetConfig:
             raise ValueError(f"config hidden_act={self.hidden_act!r}: expected a string")
         if not isinstance(self.sub_norms, bool):
             raise ValueError(f"config sub_norms={self.sub_norms!r}: expected true or false")
-        for key in ("projection_norms", "qk_norm"):
+        for key in ("projection_norms", "qk_norm", "sandwich_norms", "scale_embedding"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"config {key}={getattr(self, key)!r}: expected true or false")
+        self._check_gemma_fields()
         if self.projection_norms and self.sub_norms:
             raise ValueError("config projection_norms and sub_norms: a block whose projections "
                              "normalize their own inputs has no attn_sub_norm / ffn_sub_norm")
@@ -285,6 +322,36 @@ class BitNetConfig:
                                 if key == "eos_token_id" else ""))
         if not isinstance(self.extra, dict):
             raise ValueError("config extra must be a dict")
+
+    def _check_gemma_fields(self) -> None:
+        def number(v, low):
+            return isinstance(v, (int, float, _np_floating(), _np_integer())) \
+                and not isinstance(v, bool) and math.isfinite(v) and v >= low
+        if self.norm_offset not in (0, 1) or isinstance(self.norm_offset, bool):
+            raise ValueError(f"config norm_offset={self.norm_offset!r}: expected 0 (w) or 1 "
+                             "(Gemma's 1 + w)")
+        self.norm_offset = float(self.norm_offset)
+        for key in ("query_pre_attn_scalar", "rope_local_theta"):
+            v = getattr(self, key)
+            if v is not None and not (number(v, 0) and v > 0):
+                raise ValueError(f"config {key}={v!r}: expected a finite number > 0")
+            if v is not None:
+                setattr(self, key, float(v))
+        w = self.sliding_window
+        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, _np_integer()))
+                              or not 1 <= w <= MAX_POSITIONS):
+            raise ValueError(f"config sliding_window={w!r}: expected a whole number in "
+                             f"[1, {MAX_POSITIONS}] or null")
+        kinds = self.layer_types
+        if kinds is not None:
+            if not isinstance(kinds, (list, tuple)) or len(kinds) != self.num_hidden_layers \
+                    or any(k not in LAYER_TYPES for k in kinds):
+                raise ValueError(f"config layer_types must list one of {LAYER_TYPES} per layer "
+                                 f"({self.num_hidden_layers}), got {kinds!r:.200}")
+            self.layer_types = list(kinds)
+            if "sliding_attention" in kinds and w is None:
+                raise ValueError("config layer_types has sliding_attention layers but no "
+                                 "sliding_window")
 
     @property
     def n_rep(self) -> int:
@@ -324,6 +391,9 @@ class BitNetConfig:
             raise ValueError(f"a config must be a JSON object (key: value), got "
                              f"{type(d).__name__}")
         d = dict(d)
+        _check_backbone(d)
+        if d.get("model_type") in ("gemma3_text", "gemma3"):
+            _gemma3_keys(d)  # its per-layer-type RoPE first
         rope = d.pop("rope_parameters", None) or {}
         scaling = d.pop("rope_scaling", None)
         found = None
@@ -339,7 +409,6 @@ class BitNetConfig:
             d["rope_theta"] = rope["rope_theta"]
         d["rope_scaling"] = None if found is None else \
             {"rope_type": "llama3", **{k: found.get(k) for k in _LLAMA3_KEYS}}
-        _check_backbone(d)
         if d.get("model_type") == "qwen3":  # BitNet-embedding-0.6B (docs/family.md, 2d)
             for k, v in (("sub_norms", False), ("projection_norms", True), ("qk_norm", True),
                          ("hidden_act", "silu")):
@@ -403,13 +472,25 @@ class BitNetConfig:
         """
         d = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(BitNetConfig)
              if f.name not in ("extra", "sub_norms", "linear_class", "projection_norms",
-                               "qk_norm")}
+                               "qk_norm") + _GEMMA_FIELDS}
         out = {**copy.deepcopy(self.extra), **d}  # copies, as dataclasses.asdict made
-        if self.projection_norms:  # BitNet-embedding: Qwen3's config, its block flags kept
-            out.setdefault("architectures", ["Qwen3Model"])
-            out["model_type"] = "qwen3"
+        if self.projection_norms:  # BitNet-embedding: its backbone's config, block flags kept
+            gemma = self.sandwich_norms
+            out.setdefault("architectures", ["Gemma3TextModel" if gemma else "Qwen3Model"])
+            out["model_type"] = "gemma3_text" if gemma else "qwen3"
             out["sub_norms"], out["projection_norms"] = False, True
             out["qk_norm"] = self.qk_norm
+            if gemma:
+                out.update(sandwich_norms=True, norm_offset=self.norm_offset,
+                           scale_embedding=self.scale_embedding,
+                           query_pre_attn_scalar=self.query_pre_attn_scalar,
+                           sliding_window=self.sliding_window, layer_types=self.layer_types,
+                           rope_local_base_freq=self.rope_local_theta,
+                           hidden_activation={"gelu_tanh": "gelu_pytorch_tanh"}.get(
+                               self.hidden_act, self.hidden_act))
+                out.pop("hidden_act", None)
+                for k in ("rope_local_theta",):
+                    out.pop(k, None)
         elif "architectures" not in out or _sub_norms_of(out["architectures"]) != self.sub_norms:
             out["architectures"] = ["BitNetForCausalLM" if self.sub_norms else "LlamaForCausalLM"]
             out["model_type"] = "bitnet" if self.sub_norms else "llama"
@@ -457,6 +538,8 @@ class BitNetConfig:
             sub += sum(i for _, i in shapes.values())
         if self.qk_norm:
             sub += 2 * self.head_dim
+        if self.sandwich_norms:
+            sub += 2 * h  # pre_feedforward_layernorm, post_feedforward_layernorm
         counts["norms"] = n * (2 * h + sub) + h
         counts["lm_head"] = 0 if self.tie_word_embeddings else self.vocab_size * h
         counts["linear"] = sum(counts[k] for k in LINEAR_KINDS)
@@ -488,13 +571,55 @@ class BitNetConfig:
 
 #: backbones whose block the engine does not run, with what is missing (a clear refusal
 #: instead of a model that loads and computes something else)
-UNSUPPORTED_BACKBONES = {
-    "gemma3_text": "microsoft/bitnet-embedding-270m's Gemma3 backbone (sliding-window "
-                   "attention with a second RoPE base, (1 + w) RMSNorms, post-attention and "
-                   "post-FFN norms, an embedding scaled by sqrt(hidden), GELU-tanh, "
-                   "query_pre_attn_scalar) is not implemented; bitnet-embedding-0.6b (Qwen3) is",
-}
-UNSUPPORTED_BACKBONES["gemma3"] = UNSUPPORTED_BACKBONES["gemma3_text"]
+UNSUPPORTED_BACKBONES: dict = {}
+
+#: Gemma3 defaults (transformers' Gemma3TextConfig) for keys a config.json may leave out
+_GEMMA3 = dict(rope_theta=1000000.0, rope_local_base_freq=10000.0, query_pre_attn_scalar=256,
+               sliding_window=4096, sliding_window_pattern=6, rms_norm_eps=1e-6,
+               hidden_activation="gelu_pytorch_tanh")
+
+
+def _gemma3_keys(d: dict) -> None:
+    """A Gemma3 config.json (bitnet-embedding-270m) in BitNetConfig's terms, in place: the block
+    flags, ``hidden_activation`` (gelu_pytorch_tanh -> gelu_tanh), the two RoPE bases (top-level
+    ``rope_theta`` / ``rope_local_base_freq``, or transformers-5's ``rope_parameters`` keyed by
+    layer type), ``layer_types`` (or every ``sliding_window_pattern``-th layer full).  Refused:
+    bidirectional attention, logit soft-capping, a RoPE scaling."""
+    for key in ("use_bidirectional_attention", "attn_logit_softcapping"):
+        if d.get(key):
+            raise ValueError(f"config {key}={d[key]!r}: not supported (causal attention without "
+                             "soft-capping only)")
+    rope = d.pop("rope_parameters", None)
+    if isinstance(rope, dict) and "full_attention" in rope:
+        full, local = rope.get("full_attention") or {}, rope.get("sliding_attention") or {}
+        for r in (full, local):
+            if not isinstance(r, dict) or r.get("rope_type", "default") != "default":
+                raise ValueError(f"config rope_parameters={rope!r:.200}: only default RoPE")
+        d.setdefault("rope_theta", full.get("rope_theta", _GEMMA3["rope_theta"]))
+        d.setdefault("rope_local_base_freq", local.get("rope_theta",
+                                                       _GEMMA3["rope_local_base_freq"]))
+    elif rope is not None:
+        raise ValueError(f"config rope_parameters={rope!r:.200}: expected one per layer type")
+    if d.get("rope_scaling") is not None:
+        raise ValueError(f"config rope_scaling={d['rope_scaling']!r:.200}: only default RoPE")
+    for k, v in _GEMMA3.items():
+        d.setdefault(k, v)
+    act = d.pop("hidden_activation")
+    d.setdefault("hidden_act", {"gelu_pytorch_tanh": "gelu_tanh"}.get(act, act))
+    n = d.get("num_hidden_layers")
+    pattern = d.pop("sliding_window_pattern")
+    if d.get("layer_types") is None and isinstance(n, int) and isinstance(pattern, int) \
+            and pattern > 0:
+        d["layer_types"] = ["sliding_attention" if (i + 1) % pattern else "full_attention"
+                            for i in range(n)]
+    d["rope_local_theta"] = d.pop("rope_local_base_freq")
+    for k, v in (("sub_norms", False), ("projection_norms", True), ("qk_norm", True),
+                 ("sandwich_norms", True), ("norm_offset", 1.0), ("scale_embedding", True)):
+        d.setdefault(k, v)
+
+
+_GEMMA_FIELDS = ("sandwich_norms", "norm_offset", "scale_embedding", "query_pre_attn_scalar",
+                 "sliding_window", "layer_types", "rope_local_theta")
 
 
 def _check_backbone(d: dict) -> None:

@@ -311,8 +311,9 @@ def test_pooling_is_read_from_the_sentence_transformers_files(tmp_path):
 def test_refusals_name_the_problem(tmp_path):
     from bitnet_edu import load_model
     gemma = write_embedding_checkpoint(tmp_path / "gemma",
-                                       config_overrides={"model_type": "gemma3_text"})
-    with pytest.raises(ValueError, match="Gemma3 backbone .* not implemented"):
+                                       config_overrides={"model_type": "gemma3_text",
+                                                         "use_bidirectional_attention": True})
+    with pytest.raises(ValueError, match="use_bidirectional_attention=True: not supported"):
         load_model(gemma)
     # a plain (float) Qwen3 has no per-projection norms: not a BitNet-embedding checkpoint
     plain = write_embedding_checkpoint(
@@ -387,3 +388,142 @@ def test_decoder_embed_pools_its_hidden_states():
     np.testing.assert_allclose(mean[0], h.mean(0), atol=1e-4)
     assert m.embed([]).shape == (0, m.config.hidden_size)
 
+
+
+# --- bitnet-embedding-270m: the Gemma3 block ------------------------------------------------
+
+GEMMA_SHAPE = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                   num_attention_heads=4, num_key_value_heads=1, head_dim=32)
+WINDOW = 4  # short enough that the 13-token inputs below slide
+
+
+def gemma_config(**over) -> dict:
+    """A Gemma3 text config.json (transformers 4.x keys) at a tiny shape: two sliding layers and
+    a full one, query_pre_attn_scalar not head_dim (so the score scale is tested)."""
+    return {"architectures": ["Gemma3TextModel"], "model_type": "gemma3_text",
+            "attention_bias": False, "attention_dropout": 0.0, "attn_logit_softcapping": None,
+            "bos_token_id": 0, "eos_token_id": EOS, "pad_token_id": 2, "final_logit_softcapping": None,
+            "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 64,
+            "query_pre_attn_scalar": 20, "rms_norm_eps": 1e-6, "rope_local_base_freq": 10000.0,
+            "rope_scaling": None, "rope_theta": 1000000.0, "sliding_window": WINDOW,
+            "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+            "tie_word_embeddings": True, "torch_dtype": "float32",
+            "use_bidirectional_attention": False, "quantization_config": {
+                "quant_method": "bitnet", "linear_class": "autobitlinear",
+                "quantization_mode": "online", "use_rms_norm": True, "rms_norm_eps": 1e-6},
+            **GEMMA_SHAPE, **over}
+
+
+def write_gemma_checkpoint(directory, seed=0) -> Path:
+    """transformers' Gemma3TextModel names (no model. prefix), float32, the layer norms stored
+    Gemma's way (w around 0, the norm multiplies by 1 + w), the projections' own norms plain
+    (around 1), sentence-transformers' last-token pooling."""
+    from safetensors.numpy import save_file
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    c = gemma_config()
+    rng = np.random.default_rng(seed)
+    h, f, hd = c["hidden_size"], c["intermediate_size"], c["head_dim"]
+    shapes = {"self_attn.q_proj": (c["num_attention_heads"] * hd, h),
+              "self_attn.k_proj": (c["num_key_value_heads"] * hd, h),
+              "self_attn.v_proj": (c["num_key_value_heads"] * hd, h),
+              "self_attn.o_proj": (h, c["num_attention_heads"] * hd),
+              "mlp.gate_proj": (f, h), "mlp.up_proj": (f, h), "mlp.down_proj": (h, f)}
+    t = {"embed_tokens.weight": 0.3 * rng.standard_normal((c["vocab_size"], h)),
+         "norm.weight": 0.2 * rng.standard_normal(h)}
+    for i in range(c["num_hidden_layers"]):
+        p = f"layers.{i}."
+        for n in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                  "post_feedforward_layernorm"):
+            t[p + n + ".weight"] = 0.2 * rng.standard_normal(h)
+        for n in ("self_attn.q_norm", "self_attn.k_norm"):
+            t[p + n + ".weight"] = 0.2 * rng.standard_normal(hd)
+        for name, (o, k) in shapes.items():
+            t[p + name + ".weight"] = rng.uniform(0.15, 0.4) * rng.standard_normal((o, k))
+            t[p + name + ".rms_norm.weight"] = 1 + 0.2 * rng.standard_normal(k)
+    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in t.items()},
+              str(d / "model.safetensors"), metadata={"format": "pt"})
+    (d / "config.json").write_text(json.dumps(c, indent=2))
+    tiny_tokenizer(c["vocab_size"]).save(str(d / "tokenizer.json"))
+    (d / "modules.json").write_text(json.dumps([
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (d / "1_Pooling").mkdir(exist_ok=True)
+    (d / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_lasttoken": True}))
+    return d
+
+
+def test_gemma3_block_matches_transformers(tmp_path, torch_oracle):
+    """bitnet-embedding-270m's block against transformers' own Gemma3TextModel with
+    use_rms_norm BitLinears: (1 + w) norms, the four layer norms, sqrt(hidden) embedding,
+    query_pre_attn_scalar, GELU-tanh, and sliding-window layers with their own RoPE base (the
+    13 tokens are longer than the window); fast and reference paths both."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+    from bitnet_edu import load_model
+    from bitnet_edu.model.embedding import EmbeddingModel
+    d = write_gemma_checkpoint(tmp_path / "g", seed=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref_model = transformers.Gemma3TextModel.from_pretrained(d, torch_dtype=torch.float32)
+    ref_model.eval()
+    assert type(ref_model.layers[0].mlp.down_proj).__name__ == "AutoBitLinear"
+    ids = [0] + IDS + [EOS]
+    assert len(ids) > WINDOW
+    with torch.no_grad():
+        ref = ref_model(torch.tensor([ids])).last_hidden_state[0].numpy()
+    model = load_model(d, head="float32")
+    assert isinstance(model, EmbeddingModel)
+    c = model.config
+    assert (c.sandwich_norms, c.norm_offset, c.scale_embedding, c.hidden_act) == \
+        (True, 1.0, True, "gelu_tanh")
+    assert (c.rope_theta, c.rope_local_theta, c.query_pre_attn_scalar) == (1e6, 1e4, 20.0)
+    assert_close(model.hidden_states(ids), ref)
+    model.fast = False
+    try:
+        assert_close(model.hidden_states(ids), ref)
+    finally:
+        model.fast = True
+    e = model.embed([ids])[0]
+    assert float(e @ unit(ref[-1])) > 0.9999
+    # the window matters: the same model with full attention everywhere is another model
+    model.config.layer_types = ["full_attention"] * 3
+    try:
+        assert np.abs(model.hidden_states(ids) - ref).max() > 1e-2 * np.abs(ref).max()
+    finally:
+        model.config.layer_types = ["sliding_attention", "sliding_attention", "full_attention"]
+
+
+def test_gemma3_config_keys_and_refusals():
+    cfg = BitNetConfig.from_dict(gemma_config(layer_types=None, sliding_window_pattern=2))
+    assert cfg.layer_types == ["sliding_attention", "full_attention", "sliding_attention"]
+    v5 = {k: v for k, v in gemma_config().items() if k not in ("rope_theta",
+                                                                "rope_local_base_freq")}
+    v5["rope_parameters"] = {"full_attention": {"rope_type": "default", "rope_theta": 5e5},
+                             "sliding_attention": {"rope_type": "default", "rope_theta": 5e3}}
+    c5 = BitNetConfig.from_dict(v5)
+    assert (c5.rope_theta, c5.rope_local_theta) == (5e5, 5e3)
+    assert BitNetConfig.from_dict(c5.to_dict()).layer_types == c5.layer_types
+    for bad, msg in [({"attn_logit_softcapping": 50.0}, "soft-capping"),
+                     ({"rope_scaling": {"rope_type": "linear", "factor": 8.0}}, "only default"),
+                     ({"layer_types": ["sliding_attention"]}, "one of .* per layer"),
+                     ({"sliding_window": 0}, "sliding_window=0")]:
+        with pytest.raises(ValueError, match=msg):
+            BitNetConfig.from_dict(gemma_config(**bad))
+    p = BitNetConfig.preset("bitnet-embedding-270m")
+    assert 0.26e9 < p.n_params < 0.28e9  # "~270M"
+    assert p.layer_types.count("full_attention") == 3 and p.sliding_window == 512
+    assert EMBEDDING_MEMBERS["bitnet-embedding-270m"] == ("microsoft/bitnet-embedding-270m",)
+
+
+def test_windowed_attention_in_blocks_equals_the_whole():
+    from bitnet_edu.model.embedding import _windowed
+    from bitnet_edu.model.layers import attention
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((23, 4, 8)).astype(np.float32)
+    k, v = (rng.standard_normal((23, 2, 8)).astype(np.float32) for _ in range(2))
+    for window in (None, 1, 5, 40):
+        whole = attention(q, k, v, 0, window=window, scale=0.3)
+        np.testing.assert_allclose(_windowed(q, k, v, window, 0.3, block=6), whole,
+                                   rtol=1e-5, atol=1e-6)
+    one = attention(q, k, v, 0, window=1)  # a window of 1: each position reads itself only
+    np.testing.assert_allclose(one, np.repeat(v, 2, axis=1).reshape(23, -1), atol=1e-6)

@@ -24,6 +24,7 @@ import numpy as np
 from ..config import BitNetConfig, is_master_layout
 
 __all__ = ["LINEARS", "NORMS", "SUB_NORMS", "MASTER_SUB_NORMS", "PROJECTION_NORMS", "QK_NORMS",
+           "SANDWICH_NORMS",
            "layer_norms", "expected_tensors",
            "file_names", "is_linear", "is_scale", "check_zero_linear", "RowBlocks", "in_order"]
 
@@ -44,6 +45,8 @@ MASTER_SUB_NORMS = {"self_attn.attn_sub_norm": "self_attn.inner_attn_ln",
 #: BitNet-embedding's per-projection input norms (``BitNetConfig.projection_norms``): one
 #: ``<proj>.norm`` for each of :data:`LINEARS`, shaped like that projection's input
 PROJECTION_NORMS = tuple(f"{p}.norm" for p in LINEARS)
+#: Gemma3's two norms around the FFN (``BitNetConfig.sandwich_norms``), ``[hidden]``
+SANDWICH_NORMS = ("pre_feedforward_layernorm", "post_feedforward_layernorm")
 #: Qwen3's per-head RMSNorms of the queries and keys (``BitNetConfig.qk_norm``), ``[head_dim]``
 QK_NORMS = ("self_attn.q_norm", "self_attn.k_norm")
 
@@ -52,8 +55,10 @@ def layer_norms(cfg: BitNetConfig) -> tuple:
     """The RMSNorm weights of one layer of ``cfg`` (relative to ``model.layers.N.``): the four
     of :data:`NORMS`, or the two outer ones for a block without sub-norms (Llama), then the
     seven :data:`PROJECTION_NORMS` and the two :data:`QK_NORMS` of a block that has them
-    (BitNet-embedding)."""
+    (BitNet-embedding), after Gemma3's two :data:`SANDWICH_NORMS`."""
     out = NORMS if cfg.sub_norms else tuple(n for n in NORMS if n not in SUB_NORMS)
+    if cfg.sandwich_norms:
+        out += SANDWICH_NORMS
     if cfg.projection_norms:
         out += PROJECTION_NORMS
     if cfg.qk_norm:
@@ -85,7 +90,8 @@ def expected_tensors(cfg: BitNetConfig) -> dict[str, tuple]:
            "self_attn.o_proj": (h, q), "mlp.gate_proj": (f, h), "mlp.up_proj": (f, h),
            "mlp.down_proj": (h, f)}
     norm = {"input_layernorm": h, "post_attention_layernorm": h, "self_attn.attn_sub_norm": q,
-            "mlp.ffn_sub_norm": f, "self_attn.q_norm": d, "self_attn.k_norm": d}
+            "mlp.ffn_sub_norm": f, "self_attn.q_norm": d, "self_attn.k_norm": d,
+            "pre_feedforward_layernorm": h, "post_feedforward_layernorm": h}
     norm.update({f"{p}.norm": lin[p][1] for p in LINEARS})  # each projection's input width
     norm = {k: norm[k] for k in layer_norms(cfg)}
     out = {"model.embed_tokens.weight": (cfg.vocab_size, h), "model.norm.weight": (h,)}

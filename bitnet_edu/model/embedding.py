@@ -12,7 +12,13 @@ the per-token int8 quantization, so q, k and v cannot share one quantized input:
     b   = post_attention_layernorm(h)
     out = h + lin_down(silu(lin_gate(b)) * lin_up(b))
 
-then the final ``norm``.  One vector per text: the final state of the last token (an appended
+then the final ``norm``.  microsoft/bitnet-embedding-270m is Gemma3's block with the same
+projections (``BitNetConfig.sandwich_norms`` and friends): the attention output and the FFN
+output are normed before their residual adds (``post_attention_layernorm``,
+``post_feedforward_layernorm``; ``pre_feedforward_layernorm`` feeds the FFN), the layer norms
+multiply by ``1 + w``, the embedding rows by ``sqrt(hidden)``, scores by
+``query_pre_attn_scalar**-0.5``, the FFN is GELU-tanh gated, and five of every six layers
+attend within a sliding window with their own RoPE base.  One vector per text: the final state of the last token (an appended
 ``<|endoftext|>``), L2-normalized (:mod:`.pooling`).  There is no head: nothing is decoded.
 
 Two code paths compute the same thing: ``_layer_reference`` (plain NumPy, :mod:`.layers`) and
@@ -32,7 +38,8 @@ from .. import cpu_threads, kernels
 from ..formats.schema import LINEARS, RowBlocks, expected_tensors
 from . import fused
 from .config import BitNetConfig
-from .layers import apply_rope, attention, quantize_act, rms_norm, rope_tables, silu_glu
+from .layers import (EMBEDDING_FFN_ACTIVATIONS, apply_rope, attention, quantize_act, rms_norm,
+                     rope_tables)
 from .transformer import Head
 
 __all__ = ["EmbeddingModel", "EmbeddingLayer"]
@@ -51,13 +58,19 @@ class EmbeddingLayer:
     post_attention_layernorm: np.ndarray  # float32 [hidden]
     q_norm: np.ndarray | None             # float32 [head_dim] (None: no head norms)
     k_norm: np.ndarray | None
+    # Gemma3 (sandwich_norms): around the FFN; post_attention_layernorm then normalizes the
+    # attention output.  Every weight here is the one the norm multiplies by: a (1 + w)
+    # checkpoint's offset is added at load.
+    pre_feedforward_layernorm: np.ndarray | None = None
+    post_feedforward_layernorm: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
         arrays = [a for p in self.packed.values() for a in p.arrays]
         arrays += list(self.norms.values()) + [self.input_layernorm,
                                                self.post_attention_layernorm]
-        arrays += [a for a in (self.q_norm, self.k_norm) if a is not None]
+        arrays += [a for a in (self.q_norm, self.k_norm, self.pre_feedforward_layernorm,
+                               self.post_feedforward_layernorm) if a is not None]
         return sum(a.nbytes for a in arrays) + 4 * len(self.scales)
 
 
@@ -88,7 +101,7 @@ class EmbeddingModel:
         self.pooling = "last"
         self.fast = True  # False: the NumPy reference attention (same maths)
         self.threads: int | None = None
-        self._cos = self._sin = np.zeros((0, config.head_dim), np.float32)
+        self._tables: dict = {}  # RoPE base -> (cos, sin) float32 [positions, head_dim]
         self.last_stats: dict = {}
 
     # ---- construction -------------------------------------------------------------------------
@@ -124,7 +137,7 @@ class EmbeddingModel:
             seen.add(name)
             if not name.startswith("model.layers."):
                 top[name] = Head.build(a, head) if name == "model.embed_tokens.weight" else \
-                    np.asarray(a, np.float32)
+                    np.asarray(a, np.float32) + np.float32(cfg.norm_offset)
                 continue
             i, rel = int(name.split(".")[2]), name.split(".", 3)[3]
             got = parts.setdefault(i, {})
@@ -158,11 +171,24 @@ class EmbeddingModel:
         finally:
             numba.set_num_threads(prev)
 
-    def _rope(self, n: int) -> None:
-        if n > len(self._cos):
+    def _rope(self, n: int, theta: float):
+        """``(cos, sin)`` for RoPE base ``theta`` covering positions ``0 .. n-1`` (grown by
+        doubling; a longer table's rows equal a shorter one's)."""
+        have = self._tables.get(theta)
+        if have is None or n > len(have[0]):
             c = self.config
-            size = min(max(n, 2 * len(self._cos), 64), c.max_position_embeddings)
-            self._cos, self._sin = rope_tables(size, c.head_dim, c.rope_theta, c.rope_scaling)
+            size = min(max(n, 2 * (0 if have is None else len(have[0])), 64),
+                       c.max_position_embeddings)
+            self._tables[theta] = have = rope_tables(size, c.head_dim, theta, c.rope_scaling)
+        return have
+
+    def _attention_kind(self, i: int):
+        """Layer ``i``'s ``(rope base, window)``: the sliding layers of a Gemma3 block use
+        ``rope_local_theta`` and ``sliding_window``; every other layer the full context."""
+        c = self.config
+        if c.layer_types is not None and c.layer_types[i] == "sliding_attention":
+            return c.rope_local_theta or c.rope_theta, c.sliding_window
+        return c.rope_theta, None
 
     def _token_ids(self, ids) -> np.ndarray:
         ids = np.asarray(ids)
@@ -184,11 +210,12 @@ class EmbeddingModel:
         """The final-normed hidden state of every token of ``ids``: float32 ``[T, hidden]``.
         ``trace``: a list receiving one dict of intermediates per layer (the NumPy path)."""
         ids = self._token_ids(ids)
-        self._rope(len(ids))
         x = self.head.embed(ids)
+        if self.config.scale_embedding:  # Gemma3: the rows times sqrt(hidden)
+            x = x * np.float32(np.sqrt(self.config.hidden_size))
         with self._numba_threads():
             for i, L in enumerate(self.layers):
-                x = self._layer(L, x, trace, reference=trace is not None or not self.fast)
+                x = self._layer(i, L, x, trace, reference=trace is not None or not self.fast)
             return rms_norm(x, self.norm, self.config.rms_norm_eps)
 
     def _lin(self, L: EmbeddingLayer, name: str, x: np.ndarray, reference: bool) -> np.ndarray:
@@ -202,37 +229,48 @@ class EmbeddingModel:
             xq, xs = fused.rmsnorm_quant(np.ascontiguousarray(x, np.float32), L.norms[name], eps)
         return self.kernel.linear(L.packed[name], xq, xs, L.scales[name])
 
-    def _layer(self, L: EmbeddingLayer, x, trace, reference: bool):
+    def _layer(self, i: int, L: EmbeddingLayer, x, trace, reference: bool):
         c, eps = self.config, self.config.rms_norm_eps
         t, d, h, hkv = len(x), c.head_dim, c.num_attention_heads, c.num_key_value_heads
+        theta, window = self._attention_kind(i)
+        cos_all, sin_all = self._rope(t, theta)
+        scale = None if c.query_pre_attn_scalar is None else c.query_pre_attn_scalar ** -0.5
         a = rms_norm(x, L.input_layernorm, eps)
         q = self._lin(L, "self_attn.q_proj", a, reference).reshape(t, h, d)
         k = self._lin(L, "self_attn.k_proj", a, reference).reshape(t, hkv, d)
         v = self._lin(L, "self_attn.v_proj", a, reference).reshape(t, hkv, d)
         if L.q_norm is not None:  # per head, over head_dim (Qwen3), before RoPE
             q, k = rms_norm(q, L.q_norm, eps), rms_norm(k, L.k_norm, eps)
-        cos, sin = self._cos[:t], self._sin[:t]
-        if reference:
-            att = attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, 0)
-        else:  # the decoder's fused kernel: RoPE + causal GQA in one Numba call
+        cos, sin = cos_all[:t], sin_all[:t]
+        if reference or (window is not None and t > window):
+            att = _windowed(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, window, scale)
+        else:  # the decoder's fused kernel: RoPE + causal GQA in one Numba call (1/sqrt(D))
+            if scale is not None and scale != d ** -0.5:
+                q = q * np.float32(scale * np.sqrt(d))
             qkv = np.concatenate([q.reshape(t, -1), k.reshape(t, -1), v.reshape(t, -1)], axis=1)
             kc = np.empty((hkv, t, d), np.float32)
             vc = np.empty_like(kc)
-            att = fused.attention_block(np.ascontiguousarray(qkv), _ONES3, self._cos, self._sin,
+            att = fused.attention_block(np.ascontiguousarray(qkv), _ONES3, cos_all, sin_all,
                                         kc, vc, 0, h, hkv, d)
-        hid = x + self._lin(L, "self_attn.o_proj", att, reference)
-        b = rms_norm(hid, L.post_attention_layernorm, eps)
+        o = self._lin(L, "self_attn.o_proj", att, reference)
+        if c.sandwich_norms:  # Gemma3: the attention output is normed before the residual
+            o = rms_norm(o, L.post_attention_layernorm, eps)
+        hid = x + o
+        b = rms_norm(hid, L.pre_feedforward_layernorm if c.sandwich_norms
+                     else L.post_attention_layernorm, eps)
         gate = self._lin(L, "mlp.gate_proj", b, reference)
         up = self._lin(L, "mlp.up_proj", b, reference)
-        if reference:  # (a trace runs this path)
-            act = silu_glu(gate, up)
-            out = hid + self._lin(L, "mlp.down_proj", act, reference)
+        if reference or c.hidden_act != "silu":  # (a trace runs this path)
+            act = EMBEDDING_FFN_ACTIVATIONS[c.hidden_act](gate, up)
+            m = self._lin(L, "mlp.down_proj", act, reference)
         else:  # silu(gate) * up, down's own norm and int8 in one pass (the decoder's glue)
             act = None
             hq, hs = fused.silu_rmsnorm_quant(np.concatenate([gate, up], axis=1), np.float32(1),
                                               np.float32(1), L.norms["mlp.down_proj"], eps)
-            out = hid + self.kernel.linear(L.packed["mlp.down_proj"], hq, hs,
-                                           L.scales["mlp.down_proj"])
+            m = self.kernel.linear(L.packed["mlp.down_proj"], hq, hs, L.scales["mlp.down_proj"])
+        if c.sandwich_norms:
+            m = rms_norm(m, L.post_feedforward_layernorm, eps)
+        out = hid + m
         if trace is not None:
             trace.append(dict(input=x, attn_norm=a, q=q, k=k, v=v, attn_out=att, residual=hid,
                               ffn_norm=b, act=act, output=out))
@@ -276,15 +314,38 @@ class EmbeddingModel:
                 f"pooling {self.pooling!r}, kernel {self.kernel_name!r})")
 
 
+def _windowed(q, k, v, window, scale, block: int = 512):
+    """Causal attention (:func:`.layers.attention`, ``window`` None = the whole prefix) a
+    block of queries at a time, each reading only the keys its window can reach: memory
+    ``[H, block, block + window]`` instead of ``[H, T, T]`` (a 32k-token text)."""
+    t = len(q)
+    if t <= block:
+        return attention(q, k, v, 0, window=window, scale=scale)
+    out = np.empty((t, q.shape[1] * q.shape[2]), np.float32)
+    for a in range(0, t, block):
+        b = min(a + block, t)
+        lo = 0 if window is None else max(0, a - window + 1)
+        out[a:b] = attention(q[a:b], k[lo:b], v[lo:b], a - lo, window=window, scale=scale)
+    return out
+
+
 def _build_layer(got: dict, cfg: BitNetConfig) -> EmbeddingLayer:
+    off = np.float32(cfg.norm_offset)  # Gemma3's (1 + w); the projections' own norms: plain w
+
     def scale(p):
         return float(np.asarray(got[p + ".weight_scale"], np.float32).reshape(-1)[0])
+
+    def norm(name):
+        w = got.get(name + ".weight")
+        return None if w is None else (w + off).astype(np.float32)
 
     return EmbeddingLayer(
         packed={p: got[p + ".weight"] for p in LINEARS},
         scales={p: scale(p) for p in LINEARS},
         norms={p: got[p + ".norm.weight"] for p in LINEARS},
-        input_layernorm=got["input_layernorm.weight"],
-        post_attention_layernorm=got["post_attention_layernorm.weight"],
-        q_norm=got.get("self_attn.q_norm.weight") if cfg.qk_norm else None,
-        k_norm=got.get("self_attn.k_norm.weight") if cfg.qk_norm else None)
+        input_layernorm=norm("input_layernorm"),
+        post_attention_layernorm=norm("post_attention_layernorm"),
+        q_norm=norm("self_attn.q_norm") if cfg.qk_norm else None,
+        k_norm=norm("self_attn.k_norm") if cfg.qk_norm else None,
+        pre_feedforward_layernorm=norm("pre_feedforward_layernorm"),
+        post_feedforward_layernorm=norm("post_feedforward_layernorm"))

@@ -11,7 +11,8 @@ import numpy as np
 from ..norm import rms_norm  # the one NumPy RMSNorm, re-exported here for the model code
 
 __all__ = ["rms_norm", "quantize_act", "rope_tables", "llama3_inv_freq", "rotate_half", "apply_rope", "attention",
-           "relu2_glu", "silu_glu", "FFN_ACTIVATIONS", "KVCache"]
+           "relu2_glu", "silu_glu", "gelu_tanh_glu", "FFN_ACTIVATIONS", "EMBEDDING_FFN_ACTIVATIONS",
+           "KVCache"]
 
 
 def quantize_act(x: np.ndarray):
@@ -64,21 +65,27 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     return x * cos[:, None, :] + rotate_half(x) * sin[:, None, :]
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, return_probs=False):
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, return_probs=False,
+              *, window: int | None = None, scale: float | None = None):
     """Causal grouped-query attention.
 
     ``q`` ``[T, H, D]`` for positions ``start .. start+T-1``; ``k``, ``v`` ``[S, Hkv, D]`` for
     positions ``0 .. S-1`` (``S = start + T``: the cache plus the new tokens).  Query head ``h``
     reads key/value head ``h // (H // Hkv)``.  Returns ``[T, H*D]`` (and the ``[H, T, S]``
-    probabilities when ``return_probs``).
+    probabilities when ``return_probs``).  ``window``: a query at position ``p`` reads only keys
+    at ``p - window < s <= p`` (Gemma3's sliding window, as transformers' mask); ``scale``: the
+    score factor (default ``1 / sqrt(D)``).
     """
     t, h, d = q.shape
     s, hkv, _ = k.shape
     rep = h // hkv
     kk = np.repeat(k, rep, axis=1).transpose(1, 2, 0)  # [H, D, S]
     vv = np.repeat(v, rep, axis=1).transpose(1, 0, 2)  # [H, S, D]
-    scores = (q.transpose(1, 0, 2) @ kk) / np.float32(np.sqrt(d))  # [H, T, S]
+    factor = np.float32(1 / np.sqrt(d) if scale is None else scale)
+    scores = (q.transpose(1, 0, 2) @ kk) * factor  # [H, T, S]
     future = np.arange(s)[None, :] > (start + np.arange(t))[:, None]  # causal mask [T, S]
+    if window is not None:  # and the keys that fell out of the window
+        future |= np.arange(s)[None, :] <= (start + np.arange(t))[:, None] - window
     scores = np.where(future[None], -np.inf, scores)
     scores = scores - scores.max(axis=-1, keepdims=True)
     p = np.exp(scores)
@@ -102,8 +109,19 @@ def silu_glu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     return (gate * sig * up).astype(np.float32)
 
 
+def gelu_tanh_glu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """Gemma's FFN activation: ``gelu(gate) * up`` with GELU's tanh approximation
+    ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x**3)))`` (transformers' gelu_pytorch_tanh)."""
+    g = np.asarray(gate, np.float32)
+    c = np.float32(np.sqrt(2 / np.pi))
+    return (np.float32(0.5) * g * (1 + np.tanh(c * (g + np.float32(0.044715) * g ** 3)))
+            * up).astype(np.float32)
+
+
 #: the FFN activations ``BitNetModel.ffn_activation`` accepts: name -> gated NumPy function
 FFN_ACTIVATIONS = {"relu2": relu2_glu, "silu": silu_glu}
+#: ... and those an embedding model's block may use too
+EMBEDDING_FFN_ACTIVATIONS = {**FFN_ACTIVATIONS, "gelu_tanh": gelu_tanh_glu}
 
 
 class KVCache:

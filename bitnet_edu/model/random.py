@@ -56,7 +56,9 @@ def random_model(shape="2b4t", seed: int = 0, *, kernel: str | None = None, head
             norms={p: ones(i, np.float32) for p, (_, i) in shapes.items()},
             input_layernorm=ones(h, np.float32), post_attention_layernorm=ones(h, np.float32),
             q_norm=ones(d, np.float32) if cfg.qk_norm else None,
-            k_norm=ones(d, np.float32) if cfg.qk_norm else None)
+            k_norm=ones(d, np.float32) if cfg.qk_norm else None,
+            pre_feedforward_layernorm=ones(h, np.float32) if cfg.sandwich_norms else None,
+            post_feedforward_layernorm=ones(h, np.float32) if cfg.sandwich_norms else None)
             for _ in range(cfg.num_hidden_layers)]
         return EmbeddingModel(cfg, layers, _table(rng, cfg.vocab_size, h, head),
                               ones(h, np.float32), kname)
