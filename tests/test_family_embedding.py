@@ -493,6 +493,84 @@ def test_gemma3_block_matches_transformers(tmp_path, torch_oracle):
         model.config.layer_types = ["sliding_attention", "sliding_attention", "full_attention"]
 
 
+def reference_gemma_hidden(directory, ids) -> np.ndarray:
+    """Oracle 1 for the Gemma3 block, float32 torch, written from its description (Gemma3's
+    ``x * rsqrt(mean(x**2) + eps) * (1 + w)`` norms; rows times ``sqrt(hidden)``; per layer
+    ``a = in_ln(x)``, q/k/v BitLinears with their own plain-``w`` input norms, q/k head norms,
+    RoPE with the local base on sliding layers, scores times ``query_pre_attn_scalar**-0.5``,
+    causal mask plus ``s > p - window`` on sliding layers, ``x += post_attn_ln(o(att))``,
+    ``x += post_ff_ln(down(gelu_tanh(gate(b)) * up(b)))`` with ``b = pre_ff_ln(x)``; final
+    norm)."""
+    import torch
+    import torch.nn.functional as F
+    from safetensors.torch import load_file
+
+    c = json.loads((Path(directory) / "config.json").read_text())
+    t = {k: v.float() for k, v in load_file(str(Path(directory) / "model.safetensors")).items()}
+    eps, heads, kv, d = (c["rms_norm_eps"], c["num_attention_heads"], c["num_key_value_heads"],
+                         c["head_dim"])
+
+    def rms(x, w, plus_one=True):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * ((1 + w) if plus_one else w)
+
+    def bitlinear(x, name):
+        w = t[name + ".weight"]
+        s = 1.0 / w.abs().mean().clamp(min=1e-5)
+        wq = (w * s).round().clamp(-1, 1) / s
+        xn = rms(x, t[name + ".rms_norm.weight"], plus_one=False)
+        a = 127.0 / xn.abs().max(dim=-1, keepdim=True).values.clamp(min=1e-5)
+        return F.linear((xn * a).round().clamp(-128, 127) / a, wq)
+
+    def rope(x, theta):
+        inv = 1.0 / (theta ** (torch.arange(0, d, 2).float() / d))
+        emb = torch.cat([torch.arange(n).float()[:, None] * inv[None, :]] * 2, dim=-1)
+        rot = torch.cat([-x[..., d // 2:], x[..., :d // 2]], dim=-1)
+        return x * emb.cos()[:, None, :] + rot * emb.sin()[:, None, :]
+
+    n = len(ids)
+    pos = torch.arange(n)
+    with torch.no_grad():
+        x = t["embed_tokens.weight"][torch.tensor(ids)] * torch.tensor(c["hidden_size"] ** 0.5)
+        for i, kind in enumerate(c["layer_types"]):
+            p = f"layers.{i}."
+            sliding = kind == "sliding_attention"
+            theta = c["rope_local_base_freq"] if sliding else c["rope_theta"]
+            a = rms(x, t[p + "input_layernorm.weight"])
+            q = rms(bitlinear(a, p + "self_attn.q_proj").view(n, heads, d),
+                    t[p + "self_attn.q_norm.weight"])
+            k = rms(bitlinear(a, p + "self_attn.k_proj").view(n, kv, d),
+                    t[p + "self_attn.k_norm.weight"])
+            v = bitlinear(a, p + "self_attn.v_proj").view(n, kv, d)
+            q, k = rope(q, theta), rope(k, theta)
+            k, v = k.repeat_interleave(heads // kv, 1), v.repeat_interleave(heads // kv, 1)
+            allowed = pos[None, :] <= pos[:, None]
+            if sliding:
+                allowed &= pos[None, :] > pos[:, None] - c["sliding_window"]
+            scores = torch.einsum("thd,shd->hts", q, k) * c["query_pre_attn_scalar"] ** -0.5
+            scores = scores.masked_fill(~allowed, float("-inf"))
+            att = torch.einsum("hts,shd->thd", scores.softmax(-1), v).reshape(n, heads * d)
+            x = x + rms(bitlinear(att, p + "self_attn.o_proj"),
+                        t[p + "post_attention_layernorm.weight"])
+            b = rms(x, t[p + "pre_feedforward_layernorm.weight"])
+            g = F.gelu(bitlinear(b, p + "mlp.gate_proj"), approximate="tanh")
+            m = bitlinear(g * bitlinear(b, p + "mlp.up_proj"), p + "mlp.down_proj")
+            x = x + rms(m, t[p + "post_feedforward_layernorm.weight"])
+        return rms(x, t["norm.weight"]).numpy()
+
+
+def test_gemma3_block_matches_the_written_reference(tmp_path, torch_oracle):
+    from bitnet_edu import load_model
+    d = write_gemma_checkpoint(tmp_path / "g", seed=11)
+    ids = [0] + IDS + [EOS]
+    ref = reference_gemma_hidden(d, ids)
+    model = load_model(d, head="float32")
+    assert_close(model.hidden_states(ids), ref)
+    texts = ["Hello world! Hello BitNet.", "The quick brown fox jumps over the lazy dog."]
+    for text, e in zip(texts, model.embed(texts)):
+        want = unit(reference_gemma_hidden(d, [0] + model.tokenizer.encode(text).ids + [EOS])[-1])
+        assert float(e @ want) > 0.9999  # bos first (config bos_token_id 0), eos appended
+
+
 def test_gemma3_config_keys_and_refusals():
     cfg = BitNetConfig.from_dict(gemma_config(layer_types=None, sliding_window_pattern=2))
     assert cfg.layer_types == ["sliding_attention", "full_attention", "sliding_attention"]
