@@ -13,7 +13,8 @@ export BITNET_EDU_FAST ?= 1
 AVX2_FEATURES := +64bit,+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,+sse4.1,+ssse3,+sse3,+sse2,+sse,+cx16,+movbe,+lzcnt
 AVX2_ENV := NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=$(AVX2_FEATURES) BITNET_EDU_CACHE_DIR=$(CURDIR)/.numba-avx2
 KERNEL_TESTS := tests/test_kernels.py tests/test_kernels_vnni.py tests/test_head_kernel.py \
-	tests/test_kernel_interface.py tests/test_selfcheck.py tests/test_model.py
+	tests/test_kernel_interface.py tests/test_selfcheck.py tests/test_model.py \
+	tests/test_family_embedding.py
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
