@@ -29,8 +29,8 @@ import pytest
 from bitnet_edu.config import MEMBERS, PRESETS, BitNetConfig
 from bitnet_edu.formats.schema import expected_tensors, layer_norms
 from bitnet_edu.model import fused
-from bitnet_edu.model.layers import (llama3_inv_freq, quantize_act, relu2_glu, rms_norm,
-                                     rope_tables, silu_glu)
+from bitnet_edu.model.layers import (gelu_tanh_glu, llama3_inv_freq, quantize_act, relu2_glu,
+                                     rms_norm, rope_tables, silu_glu)
 
 IDS = [0, 5, 17, 40, 100, 3, 9, 55, 200, 11, 7, 8]
 
@@ -396,6 +396,12 @@ def test_fused_ffn_middles_equal_their_references(t):
         rq, rs = quantize_act(rms_norm(act, w, eps) if sub else act)
         assert np.abs(xq.astype(int) - rq).max() <= 1 and (xq != rq).mean() < 0.01
         np.testing.assert_allclose(xs, rs, rtol=1e-6)
+    # gelu_tanh (BitNet-embedding-270M's FFN) with the down projection's own norm: tanh may
+    # differ by an ulp too
+    xq, xs = fused.gelu_tanh_rmsnorm_quant(gu, sg, su, w, eps)
+    rq, rs = quantize_act(rms_norm(gelu_tanh_glu(gate, up), w, eps))
+    assert np.abs(xq.astype(int) - rq).max() <= 1 and (xq != rq).mean() < 0.01
+    np.testing.assert_allclose(xs, rs, rtol=1e-6)
     # the attention output without a sub-norm: plain per-token int8
     a = rng.standard_normal((t, 64)).astype(np.float32)
     for fn in (fused.quantize_rows_int8, fused.quantize_rows_int8_1):

@@ -45,6 +45,10 @@ from .transformer import Head
 __all__ = ["EmbeddingModel", "EmbeddingLayer"]
 
 _ONES3 = np.ones(3, np.float32)
+#: the fused FFN middle of each activation an embedding block has (activation, the down
+#: projection's input norm, int8); their NumPy references: tests/test_family.py
+_FFN_GLUE = {"silu": fused.silu_rmsnorm_quant, "gelu_tanh": fused.gelu_tanh_rmsnorm_quant,
+             "relu2": fused.relu2_rmsnorm_quant}
 
 
 @dataclass
@@ -260,13 +264,14 @@ class EmbeddingModel:
                      else L.post_attention_layernorm, eps)
         gate = self._lin(L, "mlp.gate_proj", b, reference)
         up = self._lin(L, "mlp.up_proj", b, reference)
-        if reference or c.hidden_act != "silu":  # (a trace runs this path)
+        if reference:  # (a trace runs this path)
             act = EMBEDDING_FFN_ACTIVATIONS[c.hidden_act](gate, up)
             m = self._lin(L, "mlp.down_proj", act, reference)
-        else:  # silu(gate) * up, down's own norm and int8 in one pass (the decoder's glue)
+        else:  # act(gate) * up, down's own norm and int8 in one Numba pass
             act = None
-            hq, hs = fused.silu_rmsnorm_quant(np.concatenate([gate, up], axis=1), np.float32(1),
-                                              np.float32(1), L.norms["mlp.down_proj"], eps)
+            glue = _FFN_GLUE[c.hidden_act]
+            hq, hs = glue(np.concatenate([gate, up], axis=1), np.float32(1), np.float32(1),
+                          L.norms["mlp.down_proj"], eps)
             m = self.kernel.linear(L.packed["mlp.down_proj"], hq, hs, L.scales["mlp.down_proj"])
         if c.sandwich_norms:
             m = rms_norm(m, L.post_feedforward_layernorm, eps)

@@ -274,6 +274,33 @@ def silu_rmsnorm_quant(gu, s_gate, s_up, w, eps):
     return xq, scale
 
 
+@njit(cache=True, inline="always")
+def _gelu_tanh(g):
+    c = np.float32(0.7978845608028654)  # sqrt(2 / pi)
+    inner = c * (g + np.float32(0.044715) * g * g * g)
+    return np.float32(0.5) * g * (np.float32(1.0) + np.tanh(inner))
+
+
+@njit(cache=True, parallel=True)
+def gelu_tanh_rmsnorm_quant(gu, s_gate, s_up, w, eps):
+    """:func:`silu_rmsnorm_quant` with Gemma's ``gelu_tanh(gate) * up`` (BitNet-embedding-270M:
+    the down projection's own input norm ``w``), int8: ``(xq [T, F], scale [T])``.  Reference:
+    ``quantize_act(rms_norm(layers.gelu_tanh_glu(gate, up), w, eps))``."""
+    t = gu.shape[0]
+    f = gu.shape[1] // 2
+    xq = np.empty((t, f), np.int8)
+    scale = np.empty(t, np.float32)
+    for r in prange(t):
+        y = np.empty(f, np.float32)
+        for i in range(f):
+            y[i] = _gelu_tanh(gu[r, i] * s_gate) * (gu[r, f + i] * s_up)
+        inv = np.float32(1.0) / np.sqrt(_mean_sq(y) + np.float32(eps))
+        for i in range(f):
+            y[i] = (y[i] * inv) * w[i]
+        scale[r] = _quant_row(y, xq[r])
+    return xq, scale
+
+
 @njit(cache=True, parallel=True)
 def silu_quant(gu, s_gate, s_up):
     """FFN middle of a block without ffn_sub_norm (Falcon3, Llama3-1.58): ``silu(gate) * up``

@@ -114,7 +114,8 @@ def gelu_tanh_glu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x**3)))`` (transformers' gelu_pytorch_tanh)."""
     g = np.asarray(gate, np.float32)
     c = np.float32(np.sqrt(2 / np.pi))
-    return (np.float32(0.5) * g * (1 + np.tanh(c * (g + np.float32(0.044715) * g ** 3)))
+    # g * g * g, not g ** 3: NumPy's float32 power is ~30x slower (13 ms on 128 x 2048)
+    return (np.float32(0.5) * g * (1 + np.tanh(c * (g + np.float32(0.044715) * (g * g * g))))
             * up).astype(np.float32)
 
 
