@@ -82,7 +82,8 @@ class EmbeddingModel:
     """A loaded ternary embedding model: ``embed(texts)`` -> L2-normalized float32 vectors.
 
     Build it with :func:`bitnet_edu.load_model` (a BitNet-embedding directory),
-    :func:`bitnet_edu.random_model` (``"bitnet-embedding-0.6b"``) or :meth:`from_checkpoint`.
+    :func:`bitnet_edu.random_model` (``"bitnet-embedding-0.6b"``, ``"bitnet-embedding-270m"``)
+    or :meth:`from_checkpoint`.
     """
 
     SMALL_MODEL_BYTES = 8 * 2**20  # below this, one Numba thread (as BitNetModel)
