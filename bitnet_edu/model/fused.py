@@ -57,6 +57,16 @@ def _quant_row(y, xq_row):
     return amax / np.float32(127.0)
 
 
+@njit(cache=True, inline="always")
+def _norm_quant_row(y, w, eps, xq_row):
+    """One row of an FFN middle after its activation: RMSNorm with weight ``w`` in place, then
+    int8 into ``xq_row``; returns the row's scale."""
+    inv = np.float32(1.0) / np.sqrt(_mean_sq(y) + np.float32(eps))
+    for i in range(len(y)):
+        y[i] = (y[i] * inv) * w[i]
+    return _quant_row(y, xq_row)
+
+
 # No fastmath on these bodies: a float32 sum of squares reassociated (or mul+add contracted)
 # rounded differently and flipped an int8 activation at .5 (seen: one greedy token in 16 on a
 # tiny checkpoint vs transformers); the float64 sum in ``_mean_sq`` is accurate either way.
@@ -89,10 +99,7 @@ def relu2_rmsnorm_quant(gu, s_gate, s_up, w, eps):
         for i in range(f):
             g = max(gu[r, i] * s_gate, np.float32(0.0))
             y[i] = g * g * (gu[r, f + i] * s_up)
-        inv = np.float32(1.0) / np.sqrt(_mean_sq(y) + np.float32(eps))
-        for i in range(f):
-            y[i] = (y[i] * inv) * w[i]
-        scale[r] = _quant_row(y, xq[r])
+        scale[r] = _norm_quant_row(y, w, eps, xq[r])
     return xq, scale
 
 
@@ -267,10 +274,7 @@ def silu_rmsnorm_quant(gu, s_gate, s_up, w, eps):
         y = np.empty(f, np.float32)
         for i in range(f):
             y[i] = _silu(gu[r, i] * s_gate) * (gu[r, f + i] * s_up)
-        inv = np.float32(1.0) / np.sqrt(_mean_sq(y) + np.float32(eps))
-        for i in range(f):
-            y[i] = (y[i] * inv) * w[i]
-        scale[r] = _quant_row(y, xq[r])
+        scale[r] = _norm_quant_row(y, w, eps, xq[r])
     return xq, scale
 
 
@@ -294,10 +298,7 @@ def gelu_tanh_rmsnorm_quant(gu, s_gate, s_up, w, eps):
         y = np.empty(f, np.float32)
         for i in range(f):
             y[i] = _gelu_tanh(gu[r, i] * s_gate) * (gu[r, f + i] * s_up)
-        inv = np.float32(1.0) / np.sqrt(_mean_sq(y) + np.float32(eps))
-        for i in range(f):
-            y[i] = (y[i] * inv) * w[i]
-        scale[r] = _quant_row(y, xq[r])
+        scale[r] = _norm_quant_row(y, w, eps, xq[r])
     return xq, scale
 
 
