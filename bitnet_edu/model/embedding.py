@@ -18,29 +18,29 @@ output are normed before their residual adds (``post_attention_layernorm``,
 ``post_feedforward_layernorm``; ``pre_feedforward_layernorm`` feeds the FFN), the layer norms
 multiply by ``1 + w``, the embedding rows by ``sqrt(hidden)``, scores by
 ``query_pre_attn_scalar**-0.5``, the FFN is GELU-tanh gated, and five of every six layers
-attend within a sliding window with their own RoPE base.  One vector per text: the final state of the last token (an appended
-``<|endoftext|>``), L2-normalized (:mod:`.pooling`).  There is no head: nothing is decoded.
+attend within a sliding window with their own RoPE base.  One vector per text: the final
+state of the last token (an appended ``<|endoftext|>``), L2-normalized (:mod:`.pooling`).
+There is no head: nothing is decoded.
 
-Two code paths compute the same thing: ``_layer_reference`` (plain NumPy, :mod:`.layers`) and
-the fast one, whose attention is the decoder's fused Numba kernel (``fused.attention_block``);
-both call the ternary kernels through the one kernel interface (``kernel.linear``).
+Two code paths compute the same thing (``_layer(..., reference=...)``, ``model.fast``): the
+reference one in plain NumPy (:mod:`.layers`), and the fast one, whose norm + int8 passes, FFN
+middle and attention are the decoder's fused Numba kernels (:mod:`.fused`); both call the
+ternary kernels through the one kernel interface (``kernel.linear``).
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
-from .. import cpu_threads, kernels
+from .. import kernels
 from ..formats.schema import LINEARS, RowBlocks, expected_tensors
 from . import fused
 from .config import BitNetConfig
 from .layers import (EMBEDDING_FFN_ACTIVATIONS, apply_rope, attention, quantize_act, rms_norm,
                      rope_tables)
-from .transformer import Head
+from .transformer import BitNetModel, Head
 
 __all__ = ["EmbeddingModel", "EmbeddingLayer"]
 
@@ -86,7 +86,10 @@ class EmbeddingModel:
     or :meth:`from_checkpoint`.
     """
 
-    SMALL_MODEL_BYTES = 8 * 2**20  # below this, one Numba thread (as BitNetModel)
+    # below this many bytes of layers, one Numba thread (BitNetModel's rule, a lower bound: a
+    # whole text at once keeps a second thread busy where one decoded token did not; the 270M's
+    # 29 MB of layers embed 1.6x faster on 2 threads)
+    SMALL_MODEL_BYTES = 8 * 2**20
 
     def __init__(self, config: BitNetConfig, layers: list, table: Head, norm: np.ndarray,
                  kernel: str, tokenizer=None):
@@ -162,19 +165,21 @@ class EmbeddingModel:
         return cls(cfg, layers, top["model.embed_tokens.weight"], top["model.norm.weight"],
                    kname, tokenizer)
 
-    # ---- the forward pass ---------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _numba_threads(self):
-        prev = numba.get_num_threads()
-        n = self.threads or prev
-        if self.threads is None:
-            small = sum(L.nbytes for L in self.layers) < self.SMALL_MODEL_BYTES
-            n = 1 if small else cpu_threads.auto_threads(n)
-        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
-        try:
-            yield
-        finally:
-            numba.set_num_threads(prev)
+    # ---- the forward pass ----------------------------------------------------------------------
+    # the decoder's thread policy (this class's SMALL_MODEL_BYTES) and tokenizer access
+    _numba_threads = BitNetModel._numba_threads
+    encode, decode, _need_tokenizer = (BitNetModel.encode, BitNetModel.decode,
+                                       BitNetModel._need_tokenizer)
+
+    def _token_ids(self, ids) -> np.ndarray:
+        """The decoder's checks (:meth:`BitNetModel._token_ids`), and no more tokens than
+        ``max_position_embeddings`` (no cache here says so)."""
+        ids = BitNetModel._token_ids(self, ids)
+        limit = self.config.max_position_embeddings
+        if len(ids) > limit:
+            raise ValueError(f"{len(ids)} tokens: the model reads at most {limit} "
+                             "(max_position_embeddings)")
+        return ids
 
     def _rope(self, n: int, theta: float):
         """``(cos, sin)`` for RoPE base ``theta`` covering positions ``0 .. n-1`` (grown by
@@ -293,13 +298,6 @@ class EmbeddingModel:
         from .pooling import embed_texts
         return embed_texts(self, texts, pooling=pooling or self.pooling, normalize=normalize,
                            truncate=truncate, progress=progress)
-
-    def encode(self, text: str) -> list[int]:
-        from ..tokenizer import encode
-        if self.tokenizer is None:
-            raise ValueError("this model has no tokenizer (random_model or a checkpoint without "
-                             "tokenizer.json): pass token ids instead of text")
-        return encode(self.tokenizer, text)
 
     def generate(self, *args, **kwargs):
         raise ValueError("an embedding model does not generate text (it has no output head): "
