@@ -86,11 +86,8 @@ def text_ids(model, text, *, truncate: bool = False) -> list[int]:
     trailing eos)."""
     cfg = model.config
     if isinstance(text, str):
-        ids = list(model.encode(text))
-        bos = cfg.bos_token_id
-        if bos is not None and getattr(model, "add_bos_token", None) is not False \
-                and (not ids or ids[0] != bos):
-            ids = [int(bos)] + ids
+        from .generation import _prompt_ids  # bos in front exactly as for a prompt
+        ids = _prompt_ids(model, text)[0]
         eos = getattr(model, "embed_eos_id", None)
         if eos is not None and (not ids or ids[-1] != eos):
             ids = ids + [int(eos)]

@@ -277,9 +277,6 @@ class BitNetModel:
         top: dict = {}
         seen = set()
 
-        def head_of(t):
-            return Head.build(t, head)
-
         for name, a in items:
             if name not in want:
                 continue  # extra tensors (e.g. rotary buffers) are ignored
@@ -288,7 +285,7 @@ class BitNetModel:
                 raise ValueError(f"tensor {name!r}: expected shape {want[name]}, got {a.shape}")
             seen.add(name)
             if not name.startswith("model.layers."):
-                top[name] = head_of(a) if name != "model.norm.weight" else a
+                top[name] = Head.build(a, head) if name != "model.norm.weight" else a
                 continue
             i = int(name.split(".")[2])
             if i not in pending:
@@ -425,9 +422,8 @@ class BitNetModel:
     def hidden_states(self, ids) -> np.ndarray:
         """The final-normed hidden state of every token of ``ids`` (no cache kept): float32
         ``[T, hidden]``, what the head turns into logits and what :meth:`embed` pools."""
-        ids = self._token_ids(ids)
         with self._numba_threads():
-            return self._final_hidden(ids, self.new_cache(len(ids)), False, None)
+            return self._final_hidden(ids, None, False, None)  # a cache of len(ids)
 
     def embed(self, texts, *, pooling: str = "last", normalize: bool = True,
               truncate: bool = False, progress: bool | None = None) -> np.ndarray:
