@@ -50,22 +50,24 @@ def _single_stream(model, prompt: int, new: int, seed: int) -> float:
     return model.last_stats["decode_tok_s"]
 
 
-def kernel_ceiling(model, tokens: int = 16, repeats: int = 20) -> float:
+def kernel_ceiling(model, tokens: int = 16, repeats: int = 20, packed=None) -> float:
     """Multiply-adds per second of this engine's ternary GEMM on ``tokens`` tokens, measured in
-    this process on layer 0's gate/up matrix while it sits in the CPU caches (no DRAM traffic):
-    what a batched decode step could reach if it were nothing but that kernel."""
-    L = model.layers[0]
+    this process on one matrix while it sits in the CPU caches (no DRAM traffic): what a
+    batched decode step (or an embedding model's prefill) could reach if it were nothing but
+    that kernel.  ``packed``: the matrix, by default layer 0's gate/up of a decoder."""
+    packed = model.layers[0].gate_up if packed is None else packed
+    run = model.kernel.linear_1 if tokens == 1 else model.kernel.linear_fast
     rng = np.random.default_rng(0)
-    xq = rng.integers(-127, 128, (tokens, model.config.hidden_size)).astype(np.int8)
+    xq = rng.integers(-127, 128, (tokens, packed.k)).astype(np.int8)
     xs = np.ones(tokens, np.float32)
     with model._numba_threads():
-        model._linear_fast(L.gate_up, xq, xs, 1.0)
+        run(packed, xq, xs, 1.0)
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
-            model._linear_fast(L.gate_up, xq, xs, 1.0)
+            run(packed, xq, xs, 1.0)
             times.append(time.perf_counter() - t)
-    return tokens * L.gate_up.out * L.gate_up.k / statistics.median(times)
+    return tokens * packed.out * packed.k / statistics.median(times)
 
 
 def main(argv=None) -> int:

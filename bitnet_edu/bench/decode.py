@@ -158,29 +158,12 @@ def run_ours(threads: int, prompt: int, new: int, head: str, layers: int | None,
     return out
 
 
-def embedding_ceiling(m, tokens: int, repeats: int = 5) -> float:
-    """Multiply-adds per second of the ternary kernel on ``tokens`` tokens, measured in this
-    process on layer 0's gate projection (the widest): the most any layer could run at."""
-    packed = m.layers[0].packed["mlp.gate_proj"]
-    rng = np.random.default_rng(0)
-    xq = rng.integers(-127, 128, (tokens, packed.k)).astype(np.int8)
-    xs = np.ones(tokens, np.float32)
-    with m._numba_threads():
-        m.kernel.linear(packed, xq, xs, 1.0)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            m.kernel.linear(packed, xq, xs, 1.0)
-            times.append(time.perf_counter() - t)
-    return tokens * packed.out * packed.k / _median(times)
-
-
 def run_embedding(m, t0: float, threads: int, prompt: int, head: str, repeats: int,
                   shape: str) -> dict:
     """An embedding model's row: ``repeats`` texts of ``prompt`` random tokens each through
     ``model.embed`` (the whole text at once, as a prefill), medians; decode is not a thing
     (``decode_tok_s`` 0).  Beside it the kernel's multiply-add rate measured in this run on
-    as many tokens (:func:`embedding_ceiling`), turned into a tokens/s ceiling by the model's
+    as many tokens (:func:`.batch.kernel_ceiling`), turned into a tokens/s ceiling by the model's
     ternary multiply-adds per token (attention and the glue not counted)."""
     from bitnet_edu.kernels.intrinsics import isa
     built = time.perf_counter() - t0
@@ -193,7 +176,8 @@ def run_embedding(m, t0: float, threads: int, prompt: int, head: str, repeats: i
         t = time.perf_counter()
         m.embed([ids])
         runs.append(prompt / (time.perf_counter() - t))
-    macs = embedding_ceiling(m, prompt)
+    from .batch import kernel_ceiling  # layer 0's widest matrix, as many tokens as a text
+    macs = kernel_ceiling(m, prompt, repeats=5, packed=m.layers[0].packed["mlp.gate_proj"])
     per_token = sum(L.packed[p].out * L.packed[p].k for L in m.layers for p in L.packed)
     return {"engine": f"bitnet_edu ({m.kernel_name} {isa()}, table {head})", "threads": threads,
             "prefill_tok_s": _median(runs), "decode_tok_s": 0.0, "prefill_runs": runs,
