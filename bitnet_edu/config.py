@@ -488,9 +488,7 @@ class BitNetConfig:
                            rope_local_base_freq=self.rope_local_theta,
                            hidden_activation={"gelu_tanh": "gelu_pytorch_tanh"}.get(
                                self.hidden_act, self.hidden_act))
-                out.pop("hidden_act", None)
-                for k in ("rope_local_theta",):
-                    out.pop(k, None)
+                out.pop("hidden_act", None)  # Gemma's config names it hidden_activation
         elif "architectures" not in out or _sub_norms_of(out["architectures"]) != self.sub_norms:
             out["architectures"] = ["BitNetForCausalLM" if self.sub_norms else "LlamaForCausalLM"]
             out["model_type"] = "bitnet" if self.sub_norms else "llama"
